@@ -1,0 +1,263 @@
+"""Typed settings and their loading from the environment (DESIGN section 9)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENVIRONMENTS = ("development", "testing", "production")
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
+_CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with. Immutable once loaded."""
+
+    database_url: str
+    encryption_keys: Mapping[str, bytes]
+    encryption_active_key: str
+    env: str = "development"
+    admin_token: str | None = None
+    clusters: Mapping[str, str] = field(default_factory=dict)
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+    threads: int = 4
+    tenant_pool_size: int = 2
+    tenant_max_overflow: int = 2
+    max_engines: int = 200
+    connection_budget: int = 8
+    pool_timeout: float = 5.0
+    idle_ttl: float = 300.0
+    reaper_interval: float = 5.0
+    tenant_cache_ttl: float = 5.0
+    tenant_connection_limit: int = 20
+    tenant_statement_timeout_ms: int = 5000
+    connect_timeout: int = 5
+    scram_iterations: int = 64
+    max_content_length: int = 1024 * 1024
+    trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    trusted_proxies: int = 0
+    log_level: str = "INFO"
+
+    def cluster_url(self, name: str) -> URL:
+        """The DSN of a named cluster; ``default`` is the control-plane server itself."""
+        if name in self.clusters:
+            return make_url(self.clusters[name])
+        if name == "default":
+            return make_url(self.database_url)
+        raise ConfigError(f"APP_CLUSTERS: no cluster named {name!r}; add it to APP_CLUSTERS")
+
+
+def _default_workers() -> int:
+    return 2 * (os.cpu_count() or 1)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every ``APP_*`` variable; raise ConfigError on the first bad one."""
+    env = os.environ if environ is None else environ
+    reader = _Reader(env)
+    app_env = reader.get("APP_ENV", "development", _choice(ENVIRONMENTS))
+    database_url = reader.require("APP_DATABASE_URL", _database_url)
+    keys = reader.require("APP_ENCRYPTION_KEYS", _keyring)
+    active = reader.require("APP_ENCRYPTION_ACTIVE_KEY", str)
+    if active not in keys:
+        raise ConfigError(
+            f"APP_ENCRYPTION_ACTIVE_KEY: key id {active!r} is not in APP_ENCRYPTION_KEYS "
+            f"(known: {', '.join(sorted(keys))})"
+        )
+    admin_token = reader.get("APP_ADMIN_TOKEN", None, _admin_token)
+    settings = Settings(
+        env=app_env,
+        database_url=database_url,
+        encryption_keys=keys,
+        encryption_active_key=active,
+        admin_token=admin_token,
+        clusters=reader.get("APP_CLUSTERS", {}, _clusters),
+        bind=reader.get("APP_BIND", "127.0.0.1:8080", _bind),
+        workers=reader.get("APP_WORKERS", _default_workers(), _int_between(1, 256)),
+        threads=reader.get("APP_THREADS", 4, _int_between(1, 256)),
+        tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", 2, _int_between(1, 100)),
+        tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 2, _int_between(0, 100)),
+        max_engines=reader.get("APP_MAX_ENGINES", 200, _int_between(1, 100_000)),
+        connection_budget=reader.get("APP_CONNECTION_BUDGET", 8, _int_between(1, 10_000)),
+        pool_timeout=reader.get("APP_POOL_TIMEOUT", 5.0, _float_between(0.0, 300.0)),
+        idle_ttl=reader.get("APP_IDLE_TTL", 300.0, _float_between(0.1, 86_400.0)),
+        reaper_interval=reader.get("APP_REAPER_INTERVAL", 5.0, _float_between(0.05, 3_600.0)),
+        tenant_cache_ttl=reader.get("APP_TENANT_CACHE_TTL", 5.0, _float_between(0.0, 3_600.0)),
+        tenant_connection_limit=reader.get(
+            "APP_TENANT_CONNECTION_LIMIT", 20, _int_between(1, 10_000)
+        ),
+        tenant_statement_timeout_ms=reader.get(
+            "APP_TENANT_STATEMENT_TIMEOUT_MS", 5000, _int_between(1, 3_600_000)
+        ),
+        connect_timeout=reader.get("APP_CONNECT_TIMEOUT", 5, _int_between(1, 300)),
+        scram_iterations=reader.get("APP_SCRAM_ITERATIONS", 64, _int_between(1, 10_000_000)),
+        max_content_length=reader.get(
+            "APP_MAX_CONTENT_LENGTH", 1024 * 1024, _int_between(1024, 1024**3)
+        ),
+        trusted_cidrs=reader.get("APP_ADMIN_TRUSTED_CIDRS", (), _cidrs),
+        trusted_proxies=reader.get("APP_TRUSTED_PROXIES", 0, _int_between(0, 10)),
+        log_level=reader.get(
+            "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
+        ),
+    )
+    if settings.env == "production":
+        _refuse_unsafe_production(settings)
+    return settings
+
+
+def _refuse_unsafe_production(settings: Settings) -> None:
+    if settings.admin_token is None:
+        raise ConfigError("APP_ADMIN_TOKEN: required when APP_ENV=production")
+    url = make_url(settings.database_url)
+    if not url.password and "password" not in url.query:
+        raise ConfigError("APP_DATABASE_URL: production needs a password-authenticated DSN")
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._env = environ
+
+    def require(self, name: str, parse: Callable[[str], T]) -> T:
+        raw = self._env.get(name, "")
+        if not raw.strip():
+            raise ConfigError(f"{name}: is required but not set")
+        return self._parse(name, raw, parse)
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._env.get(name, "")
+        if not raw.strip():
+            return default
+        return self._parse(name, raw, parse)
+
+    @staticmethod
+    def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(raw.strip())
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, not {raw!r}")
+        return raw
+
+    return parse
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,12}", raw):
+            raise ValueError(f"must be a whole number between {low} and {high}")
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return parse
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", raw):
+            raise ValueError(f"must be a number of seconds between {low:g} and {high:g}")
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}, not {value:g}")
+        return value
+
+    return parse
+
+
+def _database_url(raw: str) -> str:
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError(
+            "is not a database URL (postgresql://user:password@host:port/db)"
+        ) from None
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"must be a postgresql:// URL, not {url.get_backend_name()}://")
+    if not url.database:
+        raise ValueError("names no database (postgresql://user:password@host:port/db)")
+    if url.drivername not in ("postgresql", "postgresql+psycopg2"):
+        raise ValueError(f"driver {url.drivername!r} is not supported; use postgresql://")
+    return psycopg2_url(raw)
+
+
+def psycopg2_url(raw: str) -> str:
+    """``raw`` with the psycopg2 driver named: SQLAlchemy 2.1 defaults to psycopg 3."""
+    url = make_url(raw).set(drivername="postgresql+psycopg2")
+    return url.render_as_string(hide_password=False)
+
+
+def _keyring(raw: str) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for position, item in enumerate(raw.split(","), start=1):
+        kid, sep, hexkey = item.strip().partition(":")
+        if not sep or not _KEY_ID.match(kid):
+            raise ValueError(
+                f"entry {position} must look like kid:64-hex (kid of letters, digits, _ or -); "
+                "generate one with `flask crypto generate-key`"
+            )
+        if not _HEX_KEY.match(hexkey):
+            raise ValueError(f"key {kid!r} must be 64 hex digits (256 bits)")
+        if kid in keys:
+            raise ValueError(f"key id {kid!r} appears twice")
+        keys[kid] = bytes.fromhex(hexkey)
+    return keys
+
+
+def _admin_token(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("must be at least 32 characters; generate one with `openssl rand -hex 32`")
+    return raw
+
+
+def _clusters(raw: str) -> dict[str, str]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError('must be a JSON object {"name": "postgresql://..."}') from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError('must be a JSON object {"name": "postgresql://..."}')
+    for name in value:
+        if not _CLUSTER_NAME.match(name):
+            raise ValueError(f"cluster name {name!r} must be lower-case letters, digits, _ or -")
+    return {name: _database_url(dsn) for name, dsn in value.items()}
+
+
+def _bind(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, not {raw!r}")
+    return raw
+
+
+def _cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in raw.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not an IP network like 10.0.0.0/8") from None
+    return tuple(networks)
