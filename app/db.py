@@ -1,0 +1,59 @@
+"""Declarative base with a constraint naming convention, and the control-plane engine.
+
+The control-plane engine connects as the owner role of ``APP_DATABASE_URL``. It reads and
+writes ``tenants`` only: tenant rows are never read through it (RLS forbids the owner
+anyway, see migrations).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(orm.DeclarativeBase):
+    """Base of every model; constraint names come from the naming convention."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def create_control_engine(url: str | sa.URL, *, pool_size: int = 2, **kwargs: Any) -> sa.Engine:
+    """Engine of the owner role for the control plane.
+
+    The pool is small: tenant lookups are cached per worker, so this engine only serves
+    cache misses, readiness probes and admin work. It is disposed without closing the
+    parent's sockets in a forked child, so a pool made before a fork is never shared.
+    """
+    engine = sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={"application_name": f"tp:control:{os.getpid()}"},
+        **kwargs,
+    )
+    _dispose_after_fork(engine)
+    return engine
+
+
+def _dispose_after_fork(engine: sa.Engine) -> None:
+    ref = weakref.ref(engine)
+
+    def after_in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_in_child)
