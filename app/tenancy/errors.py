@@ -1,0 +1,31 @@
+"""Failures of the tenancy layer. ``app.errors`` turns each into a problem+json response."""
+
+from __future__ import annotations
+
+
+class TenancyError(Exception):
+    """Base of every tenancy failure."""
+
+
+class InvalidTenantHeader(TenancyError):
+    """``X-Tenant-ID`` is missing, repeated or not a canonical UUID (400)."""
+
+
+class AuthenticationFailed(TenancyError):
+    """No API key, a wrong one, or one of another tenant: one answer for all (401)."""
+
+
+class TenantSuspended(TenancyError):
+    """The tenant exists and authenticated, but is suspended (403)."""
+
+
+class TenantUnavailable(TenancyError):
+    """The tenant's database cannot be reached right now (503).
+
+    ``retry_after`` is the number of seconds a client should wait.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str = "database_unavailable"):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.code = code

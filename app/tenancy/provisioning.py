@@ -1,0 +1,103 @@
+"""Creating tenants: a LOGIN role, its encrypted password, an API key hash, one row.
+
+The role's password is random and reaches PostgreSQL only as a SCRAM-SHA-256 verifier
+computed here, so no server log can show it. Role and row are made in one owner
+transaction: either both exist or neither.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from app.crypto import Keyring, tenant_aad
+from app.models.tenant import Tenant
+from app.tenancy.ddl import TENANT_BASE_ROLE
+from app.tenancy.resolve import generate_api_key, hash_api_key
+from app.tenancy.scram import generate_password, is_scram_verifier, scram_sha256_verifier
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """Per-tenant role limits so one tenant cannot starve the others."""
+
+    connection_limit: int
+    statement_timeout_ms: int
+    scram_iterations: int
+
+
+@dataclass(frozen=True)
+class ProvisionedTenant:
+    """A new tenant; ``api_key`` is shown once and never stored."""
+
+    id: uuid.UUID
+    name: str
+    api_key: str
+
+
+def role_name(tenant_id: uuid.UUID) -> str:
+    """The tenant's role: ``t_`` + 32 hex digits; ``current_tenant_id()`` parses it back."""
+    return f"t_{tenant_id.hex}"
+
+
+def create_tenant(
+    control_engine: sa.Engine,
+    keyring: Keyring,
+    name: str,
+    limits: RoleLimits,
+    *,
+    cluster: str = "default",
+) -> ProvisionedTenant:
+    """Create the tenant's role and row in one transaction and return its API key."""
+    tenant_id = uuid.uuid4()
+    role = role_name(tenant_id)
+    password = generate_password()
+    api_key = generate_api_key()
+    with control_engine.begin() as connection:
+        connection.exec_driver_sql(
+            f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
+            f"INHERIT CONNECTION LIMIT {int(limits.connection_limit)} "
+            f"PASSWORD '{_verifier(password, limits.scram_iterations)}' "
+            f"IN ROLE {TENANT_BASE_ROLE}"
+        )
+        _set_statement_timeout(connection, role, limits.statement_timeout_ms)
+        connection.execute(
+            sa.insert(Tenant).values(
+                id=tenant_id,
+                name=name,
+                db_user=role,
+                db_password_encrypted=keyring.encrypt(password, tenant_aad(tenant_id, role)),
+                key_id=keyring.active_key_id,
+                api_key_hash=hash_api_key(api_key),
+                cluster=cluster,
+            )
+        )
+    return ProvisionedTenant(tenant_id, name, api_key)
+
+
+def reset_api_key(control_engine: sa.Engine, tenant_id: uuid.UUID) -> str:
+    """Give the tenant a new API key (the old one stops working) and return it."""
+    api_key = generate_api_key()
+    with control_engine.begin() as connection:
+        result = connection.execute(
+            sa.update(Tenant)
+            .where(Tenant.id == tenant_id)
+            .values(api_key_hash=hash_api_key(api_key), updated_at=sa.func.now())
+        )
+    if result.rowcount != 1:
+        raise LookupError(f"no tenant {tenant_id}")
+    return api_key
+
+
+def _verifier(password: str, iterations: int) -> str:
+    verifier = scram_sha256_verifier(password, iterations)
+    # DDL takes no bind parameters; the verifier is embedded, so its alphabet is checked.
+    if not is_scram_verifier(verifier):
+        raise ValueError("refusing to embed a malformed SCRAM verifier")
+    return verifier
+
+
+def _set_statement_timeout(connection: sa.Connection, role: str, timeout_ms: int) -> None:
+    connection.exec_driver_sql(f'ALTER ROLE "{role}" SET statement_timeout = {int(timeout_ms)}')
