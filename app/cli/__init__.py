@@ -1,0 +1,12 @@
+"""``flask`` commands: one module per command group."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app.cli import db, seed
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(db.db)
+    app.cli.add_command(seed.seed_tenants)

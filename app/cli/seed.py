@@ -1,0 +1,81 @@
+"""``flask seed-tenants``: demo tenants and their rows, written through each tenant's engine."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+
+from app.hooks import tenancy_of
+from app.models import Tenant, User
+from app.tenancy import Tenancy
+from app.tenancy.provisioning import create_tenant, reset_api_key
+
+FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken")
+LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
+
+
+@click.command("seed-tenants")
+@click.option("--count", default=3, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--users-per-tenant", default=5, show_default=True, type=click.IntRange(0, 100_000))
+@click.option("--prefix", default="demo", show_default=True, help="Tenant names are PREFIX-0001...")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write ids and API keys as JSON.",
+)
+def seed_tenants(count: int, users_per_tenant: int, prefix: str, output: Path | None) -> None:
+    """Create demo tenants PREFIX-0001..COUNT, each with USERS_PER_TENANT users.
+
+    Idempotent: existing demo tenants are kept (their API key is replaced, since only its
+    hash is stored) and their users topped up to the number asked for.
+    """
+    tenancy = tenancy_of(current_app)
+    names = [f"{prefix}-{number:04d}" for number in range(1, count + 1)]
+    with tenancy.control_engine.connect() as connection:
+        rows = connection.execute(sa.select(Tenant.name, Tenant.id).where(Tenant.name.in_(names)))
+        existing: dict[str, uuid.UUID] = {row.name: row.id for row in rows}
+    seeded = []
+    for position, name in enumerate(names, start=1):
+        if name in existing:
+            tenant_id = existing[name]
+            api_key = reset_api_key(tenancy.control_engine, tenant_id)
+        else:
+            created = create_tenant(tenancy.control_engine, tenancy.keyring, name, tenancy.limits)
+            tenant_id, api_key = created.id, created.api_key
+        _top_up_users(tenancy, tenant_id, users_per_tenant)
+        seeded.append({"id": str(tenant_id), "name": name, "api_key": api_key})
+        if position % 100 == 0 or position == len(names):
+            click.echo(f"seeded {position}/{len(names)} tenants", err=True)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.touch(mode=0o600)
+        output.write_text(json.dumps(seeded, indent=2) + "\n")
+    for tenant in seeded:
+        click.echo(f"{tenant['name']}  id={tenant['id']}  api_key={tenant['api_key']}")
+    if output is not None:
+        click.echo(f"wrote {len(seeded)} tenants to {output}")
+
+
+def _top_up_users(tenancy: Tenancy, tenant_id: uuid.UUID, wanted: int) -> None:
+    session = tenancy.open_session(tenant_id)
+    try:
+        have = session.scalar(sa.select(sa.func.count()).select_from(User)) or 0
+        rows = [
+            {
+                "first_name": FIRST_NAMES[number % len(FIRST_NAMES)],
+                "last_name": LAST_NAMES[(number // len(FIRST_NAMES)) % len(LAST_NAMES)],
+                "email": f"user{number}@example.com",
+                "confirmed": number % 2 == 0,
+            }
+            for number in range(have, wanted)
+        ]
+        if rows:
+            session.execute(sa.insert(User), rows)
+        session.commit()
+    finally:
+        session.close()

@@ -1,0 +1,199 @@
+"""Every failure becomes an RFC 9457 ``application/problem+json`` response.
+
+Views raise; this module alone turns exceptions into responses, each with a stable
+``code`` and the request id. No stack trace, SQL text or database message ever reaches a
+client: those go to the log, which never holds secrets either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy.exc
+from flask import Flask, Response, g, json
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from app.tenancy.errors import (
+    AuthenticationFailed,
+    InvalidTenantHeader,
+    TenantSuspended,
+    TenantUnavailable,
+)
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+class ApiError(Exception):
+    """An error with a status, a stable code and a human title; ``detail`` is safe to show."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+
+class BadRequest(ApiError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class NotFound(ApiError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class ValidationFailed(ApiError):
+    """422 with ``errors``: field name -> list of messages."""
+
+    status, code, title = 422, "validation_failed", "Validation failed"
+
+    def __init__(self, errors: dict[str, Any], detail: str | None = None) -> None:
+        super().__init__(detail or "the request has invalid fields", errors=errors)
+
+
+class Conflict(ApiError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class ServiceUnavailable(ApiError):
+    status, code, title = 503, "database_unavailable", "Service unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1, code: str = "") -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        if code:
+            self.code = code
+
+
+_TENANCY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
+    InvalidTenantHeader: (400, "invalid_tenant_header", "Invalid X-Tenant-ID header"),
+    AuthenticationFailed: (401, "unauthorized", "Unauthorized"),
+    TenantSuspended: (403, "tenant_suspended", "Tenant suspended"),
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """Build a problem+json response; the only place error bodies are made."""
+    body: dict[str, Any] = {
+        "type": f"urn:tenantpool:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": g.get("request_id"),
+        **extra,
+    }
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tenantpool"'
+    return response
+
+
+def _api_error(error: ApiError) -> Response:
+    headers = {}
+    if isinstance(error, ServiceUnavailable):
+        headers["Retry-After"] = str(error.retry_after)
+    return problem(error.status, error.code, error.title, error.detail, headers, **error.extra)
+
+
+def _validation_error(error: ValidationError) -> Response:
+    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    return _api_error(ValidationFailed(messages))
+
+
+def _tenancy_error(error: Exception) -> Response:
+    status, code, title = _TENANCY_ERRORS[type(error)]
+    # 401s all read the same, whatever the cause: no tenant-existence oracle.
+    detail = "missing or invalid API key for this tenant" if status == 401 else str(error)
+    return problem(status, code, title, detail)
+
+
+def _tenant_unavailable(error: TenantUnavailable) -> Response:
+    log.warning("tenant unavailable: %s", error.code)
+    return problem(
+        503,
+        error.code,
+        "Service unavailable",
+        "the tenant's database is unavailable; retry later",
+        {"Retry-After": str(error.retry_after)},
+    )
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    headers = dict(error.get_headers()) if status == 405 else {}
+    headers.pop("Content-Type", None)
+    return problem(status, code, error.name or "Error", error.description or "", headers)
+
+
+def _pool_timeout(error: sqlalchemy.exc.TimeoutError) -> Response:
+    log.warning("connection pool exhausted: %s", type(error).__name__)
+    return problem(
+        503,
+        "capacity",
+        "Service unavailable",
+        "all database connections are busy; retry later",
+        {"Retry-After": "1"},
+    )
+
+
+def _database_error(error: sqlalchemy.exc.DBAPIError) -> Response:
+    pgcode = getattr(error.orig, "pgcode", None)
+    if pgcode == "57014":  # query_canceled: the role's statement_timeout
+        return problem(
+            503,
+            "statement_timeout",
+            "Service unavailable",
+            "the query took too long; retry later",
+            {"Retry-After": "1"},
+        )
+    if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        log.warning("database unavailable: %s (sqlstate %s)", type(error.orig).__name__, pgcode)
+        return problem(
+            503,
+            "database_unavailable",
+            "Service unavailable",
+            "the database is unavailable; retry later",
+            {"Retry-After": "1"},
+        )
+    if pgcode == "23505":
+        return problem(409, "conflict", "Conflict", "a record with these values exists already")
+    log.error("database error sqlstate=%s type=%s", pgcode, type(error.orig).__name__)
+    return _unexpected(error)
+
+
+def _unexpected(error: Exception) -> Response:
+    log.error("unhandled %s", type(error).__name__, exc_info=error)
+    return problem(500, "internal_error", "Internal server error", "an unexpected error occurred")
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers; the most specific exception type wins."""
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(ValidationError, _validation_error)
+    for error_type in _TENANCY_ERRORS:
+        app.register_error_handler(error_type, _tenancy_error)
+    app.register_error_handler(TenantUnavailable, _tenant_unavailable)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(sqlalchemy.exc.TimeoutError, _pool_timeout)
+    app.register_error_handler(sqlalchemy.exc.DBAPIError, _database_error)
+    app.register_error_handler(Exception, _unexpected)

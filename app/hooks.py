@@ -1,0 +1,70 @@
+"""The only bridge from Flask to tenancy: authenticate, bind a tenant session, close it.
+
+``require_tenant(bp)`` makes every view of a blueprint a tenant request (DESIGN section 4).
+Views get their session from :func:`tenant_session`; they commit what they acknowledge, and
+the teardown rolls back whatever is left and returns the connection to the tenant's pool.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, current_app, g, request
+
+from app.tenancy import Tenancy
+from app.tenancy.resolve import parse_bearer, parse_tenant_id
+from app.tenancy.session import TenantSession
+
+EXTENSION = "tenantpool"
+log = logging.getLogger(__name__)
+
+
+def init_app(app: Flask, tenancy: Tenancy) -> None:
+    """Attach the worker's tenancy to ``app``; refuse a second one."""
+    if EXTENSION in app.extensions:
+        raise RuntimeError("tenancy is already initialised on this app; call init_app once")
+    app.extensions[EXTENSION] = tenancy
+    app.teardown_request(_close_session)
+
+
+def tenancy_of(app: Flask) -> Tenancy:
+    """The app's tenancy; raises with what to do if ``init_app`` was not called."""
+    try:
+        tenancy: Tenancy = app.extensions[EXTENSION]
+    except KeyError:
+        raise RuntimeError("tenancy is not initialised; did you forget to call init_app?") from None
+    return tenancy
+
+
+def require_tenant(bp: Blueprint) -> None:
+    """Make every request of ``bp`` authenticate its tenant and open its session."""
+    bp.before_request(_bind_tenant)
+
+
+def tenant_session() -> TenantSession:
+    """The current request's tenant session; only inside a ``require_tenant`` blueprint."""
+    session: TenantSession | None = g.get("tenant_session")
+    if session is None:
+        raise RuntimeError("no tenant session: is this view's blueprint require_tenant()-ed?")
+    return session
+
+
+def _bind_tenant() -> None:
+    tenant_id = parse_tenant_id(request.headers.getlist("X-Tenant-ID"))
+    api_key = parse_bearer(request.headers.getlist("Authorization"))
+    tenancy = tenancy_of(current_app)
+    tenancy.authenticate(tenant_id, api_key)
+    g.tenant_id = tenant_id
+    g.tenant_session = tenancy.open_session(tenant_id)
+
+
+def _close_session(error: BaseException | None) -> None:
+    session: TenantSession | None = g.pop("tenant_session", None)
+    if session is None:
+        return
+    try:
+        session.rollback()
+    except Exception:  # the connection may be gone; closing below still returns it
+        log.warning("rollback failed at teardown", exc_info=True)
+    finally:
+        session.close()

@@ -1,0 +1,1 @@
+"""Marshmallow schemas per resource: input validation, output shape, OpenAPI source."""
