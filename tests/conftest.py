@@ -1,0 +1,169 @@
+"""Suite-wide fixtures: one throwaway PostgreSQL cluster, its owner role, the APP_* environment.
+
+The suite assumes no running service: ``pg_cluster`` initdb's and starts a cluster in a
+fresh temporary directory and removes it at the end, even when tests fail. Tests connect
+as the owner (and later as tenant roles), never as the superuser, except to inspect the
+server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.devcluster import LocalCluster
+from app.hooks import tenancy_of
+from app.tenancy import Tenancy
+from app.tenancy.provisioning import ProvisionedTenant, create_tenant
+from config import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Durability buys nothing for a cluster deleted at the end of the run.
+_FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+ClusterFactory = Callable[..., LocalCluster]
+
+
+def _new_cluster(base: Path, max_connections: int) -> LocalCluster:
+    """An initialized, started cluster in ``base/data`` with a random superuser password."""
+    # mkdtemp makes a 0700 directory; when we are root the server runs as another user,
+    # which must traverse it to reach the data directory.
+    base.chmod(0o755)
+    cluster = LocalCluster(base / "data")
+    cluster.init(secrets.token_urlsafe(24))
+    cluster.start(max_connections=max_connections, extra_settings=_FAST_SETTINGS)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalCluster]:
+    """The suite's PostgreSQL cluster: 127.0.0.1, scram-sha-256, max_connections=200."""
+    base = Path(tempfile.mkdtemp(prefix="tenantpool-pg-"))
+    try:
+        cluster = _new_cluster(base, max_connections=200)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster_factory() -> Iterator[ClusterFactory]:
+    """Make extra started clusters for one test (about a second each); all removed after it."""
+    made: list[tuple[Path, LocalCluster]] = []
+
+    def make(max_connections: int = 20) -> LocalCluster:
+        base = Path(tempfile.mkdtemp(prefix="tenantpool-pg-"))
+        try:
+            cluster = _new_cluster(base, max_connections=max_connections)
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        made.append((base, cluster))
+        return cluster
+
+    yield make
+    for base, cluster in made:
+        try:
+            cluster.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def owner_url(pg_cluster: LocalCluster) -> str:
+    """URL of the control-plane owner: LOGIN, CREATEROLE, not superuser, owns ``tenantpool``."""
+    return pg_cluster.bootstrap_owner("tenantpool", secrets.token_urlsafe(24), "tenantpool")
+
+
+@pytest.fixture(scope="session")
+def app_env(owner_url: str) -> dict[str, str]:
+    """The APP_* environment the application and its commands run with in tests."""
+    return {
+        "APP_ENV": "testing",
+        "APP_DATABASE_URL": owner_url,
+        "APP_ENCRYPTION_KEYS": f"test1:{secrets.token_hex(32)}",
+        "APP_ENCRYPTION_ACTIVE_KEY": "test1",
+        "APP_ADMIN_TOKEN": secrets.token_urlsafe(32),
+        # Low on purpose: tenant passwords are random, iterations only slow connects.
+        "APP_SCRAM_ITERATIONS": "64",
+    }
+
+
+@pytest.fixture(scope="session")
+def migrated(app_env: dict[str, str]) -> None:
+    """Apply the migrations once, through the real ``flask db upgrade`` command."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        env={**os.environ, **app_env},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"flask db upgrade failed (exit {result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def settings(app_env: dict[str, str]) -> Settings:
+    """Settings of the in-process app, from the suite's APP_* environment."""
+    return load_settings(app_env)
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, migrated: None) -> Iterator[Flask]:
+    """The application, in process, on the migrated suite database."""
+    application = create_app(settings)
+    yield application
+    tenancy_of(application).close()
+
+
+@pytest.fixture(scope="session")
+def tenancy(app: Flask) -> Tenancy:
+    return tenancy_of(app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def make_tenant(tenancy: Tenancy) -> Callable[[], ProvisionedTenant]:
+    """Create a fresh tenant (role, row, API key) named after the test."""
+
+    def make() -> ProvisionedTenant:
+        return create_tenant(
+            tenancy.control_engine, tenancy.keyring, f"test-{uuid.uuid4().hex[:12]}", tenancy.limits
+        )
+
+    return make
+
+
+@pytest.fixture
+def tenant_a(make_tenant: Callable[[], ProvisionedTenant]) -> ProvisionedTenant:
+    return make_tenant()
+
+
+@pytest.fixture
+def tenant_b(make_tenant: Callable[[], ProvisionedTenant]) -> ProvisionedTenant:
+    return make_tenant()
