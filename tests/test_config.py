@@ -1,0 +1,131 @@
+"""Settings: every bad value stops start-up with one line naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_settings
+
+KEY = "a" * 64
+VALID = {
+    "APP_DATABASE_URL": "postgresql://owner:pw@127.0.0.1:5432/tenantpool",
+    "APP_ENCRYPTION_KEYS": f"k1:{KEY}",
+    "APP_ENCRYPTION_ACTIVE_KEY": "k1",
+}
+
+
+def test_config_minimal_environment_loads_with_defaults() -> None:
+    settings = load_settings(VALID)
+    assert settings.env == "development"
+    assert settings.encryption_keys == {"k1": bytes.fromhex(KEY)}
+    assert settings.bind == "127.0.0.1:8080"
+    assert settings.scram_iterations == 64
+
+
+def test_config_database_url_uses_psycopg2() -> None:
+    assert load_settings(VALID).database_url.startswith("postgresql+psycopg2://")
+
+
+def test_config_keyring_with_several_keys() -> None:
+    settings = load_settings(
+        {
+            **VALID,
+            "APP_ENCRYPTION_KEYS": f"k1:{KEY},k2:{'b' * 64}",
+            "APP_ENCRYPTION_ACTIVE_KEY": "k2",
+        }
+    )
+    assert set(settings.encryption_keys) == {"k1", "k2"}
+    assert settings.encryption_active_key == "k2"
+
+
+def test_config_clusters_are_parsed() -> None:
+    settings = load_settings({**VALID, "APP_CLUSTERS": '{"eu1": "postgresql://h:5432/db"}'})
+    assert settings.cluster_url("eu1").host == "h"
+    assert settings.cluster_url("default").database == "tenantpool"
+
+
+def test_config_unknown_cluster_names_what_to_do() -> None:
+    with pytest.raises(ConfigError, match="APP_CLUSTERS"):
+        load_settings(VALID).cluster_url("nowhere")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("APP_DATABASE_URL", ""),
+        ("APP_DATABASE_URL", "mysql://u:p@h/db"),
+        ("APP_DATABASE_URL", "postgresql://u:p@h:5432"),
+        ("APP_DATABASE_URL", "not a url"),
+        ("APP_ENCRYPTION_KEYS", ""),
+        ("APP_ENCRYPTION_KEYS", "k1"),
+        ("APP_ENCRYPTION_KEYS", "k1:abcd"),
+        ("APP_ENCRYPTION_KEYS", f"k1:{'z' * 64}"),
+        ("APP_ENCRYPTION_KEYS", f"k1:{KEY},k1:{KEY}"),
+        ("APP_ENCRYPTION_KEYS", f"bad id:{KEY}"),
+        ("APP_ENCRYPTION_ACTIVE_KEY", "k9"),
+        ("APP_ENV", "staging"),
+        ("APP_WORKERS", "0"),
+        ("APP_WORKERS", "two"),
+        ("APP_THREADS", "-1"),
+        ("APP_POOL_TIMEOUT", "1e9"),
+        ("APP_IDLE_TTL", "0"),
+        ("APP_BIND", "8080"),
+        ("APP_BIND", "localhost:99999"),
+        ("APP_ADMIN_TOKEN", "short"),
+        ("APP_CLUSTERS", "[]"),
+        ("APP_CLUSTERS", '{"Bad Name": "postgresql://h/db"}'),
+        ("APP_CLUSTERS", '{"eu1": "http://h/db"}'),
+        ("APP_ADMIN_TRUSTED_CIDRS", "10.0.0.0/8,nonsense"),
+        ("APP_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_config_bad_value_raises_one_line_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**VALID, variable: value})
+    message = str(raised.value)
+    assert message.startswith(f"{variable}:")
+    assert "\n" not in message
+
+
+def test_config_error_never_echoes_a_key() -> None:
+    secret = "c" * 63 + "g"
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**VALID, "APP_ENCRYPTION_KEYS": f"k1:{secret}"})
+    assert secret not in str(raised.value)
+
+
+def test_config_production_requires_admin_token() -> None:
+    with pytest.raises(ConfigError, match="APP_ADMIN_TOKEN"):
+        load_settings({**VALID, "APP_ENV": "production"})
+
+
+def test_config_production_requires_password_authenticated_dsn() -> None:
+    environ = {
+        **VALID,
+        "APP_ENV": "production",
+        "APP_ADMIN_TOKEN": "t" * 40,
+        "APP_DATABASE_URL": "postgresql://owner@db:5432/tenantpool",
+    }
+    with pytest.raises(ConfigError, match="APP_DATABASE_URL"):
+        load_settings(environ)
+
+
+def test_config_gunicorn_refuses_to_start_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import runpy; runpy.run_path('gunicorn.conf.py')"],
+        env={"PATH": "/usr/bin:/bin", "APP_DATABASE_URL": "nope"},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("tenantpool: configuration error: APP_DATABASE_URL:")
+    )
