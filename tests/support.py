@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+import warnings
+from collections.abc import Callable
+
+import pytest
+
 from app.tenancy.provisioning import ProvisionedTenant
 
 
 def auth_headers(tenant: ProvisionedTenant) -> dict[str, str]:
     """The headers of a request by ``tenant`` for itself."""
     return {"X-Tenant-ID": str(tenant.id), "Authorization": f"Bearer {tenant.api_key}"}
+
+
+FORK_GUARD = 5.0  # seconds before a hung forked child fails its test
+
+
+def run_in_child(check: Callable[[], bool]) -> int:
+    """Fork; the child exits 0 if ``check()`` is true. Returns the child's exit status."""
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a multi-threaded process; daemon threads (a
+        # reaper, other tests') may exist, and the child only runs ``check``.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            # pytest-timeout's SIGALRM handler would resume the test session in the child.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(int(FORK_GUARD))
+            code = 0 if check() else 1
+        except BaseException:
+            code = 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + FORK_GUARD
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung")

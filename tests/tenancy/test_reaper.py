@@ -5,12 +5,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +17,7 @@ from sqlalchemy import orm
 from app.tenancy import reaper as reaper_module
 from app.tenancy.reaper import THREAD_NAME, Reaper, process_reaper, shutdown_process
 from app.tenancy.registry import EngineRegistry
+from tests.support import run_in_child
 
 TTL = 60.0
 GUARD = 5.0  # seconds before a blocked wait fails its test instead of hanging the suite
@@ -277,32 +276,3 @@ def test_shutdown_process_without_reaper_does_nothing() -> None:
     shutdown_process()
 
     assert reaper_module._process_reaper is None
-
-
-def run_in_child(check: Callable[[], bool]) -> int:
-    """Fork; the child exits 0 if ``check()`` is true. Returns the child's exit status."""
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a multi-threaded process (the reaper thread is
-        # the point of the test); the child only runs ``check``.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            # pytest-timeout's SIGALRM handler would resume the test session in the child.
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(int(GUARD))
-            code = 0 if check() else 1
-        except BaseException:
-            code = 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + GUARD
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")

@@ -8,12 +8,10 @@ file engine (QueuePool since SQLAlchemy 2.0) in ``tmp_path``.
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 
 from app.tenancy.registry import EngineRegistry
+from tests.support import run_in_child
 
 T = TypeVar("T")
 
@@ -545,32 +544,3 @@ def test_registry_forked_child_starts_empty(factory: Factory) -> None:
 
     assert status == 0
     assert len(registry) == 1  # the parent keeps its engine
-
-
-def run_in_child(check: Callable[[], bool]) -> int:
-    """Fork; the child exits 0 if ``check()`` is true. Returns the child's exit status."""
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a multi-threaded process; daemon threads of
-        # other tests may still exist, and the child only runs ``check``.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            # pytest-timeout's SIGALRM handler would resume the test session in the child.
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-            signal.alarm(int(GUARD))
-            code = 0 if check() else 1
-        except BaseException:
-            code = 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + GUARD
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
