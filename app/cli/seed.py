@@ -10,6 +10,7 @@ import click
 import sqlalchemy as sa
 from flask import current_app
 
+from app.cli.progress import progress
 from app.hooks import tenancy_of
 from app.models import Tenant, User
 from app.tenancy import Tenancy
@@ -40,17 +41,19 @@ def seed_tenants(count: int, users_per_tenant: int, prefix: str, output: Path | 
         rows = connection.execute(sa.select(Tenant.name, Tenant.id).where(Tenant.name.in_(names)))
         existing: dict[str, uuid.UUID] = {row.name: row.id for row in rows}
     seeded = []
-    for position, name in enumerate(names, start=1):
-        if name in existing:
-            tenant_id = existing[name]
-            api_key = reset_api_key(tenancy.control_engine, tenant_id)
-        else:
-            created = create_tenant(tenancy.control_engine, tenancy.keyring, name, tenancy.limits)
-            tenant_id, api_key = created.id, created.api_key
-        _top_up_users(tenancy, tenant_id, users_per_tenant)
-        seeded.append({"id": str(tenant_id), "name": name, "api_key": api_key})
-        if position % 100 == 0 or position == len(names):
-            click.echo(f"seeded {position}/{len(names)} tenants", err=True)
+    with progress(len(names), "seeding tenants") as bar:
+        for name in names:
+            if name in existing:
+                tenant_id = existing[name]
+                api_key = reset_api_key(tenancy.control_engine, tenant_id)
+            else:
+                created = create_tenant(
+                    tenancy.control_engine, tenancy.keyring, name, tenancy.limits
+                )
+                tenant_id, api_key = created.id, created.api_key
+            _top_up_users(tenancy, tenant_id, users_per_tenant)
+            seeded.append({"id": str(tenant_id), "name": name, "api_key": api_key})
+            bar.update()
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.touch(mode=0o600)
