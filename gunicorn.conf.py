@@ -2,6 +2,7 @@
 
 import sys
 
+from app.logs import gunicorn_logconfig
 from app.tenancy.reaper import process_reaper, shutdown_process
 from config import ConfigError, load_settings
 
@@ -20,6 +21,8 @@ timeout = max(30, _settings.connect_timeout + _settings.tenant_statement_timeout
 graceful_timeout = 20
 keepalive = 5
 accesslog = None  # the app logs one JSON line per request
+loglevel = _settings.log_level.lower()
+logconfig_dict = gunicorn_logconfig(_settings.log_level)  # gunicorn's own lines are JSON too
 preload_app = False
 # One shared control socket path would collide between instances (tests run several).
 control_socket_disable = True

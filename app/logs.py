@@ -1,40 +1,63 @@
-"""JSON log lines on stderr: one object per line, easy to ship and to search."""
+"""JSON log lines on stderr: one object per line, easy to ship and to search.
+
+Every line has ``ts``, ``level``, ``logger``, ``msg`` and ``pid``, the record's ``extra``
+fields (the access log adds ``request_id``, ``tenant_id``, ``route``, ``status``,
+``duration_ms``) and ``exc`` for a traceback. Gunicorn's own error log goes through the
+same formatter (``gunicorn_logconfig``), so a process's stderr is JSON from its first line.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+from pythonjsonlogger.json import JsonFormatter
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a record and its ``extra`` fields as one JSON object."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "pid": record.process,
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+def json_formatter() -> JsonFormatter:
+    """The house formatter: standard fields under short names, extras as they are."""
+    return JsonFormatter(
+        ["levelname", "name", "message", "process"],
+        rename_fields={
+            "levelname": "level",
+            "name": "logger",
+            "message": "msg",
+            "process": "pid",
+            "exc_info": "exc",
+        },
+        timestamp="ts",
+    )
 
 
 def configure(level: str) -> None:
-    """Route the root logger to stderr as JSON, once per process."""
+    """Route the root logger to stderr as JSON, once per process (gunicorn may have done it)."""
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(json_formatter())
     root.handlers = [handler]
     root.setLevel(level)
+
+
+def gunicorn_logconfig(level: str) -> dict[str, Any]:
+    """Gunicorn's ``logconfig_dict``: its error log and the app's share one JSON handler.
+
+    ``gunicorn.error`` keeps no handler of its own and propagates to the root, so the
+    master's lines ("Booting worker", worker timeouts, tracebacks) are JSON too and none
+    is written twice once the app configures logging in the worker.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": json_formatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": {"handlers": [], "propagate": True}},
+    }
