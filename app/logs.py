@@ -31,6 +31,8 @@ def json_formatter() -> JsonFormatter:
 
 def configure(level: str) -> None:
     """Route the root logger to stderr as JSON, once per process (gunicorn may have done it)."""
+    # Python warnings would otherwise be bare text lines in the middle of the JSON stream.
+    logging.captureWarnings(True)
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         return

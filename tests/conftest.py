@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -36,14 +36,18 @@ _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes
 ClusterFactory = Callable[..., LocalCluster]
 
 
-def _new_cluster(base: Path, max_connections: int) -> LocalCluster:
+def _new_cluster(
+    base: Path, max_connections: int, extra_settings: Mapping[str, str] | None = None
+) -> LocalCluster:
     """An initialized, started cluster in ``base/data`` with a random superuser password."""
     # mkdtemp makes a 0700 directory; when we are root the server runs as another user,
     # which must traverse it to reach the data directory.
     base.chmod(0o755)
     cluster = LocalCluster(base / "data")
     cluster.init(secrets.token_urlsafe(24))
-    cluster.start(max_connections=max_connections, extra_settings=_FAST_SETTINGS)
+    cluster.start(
+        max_connections=max_connections, extra_settings={**_FAST_SETTINGS, **(extra_settings or {})}
+    )
     return cluster
 
 
@@ -66,10 +70,12 @@ def cluster_factory() -> Iterator[ClusterFactory]:
     """Make extra started clusters for one test (about a second each); all removed after it."""
     made: list[tuple[Path, LocalCluster]] = []
 
-    def make(max_connections: int = 20) -> LocalCluster:
+    def make(
+        max_connections: int = 20, extra_settings: Mapping[str, str] | None = None
+    ) -> LocalCluster:
         base = Path(tempfile.mkdtemp(prefix="tenantpool-pg-"))
         try:
-            cluster = _new_cluster(base, max_connections=max_connections)
+            cluster = _new_cluster(base, max_connections, extra_settings)
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
@@ -107,6 +113,11 @@ def app_env(owner_url: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def migrated(app_env: dict[str, str]) -> None:
     """Apply the migrations once, through the real ``flask db upgrade`` command."""
+    upgrade_database(app_env)
+
+
+def upgrade_database(app_env: Mapping[str, str]) -> None:
+    """Run the real ``flask db upgrade`` with ``app_env``; fail the test with its output."""
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
         env={**os.environ, **app_env},
