@@ -16,7 +16,7 @@ PIP_FLAGS := --disable-pip-version-check --no-input --quiet
 help:
 	@echo "make run    local PostgreSQL + migrations + demo tenants + gunicorn (Ctrl-C stops all)"
 	@echo "make test   lint, then the whole pytest suite (PYTEST_ARGS=... passes options)"
-	@echo "make lint   ruff check, ruff format --check, mypy"
+	@echo "make lint   ruff check, ruff format --check, mypy, hadolint docker/Dockerfile"
 	@echo "make clean  stop the local cluster, remove var/ and .venv/"
 
 # Reinstalled whenever a requirements file changes; one (dev) set serves run, test and lint.
@@ -38,6 +38,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 # Stops a cluster left running in var/pg first, so no server outlives its directory.
 clean:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 
+import psycopg2
 import pytest
 
+from app.crypto import Keyring, tenant_aad
 from app.tenancy.provisioning import ProvisionedTenant
+from config import Settings
 
 
 def auth_headers(tenant: ProvisionedTenant) -> dict[str, str]:
@@ -48,3 +52,19 @@ def run_in_child(check: Callable[[], bool]) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung")
+
+
+def tenant_passwords(owner_url: str, settings: Settings) -> dict[str, str]:
+    """Every tenant role's database password, decrypted from ``tenants`` as the app does."""
+    keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
+    connection = psycopg2.connect(owner_url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, db_user, db_password_encrypted FROM tenants")
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    return {
+        role: keyring.decrypt_str(token, tenant_aad(uuid.UUID(str(tenant_id)), role))
+        for tenant_id, role, token in rows
+    }

@@ -15,14 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import requests
 
-from app.crypto import Keyring, tenant_aad
 from config import load_settings
 from tests.conftest import ClusterFactory, upgrade_database
 from tests.e2e.conftest import SeededTenant, seed, start_service, stop_service
+from tests.support import tenant_passwords
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +44,7 @@ def test_secrets_in_logs_appear_nowhere(
         stop_service(process)
 
     settings = load_settings(env)
-    passwords = _tenant_passwords(env["APP_DATABASE_URL"], settings)
+    passwords = tenant_passwords(env["APP_DATABASE_URL"], settings)
     assert len(passwords) == len(tenants)
     searched = {
         "admin token": env["APP_ADMIN_TOKEN"],
@@ -113,19 +112,3 @@ def _call(method: str, url: str, status: int, **kwargs: Any) -> Any:
     response = requests.request(method, url, timeout=10, **kwargs)
     assert response.status_code == status, f"{method} {url}: {response.text}"
     return response.json() if response.content else None
-
-
-def _tenant_passwords(owner_url: str, settings: Any) -> dict[str, str]:
-    """Every tenant's database password, decrypted as the app does."""
-    keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
-    connection = psycopg2.connect(owner_url)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT id, db_user, db_password_encrypted FROM tenants")
-            rows = cursor.fetchall()
-    finally:
-        connection.close()
-    return {
-        role: keyring.decrypt_str(token, tenant_aad(uuid.UUID(str(tenant_id)), role))
-        for tenant_id, role, token in rows
-    }
