@@ -8,6 +8,7 @@ server itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -51,12 +52,14 @@ def _new_cluster(
     return cluster
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[LocalCluster]:
-    """The suite's PostgreSQL cluster: 127.0.0.1, scram-sha-256, max_connections=200."""
+@contextlib.contextmanager
+def throwaway_cluster(
+    max_connections: int = 20, extra_settings: Mapping[str, str] | None = None
+) -> Iterator[LocalCluster]:
+    """A started cluster in a fresh temporary directory (about a second), removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="tenantpool-pg-"))
     try:
-        cluster = _new_cluster(base, max_connections=200)
+        cluster = _new_cluster(base, max_connections, extra_settings)
         try:
             yield cluster
         finally:
@@ -65,29 +68,24 @@ def pg_cluster() -> Iterator[LocalCluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[LocalCluster]:
+    """The suite's PostgreSQL cluster: 127.0.0.1, scram-sha-256, max_connections=200."""
+    with throwaway_cluster(max_connections=200) as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def cluster_factory() -> Iterator[ClusterFactory]:
     """Make extra started clusters for one test (about a second each); all removed after it."""
-    made: list[tuple[Path, LocalCluster]] = []
+    with contextlib.ExitStack() as stack:
 
-    def make(
-        max_connections: int = 20, extra_settings: Mapping[str, str] | None = None
-    ) -> LocalCluster:
-        base = Path(tempfile.mkdtemp(prefix="tenantpool-pg-"))
-        try:
-            cluster = _new_cluster(base, max_connections, extra_settings)
-        except BaseException:
-            shutil.rmtree(base, ignore_errors=True)
-            raise
-        made.append((base, cluster))
-        return cluster
+        def make(
+            max_connections: int = 20, extra_settings: Mapping[str, str] | None = None
+        ) -> LocalCluster:
+            return stack.enter_context(throwaway_cluster(max_connections, extra_settings))
 
-    yield make
-    for base, cluster in made:
-        try:
-            cluster.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+        yield make
 
 
 @pytest.fixture(scope="session")

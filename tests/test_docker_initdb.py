@@ -32,7 +32,7 @@ from app.db import create_control_engine
 from app.devcluster import LocalCluster, free_port
 from app.tenancy.provisioning import RoleLimits, create_tenant, role_name
 from config import load_settings
-from tests.conftest import ClusterFactory, upgrade_database
+from tests.conftest import throwaway_cluster, upgrade_database
 from tests.support import tenant_passwords
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +57,14 @@ class Initialized:
         return f"postgresql://{user}:{password}@127.0.0.1:{port or self.cluster.port}/tenantpool"
 
 
-@pytest.fixture
-def initialized(cluster_factory: ClusterFactory, app_env: dict[str, str]) -> Initialized:
-    cluster = cluster_factory()
+@pytest.fixture(scope="module")
+def initialized(app_env: dict[str, str]) -> Iterator[Initialized]:
+    """One cluster for the module: the tests only read it (or fail to change it)."""
+    with throwaway_cluster() as cluster:
+        yield _initialize(cluster, app_env)
+
+
+def _initialize(cluster: LocalCluster, app_env: dict[str, str]) -> Initialized:
     owner_password, bouncer_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     assert cluster.superuser_password is not None
     result = subprocess.run(
