@@ -1,0 +1,334 @@
+"""Turning measured figures into docs/benchmarks.md and its plots; nothing typed by hand."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    method: str
+    path: str
+    tenants: int
+    distribution: str  # uniform | zipf
+
+
+@dataclass(frozen=True)
+class Run:
+    """One wrk run against one target (``service`` or ``baseline``)."""
+
+    scenario: str
+    target: str
+    round: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    peak_connections: int
+
+
+@dataclass
+class Figures:
+    """Everything a report shows, as measured."""
+
+    scenarios: Sequence[Scenario]
+    runs: list[Run] = field(default_factory=list)
+    cold_ms: list[float] = field(default_factory=list)
+    connect_ms: dict[int, float] = field(default_factory=dict)  # SCRAM iterations -> median ms
+    seed_seconds: float = 0.0
+    seed_tenants: int = 0
+    seed_users: int = 0
+    round_trips: dict[str, float] = field(default_factory=dict)  # request -> messages sent
+    machine: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    command: str = "make bench"
+    date: str = ""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Service and baseline over the rounds of one scenario (means of the rounds)."""
+
+    scenario: Scenario
+    service: Run
+    baseline: Run
+
+    @property
+    def ratio(self) -> float:
+        return self.service.rps / self.baseline.rps if self.baseline.rps else 0.0
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.service.p99_ms / self.baseline.p99_ms if self.baseline.p99_ms else 0.0
+
+
+def _mean_run(runs: Sequence[Run]) -> Run:
+    first = runs[0]
+    return Run(
+        scenario=first.scenario,
+        target=first.target,
+        round=0,
+        rps=statistics.fmean(r.rps for r in runs),
+        p50_ms=statistics.fmean(r.p50_ms for r in runs),
+        p99_ms=statistics.fmean(r.p99_ms for r in runs),
+        errors=sum(r.errors for r in runs),
+        requests=sum(r.requests for r in runs),
+        peak_connections=max(r.peak_connections for r in runs),
+    )
+
+
+def summarise(figures: Figures) -> list[Summary]:
+    """One summary per scenario that has runs of both targets, in scenario order."""
+    out = []
+    for scenario in figures.scenarios:
+        by_target = {
+            target: [r for r in figures.runs if r.scenario == scenario.key and r.target == target]
+            for target in ("service", "baseline")
+        }
+        if by_target["service"] and by_target["baseline"]:
+            out.append(
+                Summary(scenario, _mean_run(by_target["service"]), _mean_run(by_target["baseline"]))
+            )
+    return out
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def targets(figures: Figures) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for the targets of DESIGN/issue 5 that the figures cover."""
+    summaries = {s.scenario.key: s for s in summarise(figures)}
+    out: list[tuple[str, str, bool]] = []
+    for key, floor in (("users_100", 0.80), ("users_1000_zipf", 0.70)):
+        if key in summaries:
+            s = summaries[key]
+            out.append(
+                (
+                    f"{s.scenario.title}: >= {floor:.2f}x baseline req/s",
+                    f"{s.ratio:.2f}x",
+                    s.ratio >= floor,
+                )
+            )
+    for s in summaries.values():
+        if s.scenario.method == "GET":
+            out.append(
+                (f"{s.scenario.title}: p99 <= 2x baseline", f"{s.p99_ratio:.2f}x", s.p99_ratio <= 2)
+            )
+    errors = sum(s.service.errors + s.baseline.errors for s in summaries.values())
+    out.append(("0 errors in every scenario (503 included)", str(errors), errors == 0))
+    if figures.cold_ms:
+        p50 = _percentile(figures.cold_ms, 0.5)
+        out.append(("cold tenant first request p50 <= 25 ms", f"{p50:.1f} ms", p50 <= 25))
+    return out
+
+
+def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
+    """The whole of docs/benchmarks.md."""
+    summaries = summarise(figures)
+    parts = [
+        "# Benchmarks",
+        "",
+        f"Written by `{figures.command}` on {figures.date}; no figure on this page is typed by "
+        "hand. The service and a bare baseline app (`tests/bench/baseline_app.py`: one pool, "
+        "one role, the same query and JSON shape, no tenancy) run under the same gunicorn "
+        "settings on the same PostgreSQL cluster, interleaved service / baseline / service / "
+        "baseline, so machine noise hits both alike: read the ratios, not the absolute numbers.",
+        "",
+        "## Machine",
+        "",
+        _table(["what", "value"], [[k, v] for k, v in figures.machine.items()]),
+        "",
+        "## Settings",
+        "",
+        _table(["what", "value"], [[k, v] for k, v in figures.settings.items()]),
+        "",
+        "## Throughput and latency",
+        "",
+        "Means over the rounds; errors are socket errors plus HTTP statuses >= 400 (a 503 "
+        "counts). Connections: the peak number of server backends of the app, sampled from "
+        "`pg_stat_activity` every 100 ms during the runs.",
+        "",
+        _table(
+            [
+                "scenario",
+                "service req/s",
+                "baseline req/s",
+                "ratio",
+                "service p50 / p99 ms",
+                "baseline p50 / p99 ms",
+                "errors (service / baseline)",
+                "peak connections (service / baseline)",
+            ],
+            [
+                [
+                    s.scenario.title,
+                    f"{s.service.rps:.0f}",
+                    f"{s.baseline.rps:.0f}",
+                    f"{s.ratio:.2f}",
+                    f"{s.service.p50_ms:.1f} / {s.service.p99_ms:.1f}",
+                    f"{s.baseline.p50_ms:.1f} / {s.baseline.p99_ms:.1f}",
+                    f"{s.service.errors} / {s.baseline.errors}",
+                    f"{s.service.peak_connections} / {s.baseline.peak_connections}",
+                ]
+                for s in summaries
+            ],
+        ),
+        "",
+        "Every run:",
+        "",
+        _table(
+            ["scenario", "round", "target", "req/s", "p50 ms", "p99 ms", "errors", "connections"],
+            [
+                [
+                    r.scenario,
+                    str(r.round),
+                    r.target,
+                    f"{r.rps:.0f}",
+                    f"{r.p50_ms:.1f}",
+                    f"{r.p99_ms:.1f}",
+                    str(r.errors),
+                    str(r.peak_connections),
+                ]
+                for r in figures.runs
+            ],
+        ),
+        "",
+    ]
+    if figures.cold_ms:
+        parts += [
+            "## Cold tenants",
+            "",
+            f"First request of each of {len(figures.cold_ms)} tenants right after a fresh "
+            "service start, one client, one keep-alive connection (so one worker): the request "
+            "authenticates through the control plane, decrypts the tenant's credentials, "
+            "creates its engine and connects as its role.",
+            "",
+            _table(
+                ["p50 ms", "p90 ms", "p99 ms", "max ms"],
+                [
+                    [
+                        f"{_percentile(figures.cold_ms, 0.5):.1f}",
+                        f"{_percentile(figures.cold_ms, 0.9):.1f}",
+                        f"{_percentile(figures.cold_ms, 0.99):.1f}",
+                        f"{max(figures.cold_ms):.1f}",
+                    ]
+                ],
+            ),
+            "",
+        ]
+    if figures.connect_ms:
+        low, high = min(figures.connect_ms), max(figures.connect_ms)
+        ratio = figures.connect_ms[high] / figures.connect_ms[low] if figures.connect_ms[low] else 0
+        parts += [
+            "## Tenant connect time by SCRAM iterations",
+            "",
+            "Median of new connections (connect + close) as a role whose verifier has the given "
+            "PBKDF2 iteration count, interleaved (see [security](security.md) for why tenants "
+            "use 64).",
+            "",
+            _table(
+                ["iterations", "median connect ms"],
+                [[str(k), f"{v:.2f}"] for k, v in sorted(figures.connect_ms.items())],
+            ),
+            "",
+            f"{high} iterations cost {ratio:.2f}x the connect time of {low}.",
+            "",
+        ]
+    if figures.round_trips:
+        parts += [
+            "## Round trips per request",
+            "",
+            "Messages the tenant's connection sends to PostgreSQL per warm request (counted "
+            "with `log_statement = all` on one tenant role; pool pre-ping included).",
+            "",
+            _table(
+                ["request", "round trips"],
+                [[k, f"{v:g}"] for k, v in figures.round_trips.items()],
+            ),
+            "",
+        ]
+    if figures.seed_tenants:
+        parts += [
+            "## Seeding",
+            "",
+            f"`flask seed-tenants --count {figures.seed_tenants} --users-per-tenant "
+            f"{figures.seed_users}` on a fresh database: {figures.seed_seconds:.1f} s.",
+            "",
+        ]
+    parts += [
+        "## Targets",
+        "",
+        _table(
+            ["target", "measured", "met"],
+            [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(figures)],
+        ),
+        "",
+    ]
+    if plots:
+        parts += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    return "\n".join(parts)
+
+
+def plot(figures: Figures, directory: Path) -> list[Path]:
+    """Req/s, p99 and peak connections against tenant count (uniform GET scenarios)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    summaries = [
+        s
+        for s in summarise(figures)
+        if s.scenario.method == "GET" and s.scenario.distribution == "uniform"
+    ]
+    zipf = [s for s in summarise(figures) if s.scenario.distribution == "zipf"]
+    if not summaries:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    charts = [
+        ("throughput", "requests per second", lambda run: run.rps),
+        ("p99", "p99 latency (ms)", lambda run: run.p99_ms),
+        ("connections", "peak server connections", lambda run: run.peak_connections),
+    ]
+    written = []
+    for name, label, value in charts:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        counts = [s.scenario.tenants for s in summaries]
+        for target in ("service", "baseline"):
+            axes.plot(
+                counts, [value(getattr(s, target)) for s in summaries], marker="o", label=target
+            )
+            for s in zipf:
+                axes.scatter(
+                    [s.scenario.tenants],
+                    [value(getattr(s, target))],
+                    marker="x",
+                    label=f"{target}, Zipf(1.1)",
+                )
+        axes.set_xscale("log")
+        axes.set_xlabel("tenants (GET /v1/users, page_size=20)")
+        axes.set_ylabel(label)
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        path = directory / f"{name}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
