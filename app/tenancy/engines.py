@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from app.crypto import CryptoError, Keyring, tenant_aad
 from app.tenancy.directory import TenantDirectory
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable
+from app.tenancy.session import TENANT_DRIVER
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class TenantEngineFactory:
                 "the tenant's database credentials cannot be decrypted", code="credentials"
             ) from None
         url = self._cluster_url(credentials.cluster).set(
-            username=credentials.db_user, password=password
+            drivername=TENANT_DRIVER, username=credentials.db_user, password=password
         )
         engine = sa.create_engine(
             url,

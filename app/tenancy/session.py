@@ -3,6 +3,12 @@
 The setting is transaction-local (``set_config(..., true)``): pooled connections outlive
 requests, and a per-connection setting would leak to the next checkout. It also works
 behind PgBouncer in transaction mode.
+
+It costs no round trip of its own. Tenant engines use :class:`TenantDialect`: psycopg2 in
+autocommit mode, with the transaction spelled out in SQL, so that ``BEGIN``, the tenant
+setting and the transaction's first statement travel to the server as one simple-query
+message (psycopg2 would otherwise send its implicit ``BEGIN`` alone, then the setting
+alone, then the statement: three round trips for one).
 """
 
 from __future__ import annotations
@@ -11,9 +17,15 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import event, orm
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
-_SET_TENANT = "SELECT set_config('app.tenant_id', %(tenant_id)s, true)"
+TENANT_DRIVER = "postgresql+tenantpool"
+"""The drivername of tenant engine URLs: :class:`TenantDialect`."""
+
+_TENANT_OF_TRANSACTION = "tenantpool.tenant_of_transaction"
 
 
 class TenantSession(orm.Session):
@@ -21,14 +33,93 @@ class TenantSession(orm.Session):
 
     def __init__(self, *args: Any, tenant_id: uuid.UUID, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.info["tenant_id"] = str(tenant_id)
+        # str(UUID) is hex digits and hyphens only: safe to embed as a literal below.
+        self.info["tenant_id"] = str(uuid.UUID(str(tenant_id)))
 
 
 @event.listens_for(TenantSession, "after_begin")
 def _set_tenant(session: orm.Session, transaction: object, connection: sa.Connection) -> None:
-    connection.exec_driver_sql(_SET_TENANT, {"tenant_id": session.info["tenant_id"]})
+    # Nothing is sent here: TenantDialect puts the setting in front of the transaction's
+    # first statement. Keyed by the connection's transaction so that it can never apply
+    # to a later transaction of the pooled connection.
+    connection.info[_TENANT_OF_TRANSACTION] = (
+        connection.get_transaction(),
+        session.info["tenant_id"],
+    )
 
 
 def tenant_sessionmaker(engine: sa.Engine) -> orm.sessionmaker[TenantSession]:
     """The session factory of one tenant engine; call it with ``tenant_id=``."""
     return orm.sessionmaker(bind=engine, class_=TenantSession, expire_on_commit=False)
+
+
+class TenantDialect(PGDialect_psycopg2):
+    """psycopg2 whose transactions are SQL statements, ``BEGIN`` sent with the first one.
+
+    The DBAPI connection is in autocommit mode, so psycopg2 sends nothing on its own. When
+    the server is idle (no transaction open) and SQLAlchemy executes a statement, the
+    statement is prefixed with ``BEGIN;`` and, for a :class:`TenantSession` transaction,
+    ``SELECT set_config('app.tenant_id', <tenant>, true);`` — the same statements as
+    before, in one message. ``COMMIT`` and ``ROLLBACK`` are sent only when the server
+    reports an open transaction (libpq tracks that locally, without a round trip), so
+    the pool's reset-on-return ends any transaction a holder left open.
+    """
+
+    supports_statement_cache = True
+
+    def on_connect(self) -> Any:
+        inherited = super().on_connect()  # type: ignore[no-untyped-call]  # SQLAlchemy's is untyped
+
+        def connect(dbapi_connection: Any) -> None:
+            if inherited is not None:
+                inherited(dbapi_connection)
+            dbapi_connection.autocommit = True
+
+        return connect
+
+    def do_begin(self, dbapi_connection: Any) -> None:
+        """Nothing yet: ``BEGIN`` goes out with the transaction's first statement."""
+
+    def do_commit(self, dbapi_connection: Any) -> None:
+        _end_transaction(dbapi_connection, "COMMIT")
+
+    def do_rollback(self, dbapi_connection: Any) -> None:
+        _end_transaction(dbapi_connection, "ROLLBACK")
+
+    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        cursor.execute(_opening(cursor, context) + statement, parameters)
+
+    def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
+        cursor.execute(_opening(cursor, context) + statement)
+
+    def do_executemany(
+        self, cursor: Any, statement: str, parameters: Any, context: Any = None
+    ) -> None:
+        # psycopg2 repeats an executemany statement per row: open the transaction first.
+        opening = _opening(cursor, context)
+        if opening:
+            cursor.execute(opening)
+        super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
+
+
+def _opening(cursor: Any, context: Any) -> str:
+    """What must precede the statement: BEGIN (and the tenant) if no transaction is open."""
+    if cursor.connection.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+        return ""
+    connection: sa.Connection | None = getattr(context, "root_connection", None)
+    if connection is None or not connection.in_transaction():
+        return ""  # e.g. the dialect's own start-up queries, run outside any transaction
+    tenant = connection.info.get(_TENANT_OF_TRANSACTION)
+    if tenant is not None and tenant[0] is connection.get_transaction():
+        return f"BEGIN; SELECT set_config('app.tenant_id', '{tenant[1]}', true); "
+    return "BEGIN; "
+
+
+def _end_transaction(dbapi_connection: Any, command: str) -> None:
+    # The pool passes its proxy, which forwards this method to the psycopg2 connection.
+    if dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(command)
+
+
+registry.register(TENANT_DRIVER.replace("+", "."), __name__, "TenantDialect")
