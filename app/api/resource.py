@@ -19,7 +19,9 @@ from app.api.body import json_object, query_args
 from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
 from app.models.scoped import TenantScoped
-from app.schemas.common import ListQuerySchema, PageSchema
+from app.schemas.common import ListQuerySchema, PageSchema, dumper
+
+_TOTAL = "_total"
 
 
 @dataclass(frozen=True)
@@ -47,28 +49,37 @@ def make_blueprint(resource: Resource) -> Blueprint:
     model = resource.model
     table = sa.inspect(model).local_table
     id_column = model.id
+    dump = dumper(resource.output)
+    # Listing reads plain rows of the output's columns: no ORM objects to build per row.
+    output_columns = [table.c[name] for name in resource.output.dump_fields]
 
     @bp.get("")
     def list_records() -> Response:
         params = query_args(resource.query)
         conditions = _conditions(resource, params)
         session = tenant_session()
-        total = session.scalar(sa.select(sa.func.count()).select_from(table).where(*conditions))
         sort = table.c[params["sort_column"]]
         descending = params["sort_direction"] in ("descending", "desc")
         # The id breaks ties, so pages never overlap or skip rows with equal sort keys.
         order = [sort.desc(), id_column.desc()] if descending else [sort.asc(), id_column.asc()]
         page, size = params["page"], params["page_size"]
-        rows = session.scalars(
-            sa.select(model)
+        # The total rides on every row (a window count): one query instead of COUNT + SELECT.
+        rows = session.execute(
+            sa.select(*output_columns, sa.func.count().over().label(_TOTAL))
             .where(*conditions)
             .order_by(*order)
             .limit(size)
             .offset((page - 1) * size)
         ).all()
+        if rows:
+            total = rows[0][-1]
+        elif page == 1:
+            total = 0
+        else:  # past the end: no row carries the total, so count
+            total = session.scalar(sa.select(sa.func.count()).select_from(table).where(*conditions))
         total = total or 0
         return jsonify(
-            records=resource.output.dump(rows, many=True),
+            records=[dump(row) for row in rows],
             page=page,
             page_size=size,
             total=total,
@@ -82,14 +93,14 @@ def make_blueprint(resource: Resource) -> Blueprint:
         record = session.scalars(sa.insert(model).values(**values).returning(model)).one()
         session.commit()
         location = url_for(".get_record", record_id=record.id)
-        return jsonify(resource.output.dump(record)), 201, {"Location": location}
+        return jsonify(dump(record)), 201, {"Location": location}
 
     @bp.get("/<uuid:record_id>")
     def get_record(record_id: uuid.UUID) -> Response:
         record = tenant_session().get(model, record_id)
         if record is None:
             raise NotFound(f"no such {resource.title.lower()}")
-        return jsonify(resource.output.dump(record))
+        return jsonify(dump(record))
 
     @bp.patch("/<uuid:record_id>")
     def patch_record(record_id: uuid.UUID) -> Response:
@@ -108,7 +119,7 @@ def make_blueprint(resource: Resource) -> Blueprint:
         if record is None:
             raise NotFound(f"no such {resource.title.lower()}")
         session.commit()
-        return jsonify(resource.output.dump(record))
+        return jsonify(dump(record))
 
     @bp.delete("/<uuid:record_id>")
     def delete_record(record_id: uuid.UUID) -> tuple[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -85,3 +85,55 @@ class PageSchema(Schema):
     page_size = fields.Integer(required=True)
     total = fields.Integer(required=True)
     total_pages = fields.Integer(required=True)
+
+
+Dumper = Callable[[Any], dict[str, Any]]
+
+
+def _as_str(value: Any) -> Any:
+    return None if value is None else str(value)
+
+
+def _as_iso(value: Any) -> Any:
+    return None if value is None else value.isoformat()
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _converter(field: fields.Field[Any]) -> Callable[[Any], Any] | None:
+    """A plain function doing what ``field`` does to a database value; None if unsure."""
+    if type(field) is fields.UUID:
+        return _as_str
+    if type(field) is fields.DateTime and field.format in (None, "iso"):
+        return _as_iso
+    # The database already returns these as str, bool and int.
+    if type(field) in (fields.String, fields.Boolean, fields.Integer):
+        return _as_is
+    return None
+
+
+def dumper(schema: Schema) -> Dumper:
+    """A function giving ``schema.dump(obj)`` for one row or record, without its overhead.
+
+    Marshmallow spends most of a list request's serialisation time on per-field dispatch;
+    this resolves each field once. Fields it has no plain equivalent for (a Decimal as a
+    string, say) still go through marshmallow's own ``serialize``; tests check that both
+    give the same output.
+    """
+    plan: list[tuple[str, str, Callable[[Any], Any] | None, fields.Field[Any]]] = [
+        (field.data_key or name, field.attribute or name, _converter(field), field)
+        for name, field in schema.dump_fields.items()
+    ]
+
+    def dump(obj: Any) -> dict[str, Any]:
+        out = {}
+        for key, attribute, convert, field in plan:
+            if convert is None:
+                out[key] = field.serialize(attribute, obj)
+            else:
+                out[key] = convert(getattr(obj, attribute))
+        return out
+
+    return dump
