@@ -8,6 +8,7 @@ transaction: either both exist or neither.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -51,30 +52,52 @@ def create_tenant(
     cluster: str = "default",
 ) -> ProvisionedTenant:
     """Create the tenant's role and row in one transaction and return its API key."""
-    tenant_id = uuid.uuid4()
-    role = role_name(tenant_id)
-    password = generate_password()
-    api_key = generate_api_key()
-    with control_engine.begin() as connection:
-        connection.exec_driver_sql(
+    return create_tenants(control_engine, keyring, [name], limits, cluster=cluster)[0]
+
+
+def create_tenants(
+    control_engine: sa.Engine,
+    keyring: Keyring,
+    names: Sequence[str],
+    limits: RoleLimits,
+    *,
+    cluster: str = "default",
+) -> list[ProvisionedTenant]:
+    """Create several tenants in one transaction: all of them, or none.
+
+    Two round trips whatever the count (the role statements in one message, the rows in
+    one INSERT), so seeding a thousand tenants does not cost a thousand commits.
+    """
+    tenants = [ProvisionedTenant(uuid.uuid4(), name, generate_api_key()) for name in names]
+    if not tenants:
+        return []
+    statements = []
+    rows = []
+    for tenant in tenants:
+        role = role_name(tenant.id)
+        password = generate_password()
+        statements.append(
             f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
             f"INHERIT CONNECTION LIMIT {int(limits.connection_limit)} "
             f"PASSWORD '{_verifier(password, limits.scram_iterations)}' "
-            f"IN ROLE {TENANT_BASE_ROLE}"
+            f"IN ROLE {TENANT_BASE_ROLE}; "
+            + _statement_timeout_sql(role, limits.statement_timeout_ms)
         )
-        _set_statement_timeout(connection, role, limits.statement_timeout_ms)
-        connection.execute(
-            sa.insert(Tenant).values(
-                id=tenant_id,
-                name=name,
-                db_user=role,
-                db_password_encrypted=keyring.encrypt(password, tenant_aad(tenant_id, role)),
-                key_id=keyring.active_key_id,
-                api_key_hash=hash_api_key(api_key),
-                cluster=cluster,
-            )
+        rows.append(
+            {
+                "id": tenant.id,
+                "name": tenant.name,
+                "db_user": role,
+                "db_password_encrypted": keyring.encrypt(password, tenant_aad(tenant.id, role)),
+                "key_id": keyring.active_key_id,
+                "api_key_hash": hash_api_key(tenant.api_key),
+                "cluster": cluster,
+            }
         )
-    return ProvisionedTenant(tenant_id, name, api_key)
+    with control_engine.begin() as connection:
+        connection.exec_driver_sql("; ".join(statements))
+        connection.execute(sa.insert(Tenant).values(rows))
+    return tenants
 
 
 def reset_api_key(control_engine: sa.Engine, tenant_id: uuid.UUID) -> str:
@@ -99,5 +122,5 @@ def _verifier(password: str, iterations: int) -> str:
     return verifier
 
 
-def _set_statement_timeout(connection: sa.Connection, role: str, timeout_ms: int) -> None:
-    connection.exec_driver_sql(f'ALTER ROLE "{role}" SET statement_timeout = {int(timeout_ms)}')
+def _statement_timeout_sql(role: str, timeout_ms: int) -> str:
+    return f'ALTER ROLE "{role}" SET statement_timeout = {int(timeout_ms)}'
