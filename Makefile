@@ -1,5 +1,4 @@
 # tenantpool developer commands (DESIGN section 2). `make test` is what CI runs.
-# `make bench` and `make loadtest` come with the benchmark and load-test work.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -11,12 +10,14 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PIP_FLAGS := --disable-pip-version-check --no-input --quiet
 
-.PHONY: help run test lint clean
+.PHONY: help run test lint bench loadtest clean
 
 help:
 	@echo "make run    local PostgreSQL + migrations + demo tenants + gunicorn (Ctrl-C stops all)"
 	@echo "make test   lint, then the whole pytest suite (PYTEST_ARGS=... passes options)"
 	@echo "make lint   ruff check, ruff format --check, mypy, hadolint docker/Dockerfile"
+	@echo "make bench  service vs bare baseline under wrk; writes docs/benchmarks.md (~10 min)"
+	@echo "make loadtest  locust against a serving \`make run\` (LOAD_HOST, LOAD_USERS, LOAD_TIME)"
 	@echo "make clean  stop the local cluster, remove var/ and .venv/"
 
 # Reinstalled whenever a requirements file changes; one (dev) set serves run, test and lint.
@@ -39,6 +40,31 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(VENV)/bin/hadolint docker/Dockerfile
+
+# Not part of `make test`: minutes of load on its own cluster (tests/bench/run.py).
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; \
+		else echo "make bench needs wrk: install it (apt-get install wrk) and run again" >&2; exit 1; fi; }
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+# Locust stays out of the test set (it brings gevent and a pytest plugin).
+LOAD_STAMP := $(VENV)/.installed-load
+LOAD_HOST ?= http://127.0.0.1:8080
+LOAD_USERS ?= 20
+LOAD_TIME ?= 60s
+$(LOAD_STAMP): requirements-load.txt $(STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-load.txt
+	@touch $@
+
+loadtest: $(LOAD_STAMP)
+	@test -f "$${TENANTS_FILE:-var/tenants.json}" || { \
+		echo "no $${TENANTS_FILE:-var/tenants.json}: start \`make run\` first (it seeds tenants)" >&2; exit 1; }
+	@mkdir -p var/loadtest
+	$(VENV)/bin/locust -f tests/load/locustfile.py --headless --host $(LOAD_HOST) \
+		--users $(LOAD_USERS) --spawn-rate 5 --run-time $(LOAD_TIME) \
+		--csv var/loadtest/locust --html var/loadtest/report.html --only-summary
 
 # Stops a cluster left running in var/pg first, so no server outlives its directory.
 clean:

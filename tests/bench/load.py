@@ -151,13 +151,6 @@ class ConnectionSampler:
                 self._stop.wait(self._interval)
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of ``values`` (fraction in 0..1)."""
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
 def first_requests(url: str, tenants: Sequence[Tenant], path: str) -> list[float]:
     """Milliseconds of one GET per tenant, in order, on one keep-alive connection.
 

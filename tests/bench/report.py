@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,10 +105,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _percentile(values: Sequence[float], fraction: float) -> float:
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``values`` (``fraction`` in 0..1)."""
     ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
+    return ordered[max(0, min(len(ordered), math.ceil(fraction * len(ordered))) - 1)]
 
 
 def targets(figures: Figures) -> list[tuple[str, str, bool]]:
@@ -132,7 +133,7 @@ def targets(figures: Figures) -> list[tuple[str, str, bool]]:
     errors = sum(s.service.errors + s.baseline.errors for s in summaries.values())
     out.append(("0 errors in every scenario (503 included)", str(errors), errors == 0))
     if figures.cold_ms:
-        p50 = _percentile(figures.cold_ms, 0.5)
+        p50 = percentile(figures.cold_ms, 0.5)
         out.append(("cold tenant first request p50 <= 25 ms", f"{p50:.1f} ms", p50 <= 25))
     return out
 
@@ -222,9 +223,9 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
                 ["p50 ms", "p90 ms", "p99 ms", "max ms"],
                 [
                     [
-                        f"{_percentile(figures.cold_ms, 0.5):.1f}",
-                        f"{_percentile(figures.cold_ms, 0.9):.1f}",
-                        f"{_percentile(figures.cold_ms, 0.99):.1f}",
+                        f"{percentile(figures.cold_ms, 0.5):.1f}",
+                        f"{percentile(figures.cold_ms, 0.9):.1f}",
+                        f"{percentile(figures.cold_ms, 0.99):.1f}",
                         f"{max(figures.cold_ms):.1f}",
                     ]
                 ],

@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             ) as service:
                 figures.cold_ms = load.first_requests(service.url, cold, LIST_PATH)
             say(
-                f"cold p50 {load.percentile(figures.cold_ms, 0.5):.1f} ms, "
-                f"p99 {load.percentile(figures.cold_ms, 0.99):.1f} ms"
+                f"cold p50 {report.percentile(figures.cold_ms, 0.5):.1f} ms, "
+                f"p99 {report.percentile(figures.cold_ms, 0.99):.1f} ms"
             )
     _write(figures, args.no_write)
     return 0

@@ -1,0 +1,134 @@
+"""The pieces of ``make bench`` work (the benchmark itself is not part of ``make test``)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from app.tenancy.provisioning import ProvisionedTenant
+from tests.bench import baseline_app, load, report
+from tests.bench.report import Figures, Run, Scenario
+from tests.bench.stack import Tenant
+from tests.support import auth_headers
+
+WRK_OUTPUT = """Running 12s test @ http://127.0.0.1:8080
+  2 threads and 32 connections
+WRK_JSON {"requests": 6000, "duration_us": 12000000, "connect": 0, "read": 1, "write": 0, \
+"status": 2, "timeout": 0, "p50_us": 4200, "p99_us": 31000, "max_us": 90000}
+"""
+
+
+def test_lua_tenants_lists_ids_and_keys() -> None:
+    tenants = [Tenant(str(uuid.uuid4()), f"bench-{i}", f"tpk_key{i}") for i in range(2)]
+    chunk = load.lua_tenants(tenants)
+    assert chunk.startswith("return {")
+    assert f'{{"{tenants[1].id}", "tpk_key1"}},' in chunk
+
+
+def test_lua_tenants_refuses_characters_that_could_escape_a_string() -> None:
+    with pytest.raises(ValueError, match="Lua"):
+        load.lua_tenants([Tenant(str(uuid.uuid4()), "x", 'tpk_"); os.exit() --')])
+
+
+def test_parse_wrk_reads_figures_and_counts_errors() -> None:
+    result = load.parse_wrk(WRK_OUTPUT)
+    assert result.rps == 500
+    assert (result.errors, result.p50_ms, result.p99_ms) == (3, 4.2, 31.0)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (report.percentile(values, 0.5), report.percentile(values, 0.99)) == (50, 99)
+
+
+def _figures() -> Figures:
+    scenario = Scenario(
+        "users_100", "GET /v1/users, 100 tenants", "GET", "/v1/users", 100, "uniform"
+    )
+    figures = Figures(scenarios=[scenario], date="2024-01-01 00:00 UTC")
+    for round_number in (1, 2):
+        figures.runs.append(Run("users_100", "service", round_number, 850, 5, 20, 0, 10_000, 40))
+        figures.runs.append(Run("users_100", "baseline", round_number, 1000, 4, 12, 0, 12_000, 16))
+    figures.cold_ms = [10.0, 12.0, 30.0]
+    figures.connect_ms = {64: 2.5, 4096: 5.0}
+    return figures
+
+
+def test_report_table_carries_ratio_and_targets() -> None:
+    markdown = report.render_markdown(_figures())
+    assert (
+        "| GET /v1/users, 100 tenants | 850 | 1000 | 0.85 | 5.0 / 20.0 | 4.0 / 12.0 "
+        "| 0 / 0 | 40 / 16 |" in markdown
+    )
+    assert "4096 iterations cost 2.00x the connect time of 64." in markdown
+    met = {target: ok for target, _, ok in report.targets(_figures())}
+    assert met["GET /v1/users, 100 tenants: >= 0.80x baseline req/s"]
+    assert met["GET /v1/users, 100 tenants: p99 <= 2x baseline"]
+    assert met["cold tenant first request p50 <= 25 ms"]
+
+
+def test_report_plots_are_written(tmp_path: Path) -> None:
+    written = report.plot(_figures(), tmp_path)
+    assert [p.name for p in written] == ["throughput.png", "p99.png", "connections.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
+@pytest.fixture
+def baseline_client(owner_url: str, migrated: None) -> FlaskClient:
+    """The baseline app on its own schema of the suite's database."""
+    schema = f"baseline_{uuid.uuid4().hex[:8]}"
+    url = sa.make_url(owner_url).set(drivername="postgresql+psycopg2")
+    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        baseline_app.setup_schema(connection)
+    engine.dispose()
+    return baseline_app.create_app(url.render_as_string(hide_password=False)).test_client()
+
+
+def test_baseline_answers_the_service_shape_for_the_same_rows(
+    client: FlaskClient,
+    baseline_client: FlaskClient,
+    tenant_a: ProvisionedTenant,
+    owner_url: str,
+) -> None:
+    headers = auth_headers(tenant_a)
+    for first, email in (("Ada", "ada@example.com"), ("Alan", None)):
+        payload = {"first_name": first, "last_name": "X", "email": email}
+        assert client.post("/v1/users", json=payload, headers=headers).status_code == 201
+    query = "/v1/users?page=1&page_size=20"
+    service = client.get(query, headers=headers).json
+    assert service is not None
+    record_keys = list(service["records"][0])
+    created = [
+        baseline_client.post(
+            "/v1/users",
+            json={"first_name": r["first_name"], "last_name": "X", "email": r["email"]},
+            headers=headers,
+        ).json
+        for r in service["records"]
+    ]
+    baseline = baseline_client.get(query, headers=headers).json
+    assert baseline is not None
+    # Same rows but for the server-generated id and timestamps: compare the shape and the rest.
+    assert list(baseline) == list(service)
+    for ours, theirs in zip(service["records"], baseline["records"], strict=True):
+        assert list(ours) == list(theirs)
+        for key in ("id", "created_at", "updated_at"):
+            ours.pop(key), theirs.pop(key)
+        assert ours == theirs
+    assert {k: v for k, v in baseline.items() if k != "records"} == {
+        k: v for k, v in service.items() if k != "records"
+    }
+    assert created[0] is not None  # a create answers the same record shape
+    assert list(created[0]) == record_keys
+
+
+def test_wrk_script_exists_for_load() -> None:
+    assert load.WRK_SCRIPT.is_file()
+    assert "function done" in load.WRK_SCRIPT.read_text()
