@@ -27,7 +27,7 @@ class TenantUser(FastHttpUser):
     wait_time = between(0.05, 0.5)
 
     def on_start(self) -> None:
-        tenant = random.choice(TENANTS)  # noqa: S311 - load spreading, not security
+        tenant = random.choice(TENANTS)
         self.headers = {"X-Tenant-ID": tenant["id"], "Authorization": f"Bearer {tenant['api_key']}"}
         self.user_ids: list[str] = []
 
@@ -38,7 +38,7 @@ class TenantUser(FastHttpUser):
     @task(2)
     def get_user(self) -> None:
         if self.user_ids:
-            user_id = random.choice(self.user_ids)  # noqa: S311
+            user_id = random.choice(self.user_ids)
             self.client.get(f"/v1/users/{user_id}", headers=self.headers, name="/v1/users/[id]")
 
     @task(2)
@@ -55,7 +55,7 @@ class TenantUser(FastHttpUser):
     @task(1)
     def patch_user(self) -> None:
         if self.user_ids:
-            user_id = random.choice(self.user_ids)  # noqa: S311
+            user_id = random.choice(self.user_ids)
             self.client.patch(
                 f"/v1/users/{user_id}",
                 json={"confirmed": True},
