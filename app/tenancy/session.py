@@ -13,6 +13,7 @@ alone, then the statement: three round trips for one).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -26,6 +27,9 @@ TENANT_DRIVER = "postgresql+tenantpool"
 """The drivername of tenant engine URLs: :class:`TenantDialect`."""
 
 _TENANT_OF_TRANSACTION = "tenantpool.tenant_of_transaction"
+# Server (host, port, database) -> dialect attributes its initialize() learned; per process.
+_LEARNED: dict[tuple[str | None, int | None, str | None], dict[str, Any]] = {}
+_LEARNED_LOCK = threading.Lock()
 
 
 class TenantSession(orm.Session):
@@ -67,6 +71,30 @@ class TenantDialect(PGDialect_psycopg2):
 
     supports_statement_cache = True
 
+    def initialize(self, connection: sa.Connection) -> None:
+        """What SQLAlchemy asks a server on an engine's first connect, asked once per server.
+
+        Every tenant engine is a new dialect, and ``initialize`` costs about five round
+        trips (version, schema, isolation level, ...) on each tenant's first request. The
+        answers depend on the server, not on the role, so the first engine's are reused.
+        """
+        url = connection.engine.url
+        server = (url.host, url.port, url.database)
+        with _LEARNED_LOCK:
+            learned = _LEARNED.get(server)
+        if learned is not None:
+            self.__dict__.update(learned)
+            return
+        before = dict(self.__dict__)
+        super().initialize(connection)  # type: ignore[no-untyped-call]
+        learned = {
+            name: value
+            for name, value in self.__dict__.items()
+            if name not in before or before[name] is not value
+        }
+        with _LEARNED_LOCK:
+            _LEARNED.setdefault(server, learned)
+
     def on_connect(self) -> Any:
         inherited = super().on_connect()  # type: ignore[no-untyped-call]  # SQLAlchemy's is untyped
 
@@ -76,6 +104,14 @@ class TenantDialect(PGDialect_psycopg2):
             dbapi_connection.autocommit = True
 
         return connect
+
+    def set_isolation_level(self, dbapi_connection: Any, level: Any) -> None:
+        # psycopg2's own isolation setting turns autocommit off, and psycopg2 would then
+        # send a second BEGIN of its own before ours.
+        raise NotImplementedError(
+            "tenant engines keep psycopg2 in autocommit mode: run SET TRANSACTION "
+            "ISOLATION LEVEL as the transaction's first statement instead"
+        )
 
     def do_begin(self, dbapi_connection: Any) -> None:
         """Nothing yet: ``BEGIN`` goes out with the transaction's first statement."""

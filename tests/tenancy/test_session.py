@@ -130,3 +130,33 @@ def test_session_rollback_discards_writes(tenancy: Tenancy, tenant_a: Provisione
         assert session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
     finally:
         session.close()
+
+
+def test_session_new_engine_does_not_ask_what_the_server_already_told(
+    pg_cluster: LocalCluster,
+    tenancy: Tenancy,
+    tenant_a: ProvisionedTenant,
+    tenant_b: ProvisionedTenant,
+    statement_logging: None,
+) -> None:
+    session = tenancy.open_session(tenant_b.id)  # some engine has met this server
+    session.close()
+    offset = pg_cluster.log_path.stat().st_size
+    session = tenancy.open_session(tenant_a.id)  # a new engine: first connect
+    try:
+        assert session.scalar(CURRENT_TENANT) == str(tenant_a.id)
+    finally:
+        session.close()
+    logged = _logged(pg_cluster, offset)
+    assert not [line for line in logged if "version()" in line or "show " in line.lower()], logged
+
+
+def test_session_engine_refuses_a_dbapi_isolation_level(
+    tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    engine = tenancy.registry.get(tenant_a.id).engine
+    with (
+        engine.connect() as connection,
+        pytest.raises(NotImplementedError, match="SET TRANSACTION"),
+    ):
+        connection.execution_options(isolation_level="SERIALIZABLE")
