@@ -169,14 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default=",".join(s.key for s in SCENARIOS), help="comma-separated keys"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
-    args = parser.parse_args(argv)
+    args_given = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(args_given)
     wanted = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.key in wanted and s.tenants <= args.tenants]
     load.wrk_path()  # fail now, not after seeding
     WORK.mkdir(parents=True, exist_ok=True)
     figures = Figures(
         scenarios=scenarios,
-        command="make bench (python -m tests.bench.run " + shlex.join(argv or sys.argv[1:]) + ")",
+        command=" ".join(["make bench (python -m tests.bench.run", *map(shlex.quote, args_given)])
+        + ")",
         date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )
     figures.machine = machine()
