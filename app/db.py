@@ -23,13 +23,24 @@ NAMING_CONVENTION = {
 }
 
 
+CONTROL_POOL_MAX = 4
+"""Most connections one worker's control-plane engine opens (the start-up check counts them).
+
+All are kept once opened (no overflow): an overflow connection is closed on return, and
+a new one opened right after could briefly coexist on the server with the old backend,
+still exiting: one more than counted.
+"""
+
+
 class Base(orm.DeclarativeBase):
     """Base of every model; constraint names come from the naming convention."""
 
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def create_control_engine(url: str | sa.URL, *, pool_size: int = 2, **kwargs: Any) -> sa.Engine:
+def create_control_engine(
+    url: str | sa.URL, *, pool_size: int = CONTROL_POOL_MAX, **kwargs: Any
+) -> sa.Engine:
     """Engine of the owner role for the control plane.
 
     The pool is small: tenant lookups are cached per worker, so this engine only serves
@@ -39,7 +50,7 @@ def create_control_engine(url: str | sa.URL, *, pool_size: int = 2, **kwargs: An
     engine = sa.create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=2,
+        max_overflow=0,
         pool_pre_ping=True,
         connect_args={"application_name": f"tp:control:{os.getpid()}"},
         **kwargs,

@@ -40,7 +40,7 @@ class Settings:
     tenant_pool_size: int = 2
     tenant_max_overflow: int = 2
     max_engines: int = 200
-    connection_budget: int = 8
+    connection_budget: int = 6  # threads + BUDGET_HEADROOM, see load_settings
     pool_timeout: float = 5.0
     idle_ttl: float = 300.0
     reaper_interval: float = 5.0
@@ -63,6 +63,11 @@ class Settings:
         raise ConfigError(f"APP_CLUSTERS: no cluster named {name!r}; add it to APP_CLUSTERS")
 
 
+BUDGET_HEADROOM = 2
+"""Default connection budget = threads + this: one busy connection per request thread, and
+a couple kept idle so the next request of a recent tenant needs no new login."""
+
+
 def _default_workers() -> int:
     return 2 * (os.cpu_count() or 1)
 
@@ -81,6 +86,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"(known: {', '.join(sorted(keys))})"
         )
     admin_token = reader.get("APP_ADMIN_TOKEN", None, _admin_token)
+    threads = reader.get("APP_THREADS", 4, _int_between(1, 256))
     settings = Settings(
         env=app_env,
         database_url=database_url,
@@ -90,11 +96,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         clusters=reader.get("APP_CLUSTERS", {}, _clusters),
         bind=reader.get("APP_BIND", "127.0.0.1:8080", _bind),
         workers=reader.get("APP_WORKERS", _default_workers(), _int_between(1, 256)),
-        threads=reader.get("APP_THREADS", 4, _int_between(1, 256)),
+        threads=threads,
         tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", 2, _int_between(1, 100)),
         tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 2, _int_between(0, 100)),
         max_engines=reader.get("APP_MAX_ENGINES", 200, _int_between(1, 100_000)),
-        connection_budget=reader.get("APP_CONNECTION_BUDGET", 8, _int_between(1, 10_000)),
+        connection_budget=reader.get(
+            "APP_CONNECTION_BUDGET", threads + BUDGET_HEADROOM, _int_between(1, 10_000)
+        ),
         pool_timeout=reader.get("APP_POOL_TIMEOUT", 5.0, _float_between(0.0, 300.0)),
         idle_ttl=reader.get("APP_IDLE_TTL", 300.0, _float_between(0.1, 86_400.0)),
         reaper_interval=reader.get("APP_REAPER_INTERVAL", 5.0, _float_between(0.05, 3_600.0)),

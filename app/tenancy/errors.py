@@ -29,3 +29,14 @@ class TenantUnavailable(TenancyError):
         super().__init__(message)
         self.retry_after = retry_after
         self.code = code
+
+
+class CapacityExhausted(TenancyError):
+    """Every connection this worker may open is busy, and none freed up in time (503).
+
+    ``retry_after`` is the number of seconds a client should wait.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after

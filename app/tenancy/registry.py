@@ -26,6 +26,8 @@ from sqlalchemy import event, orm
 # ``EngineRegistry`` means ``EngineRegistry[orm.Session]``.
 from typing_extensions import TypeVar
 
+from app.tenancy.observer import Observer
+
 __all__ = ["Clock", "EngineEntry", "EngineFactory", "EngineRegistry", "SessionFactory"]
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ class EngineRegistry(Generic[S]):
     ``self._lock`` (one ``threading.Lock``) guards ``_entries`` (an OrderedDict kept in
     least-recently-used order, so ``last_used`` grows from front to back), ``_creating``
     (tenant id -> creation in progress) and the counters. Held only for dict operations,
-    timestamp writes and reading pool counters. NEVER done while holding it: network I/O,
+    timestamp writes, reading pool counters and telling the observer (which takes no lock
+    of ours). NEVER done while holding it: network I/O,
     decryption, connecting (the engine factory), disposing an engine, logging. Engines
     are popped under the lock and disposed after it is released.
 
@@ -111,6 +114,7 @@ class EngineRegistry(Generic[S]):
         max_engines: int,
         idle_ttl: float,
         clock: Clock = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         if max_engines < 1:
             raise ValueError(f"max_engines must be at least 1, got {max_engines}")
@@ -121,6 +125,7 @@ class EngineRegistry(Generic[S]):
         self.max_engines = max_engines
         self.idle_ttl = idle_ttl
         self._clock = clock
+        self._observer = observer or Observer()
         self._lock = threading.Lock()
         self._entries: OrderedDict[uuid.UUID, EngineEntry[S]] = OrderedDict()
         self._creating: dict[uuid.UUID, _Creation] = {}
@@ -216,7 +221,7 @@ class EngineRegistry(Generic[S]):
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
-            self._count_locked("shutdown" if close else "fork", len(entries))
+            self._count_locked("shutdown" if close else "fork", len(entries), observed=close)
         for entry in entries:
             _retire(entry, close=close)
 
@@ -282,6 +287,7 @@ class EngineRegistry(Generic[S]):
             entry.last_used = self._clock()
             self._entries[tenant_id] = entry
             self.created += 1
+            self._observer.engine_created()
             victims = self._pop_lru_locked(keep=tenant_id)
             self._count_locked("lru", len(victims))
             over = len(self._entries) - self.max_engines
@@ -317,9 +323,11 @@ class EngineRegistry(Generic[S]):
             del self._entries[entry.tenant_id]
         return victims
 
-    def _count_locked(self, reason: str, count: int) -> None:
+    def _count_locked(self, reason: str, count: int, *, observed: bool = True) -> None:
         if count:
             self.evicted_by_reason[reason] = self.evicted_by_reason.get(reason, 0) + count
+            if observed:
+                self._observer.engines_evicted(reason, count)
 
     def _reset_after_fork(self) -> None:
         """In a forked child: drop the parent's engines, locks and creations.
@@ -331,7 +339,8 @@ class EngineRegistry(Generic[S]):
         self._lock = threading.Lock()
         self._entries = OrderedDict()
         self._creating = {}
-        self._count_locked("fork", len(entries))
+        # Not observed: the parent counted these engines, and still has them.
+        self._count_locked("fork", len(entries), observed=False)
         for entry in entries:
             entry.retired = True
             # close=False: the connections are the parent's; only forget them. When the
