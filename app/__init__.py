@@ -11,9 +11,13 @@ from flask import Flask
 from app import api, cli, errors, hooks, logs, request_log
 from app.crypto import Keyring
 from app.db import create_control_engine
+from app.metrics import TenancyMetrics
 from app.tenancy import Tenancy
+from app.tenancy.backoff import LoginBackoff
+from app.tenancy.budget import ConnectionBudget
 from app.tenancy.directory import TenantDirectory
 from app.tenancy.engines import PoolSettings, TenantEngineFactory
+from app.tenancy.listener import TenantEventListener, connector
 from app.tenancy.provisioning import RoleLimits
 from app.tenancy.reaper import process_reaper
 from app.tenancy.registry import EngineRegistry
@@ -46,6 +50,11 @@ def build_tenancy(settings: Settings) -> Tenancy:
     control_engine = create_control_engine(settings.database_url)
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
     directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
+    observer = TenancyMetrics()
+    budget = ConnectionBudget(
+        settings.connection_budget, timeout=settings.pool_timeout, observer=observer
+    )
+    backoff = LoginBackoff()
     factory = TenantEngineFactory(
         directory,
         keyring,
@@ -56,24 +65,39 @@ def build_tenancy(settings: Settings) -> Tenancy:
             pool_timeout=settings.pool_timeout,
             connect_timeout=settings.connect_timeout,
         ),
+        budget=budget,
+        backoff=backoff,
+        observer=observer,
     )
     registry = EngineRegistry(
         factory,
         session_factory=tenant_sessionmaker,
         max_engines=settings.max_engines,
         idle_ttl=settings.idle_ttl,
+        observer=observer,
     )
     limits = RoleLimits(
         connection_limit=settings.tenant_connection_limit,
         statement_timeout_ms=settings.tenant_statement_timeout_ms,
         scram_iterations=settings.scram_iterations,
     )
-    return Tenancy(control_engine, directory, registry, keyring, limits)
+    tenancy = Tenancy(
+        control_engine, directory, registry, keyring, limits, budget, backoff, observer=observer
+    )
+    tenancy.listener = TenantEventListener(
+        connector(settings.database_url, connect_timeout=settings.connect_timeout),
+        tenancy.on_event,
+        on_reconnect=tenancy.on_listener_reconnect,
+    )
+    return tenancy
 
 
 def _start_reaper(app: Flask, settings: Settings) -> None:
     # Under gunicorn, post_fork started it already; elsewhere (flask run, tests) start here.
+    tenancy = hooks.tenancy_of(app)
     reaper = process_reaper()
     reaper.configure(interval=settings.reaper_interval)
-    reaper.watch(hooks.tenancy_of(app).registry)
+    reaper.watch(tenancy.registry)
+    if tenancy.listener is not None:
+        reaper.listen(tenancy.listener)
     reaper.start()

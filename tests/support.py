@@ -8,12 +8,16 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg2
 import pytest
+import sqlalchemy as sa
 
 from app.crypto import Keyring, tenant_aad
-from app.tenancy.provisioning import ProvisionedTenant
+from app.models import Tenant
+from app.tenancy.provisioning import ProvisionedTenant, role_name
+from app.tenancy.scram import generate_password, scram_sha256_verifier
 from config import Settings
 
 
@@ -68,3 +72,44 @@ def tenant_passwords(owner_url: str, settings: Settings) -> dict[str, str]:
         role: keyring.decrypt_str(token, tenant_aad(uuid.UUID(str(tenant_id)), role))
         for tenant_id, role, token in rows
     }
+
+
+def set_role_password(
+    control_engine: sa.Engine, tenant_id: uuid.UUID, keyring: Keyring | None = None
+) -> None:
+    """Give the tenant's role a new random password, as the owner.
+
+    With ``keyring``, the control plane gets it too, in the same transaction (a rotation
+    whose change event never came); without, only the role changes: the password was
+    changed behind the service's back.
+    """
+    password = generate_password()
+    role = role_name(tenant_id)
+    with control_engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"ALTER ROLE \"{role}\" PASSWORD '{scram_sha256_verifier(password, 64)}'"
+        )
+        if keyring is not None:
+            connection.execute(
+                sa.update(Tenant)
+                .where(Tenant.id == tenant_id)
+                .values(
+                    db_password_encrypted=keyring.encrypt(password, tenant_aad(tenant_id, role))
+                )
+            )
+
+
+def failed_logins(server_log: Path, tenant_id: uuid.UUID) -> int:
+    """How many logins of the tenant's role the server rejected (log_connections is on)."""
+    line = f'password authentication failed for user "{role_name(tenant_id)}"'
+    return server_log.read_text(errors="replace").count(line)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()

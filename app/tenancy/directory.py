@@ -74,6 +74,11 @@ class TenantDirectory:
         with self._lock:
             self._cache.pop(tenant_id, None)
 
+    def clear(self) -> None:
+        """Forget every tenant (change events may have been missed)."""
+        with self._lock:
+            self._cache.clear()
+
     def credentials(self, tenant_id: uuid.UUID) -> TenantCredentials | None:
         """The tenant's role and encrypted password, never cached."""
         query = sa.select(

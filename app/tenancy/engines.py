@@ -1,7 +1,8 @@
 """Building a tenant's engine: read its credentials, decrypt, connect as its own role.
 
 Called by the registry outside its lock; may be slow (a query, a decryption, a TCP and
-SCRAM handshake) and may raise.
+SCRAM handshake) and may raise. Every engine's pool draws on the worker's connection
+budget; a tenant whose credentials keep being rejected backs off (``LoginBackoff``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.crypto import CryptoError, Keyring, tenant_aad
+from app.tenancy.backoff import LoginBackoff, is_auth_failure
+from app.tenancy.budget import ConnectionBudget
 from app.tenancy.directory import TenantDirectory
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable
+from app.tenancy.observer import Observer
 from app.tenancy.session import TENANT_DRIVER
 
 
@@ -30,7 +34,12 @@ class PoolSettings:
 
 
 class TenantEngineFactory:
-    """Callable ``tenant_id -> Engine`` connecting as the tenant's own LOGIN role."""
+    """Callable ``tenant_id -> Engine`` connecting as the tenant's own LOGIN role.
+
+    Raises TenantUnavailable while the tenant backs off after rejected logins (no login is
+    tried then), CapacityExhausted when the budget has no slot for the first connection,
+    and the SQLAlchemy error of a failed first connect (a rejection is recorded first).
+    """
 
     def __init__(
         self,
@@ -38,13 +47,21 @@ class TenantEngineFactory:
         keyring: Keyring,
         cluster_url: Callable[[str], sa.URL],
         pool: PoolSettings,
+        *,
+        budget: ConnectionBudget,
+        backoff: LoginBackoff,
+        observer: Observer | None = None,
     ) -> None:
         self._directory = directory
         self._keyring = keyring
         self._cluster_url = cluster_url
         self._pool = pool
+        self._budget = budget
+        self._backoff = backoff
+        self._observer = observer or Observer()
 
     def __call__(self, tenant_id: uuid.UUID) -> sa.Engine:
+        self._backoff.check(tenant_id)
         credentials = self._directory.credentials(tenant_id)
         if credentials is None:
             # Deleted between authentication and now: answer as for an unknown tenant.
@@ -62,6 +79,7 @@ class TenantEngineFactory:
         )
         engine = sa.create_engine(
             url,
+            poolclass=self._budget.pool_class,
             pool_size=self._pool.pool_size,
             max_overflow=self._pool.max_overflow,
             pool_timeout=self._pool.pool_timeout,
@@ -77,7 +95,11 @@ class TenantEngineFactory:
         try:
             with engine.connect():
                 pass
-        except BaseException:
+        except BaseException as error:
             engine.dispose()
+            if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
+                self._observer.login_rejected()
+                self._backoff.failed(tenant_id)
             raise
+        self._backoff.succeeded(tenant_id)
         return engine

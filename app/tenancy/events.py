@@ -25,6 +25,7 @@ class EventKind(enum.StrEnum):
     RESUMED = "resumed"
     DELETED = "deleted"
     MOVED = "moved"
+    LIMITS_CHANGED = "limits_changed"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 The role's password is random and reaches PostgreSQL only as a SCRAM-SHA-256 verifier
 computed here, so no server log can show it. Role and row are made in one owner
-transaction: either both exist or neither.
+transaction: either both exist or neither. The role's limits (CONNECTION LIMIT and
+statement_timeout, so one tenant cannot starve the others) default from config and can
+be set per tenant at creation (``limits=``) or later (``set_role_limits``); they live on
+the role itself, where PostgreSQL enforces them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sqlalchemy as sa
 from app.crypto import Keyring, tenant_aad
 from app.models.tenant import Tenant
 from app.tenancy.ddl import TENANT_BASE_ROLE
+from app.tenancy.events import EventKind, TenantEvent, notify
 from app.tenancy.resolve import generate_api_key, hash_api_key
 from app.tenancy.scram import generate_password, is_scram_verifier, scram_sha256_verifier
 
@@ -98,6 +102,46 @@ def create_tenants(
         connection.exec_driver_sql("; ".join(statements))
         connection.execute(sa.insert(Tenant).values(rows))
     return tenants
+
+
+def set_role_limits(
+    control_engine: sa.Engine,
+    tenant_id: uuid.UUID,
+    *,
+    connection_limit: int,
+    statement_timeout_ms: int,
+) -> None:
+    """Change the tenant role's limits; raises LookupError for an unknown tenant.
+
+    Existing sessions keep the statement_timeout they started with, so every worker is
+    told (``limits_changed``) to drop the tenant's engine; new connections get the limits.
+    """
+    with control_engine.begin() as connection:
+        role = connection.scalar(sa.select(Tenant.db_user).where(Tenant.id == tenant_id))
+        if role is None:
+            raise LookupError(f"no tenant {tenant_id}")
+        connection.exec_driver_sql(
+            f'ALTER ROLE "{role}" CONNECTION LIMIT {int(connection_limit)}; '
+            + _statement_timeout_sql(role, statement_timeout_ms)
+        )
+        notify(connection, TenantEvent(EventKind.LIMITS_CHANGED, tenant_id))
+
+
+def role_limits(control_engine: sa.Engine, tenant_id: uuid.UUID) -> tuple[int, int | None]:
+    """The tenant role's CONNECTION LIMIT and statement_timeout in ms (None if unset)."""
+    with control_engine.connect() as connection:
+        row = connection.execute(
+            sa.text(
+                "SELECT r.rolconnlimit, "
+                "(SELECT split_part(setting, '=', 2) FROM unnest(r.rolconfig) AS setting "
+                " WHERE setting LIKE 'statement_timeout=%') AS timeout "
+                "FROM pg_roles r JOIN tenants t ON t.db_user = r.rolname WHERE t.id = :id"
+            ),
+            {"id": tenant_id},
+        ).one_or_none()
+    if row is None:
+        raise LookupError(f"no tenant {tenant_id}")
+    return row.rolconnlimit, None if row.timeout is None else int(row.timeout)
 
 
 def reset_api_key(control_engine: sa.Engine, tenant_id: uuid.UUID) -> str:

@@ -1,29 +1,34 @@
-"""The worker's background thread: disposes idle tenant engines, runs periodic tasks.
+"""The worker's background thread: disposes idle tenant engines, hears tenant events.
 
 Gunicorn calls ``post_fork`` before the app is loaded (unless ``preload_app``), so the
 reaper cannot belong to the app: it is one object per process (``process_reaper()``),
-started from ``post_fork`` or ``create_app``, and each registry is attached to it when
-built. ``shutdown_process()`` is what gunicorn's ``worker_exit`` calls.
+started from ``post_fork`` or ``create_app``, and each registry and event listener is
+attached to it when built. ``shutdown_process()`` is what gunicorn's ``worker_exit`` calls.
 
-LISTEN for tenant change events is not here yet; it plugs in as a task (a callable run
-every tick, after reaping) or by replacing the wait in ``_loop``.
+Between ticks the thread waits in ``select()`` on its listeners' sockets (LISTEN for
+tenant change events) and on a wake-up socket of its own, so an event is handled the
+moment it arrives and ``stop()`` takes effect at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from app.tenancy.registry import Clock, EngineRegistry
 
 __all__ = [
     "DEFAULT_INTERVAL",
     "THREAD_NAME",
+    "Listener",
     "Reaper",
     "Task",
     "configure",
@@ -41,14 +46,29 @@ Task = Callable[[], object]
 """Run on every tick after reaping; must not block longer than a tick."""
 
 
-class Reaper:
-    """Calls ``reap_idle`` on every watched registry, then every task, each tick.
+class Listener(Protocol):
+    """A socket the reaper waits on between ticks (``TenantEventListener``)."""
 
-    Thread safe. ``self._lock`` guards the watched registries, the tasks and the thread
-    state; it is never held while reaping or running a task. Registries are watched
-    through weak references, so an app that is thrown away (tests build many) does not
-    keep its engines alive. An exception from one registry or task is logged and the
-    others still run: nothing kills the thread but ``stop()``.
+    def fileno(self) -> int | None:
+        """The socket to wait on; None while disconnected."""
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next connection attempt while disconnected, else None."""
+
+    def pump(self) -> int:
+        """Connect if due and handle what arrived; never raises."""
+
+
+class Reaper:
+    """Calls ``reap_idle`` on every watched registry, then every task, each tick; pumps
+    its listeners whenever their sockets turn readable.
+
+    Thread safe. ``self._lock`` guards the watched registries, the listeners, the tasks
+    and the thread state; it is never held while reaping, pumping or running a task.
+    Registries and listeners are held through weak references, so an app that is thrown
+    away (tests build many) does not keep its engines alive. An exception from one
+    registry, listener or task is logged and the others still run: nothing kills the
+    thread but ``stop()``.
     """
 
     def __init__(
@@ -59,7 +79,10 @@ class Reaper:
         self._lock = threading.Lock()
         self._registries: weakref.WeakSet[EngineRegistry[Any]] = weakref.WeakSet()
         self._tasks: list[Task] = list(tasks)
+        self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
         self._stop = threading.Event()
+        # The running thread's wake-up socket pair: written by stop() and listen().
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self.ticks = 0
@@ -85,6 +108,18 @@ class Reaper:
         """Run ``task`` on every tick, after reaping."""
         with self._lock:
             self._tasks.append(task)
+
+    def listen(self, listener: Listener) -> None:
+        """Wait on ``listener`` between ticks from now on (idempotent; held weakly)."""
+        with self._lock:
+            self._listeners.add(listener)
+            wake = self._wake
+        _wake_up(wake)
+
+    def listeners(self) -> list[Listener]:
+        """The listeners still alive and waited on."""
+        with self._lock:
+            return list(self._listeners)
 
     def watched(self) -> list[EngineRegistry[Any]]:
         """The registries still alive and watched."""
@@ -128,23 +163,33 @@ class Reaper:
             if self._running_locked():
                 return
             stop = threading.Event()
+            wake = socket.socketpair()
+            for end in wake:
+                end.setblocking(False)
             thread = threading.Thread(
-                target=self._loop, args=(stop,), name=THREAD_NAME, daemon=True
+                target=self._loop, args=(stop, wake[0]), name=THREAD_NAME, daemon=True
             )
-            self._stop, self._thread, self._pid = stop, thread, os.getpid()
+            self._stop, self._thread, self._pid, self._wake = stop, thread, os.getpid(), wake
             thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the thread to stop and wait up to ``timeout`` seconds for it."""
         with self._lock:
-            thread, stop, pid = self._thread, self._stop, self._pid
+            thread, stop, pid, wake = self._thread, self._stop, self._pid, self._wake
             self._thread = None
+            self._wake = None
         stop.set()
+        _wake_up(wake)
         if thread is None or pid != os.getpid() or thread is threading.current_thread():
             return
         thread.join(timeout)
         if thread.is_alive():
             logger.warning("the reaper thread did not stop within %.1fs", timeout)
+        elif wake is not None:
+            # Closed here, once the thread is gone: it never closes them itself, so a
+            # late _wake_up() cannot write to a descriptor number reused meanwhile.
+            for end in wake:
+                end.close()
 
     @property
     def running(self) -> bool:
@@ -160,13 +205,44 @@ class Reaper:
             and not self._stop.is_set()
         )
 
-    def _loop(self, stop: threading.Event) -> None:
-        # Waiting on the Event, not sleeping: stop() wakes the thread at once.
-        while not stop.wait(self._interval):
+    def _loop(self, stop: threading.Event, wake: socket.socket) -> None:
+        next_tick = time.monotonic() + self._interval
+        while not stop.is_set():
             try:
+                remaining = next_tick - time.monotonic()
+                if remaining > 0:
+                    self._wait(remaining, wake)
+                    continue
                 self.run_once()
-            except Exception:  # run_once catches already; this guards the thread itself
+            except Exception:  # run_once and _wait catch already; this guards the thread
                 logger.exception("reaper tick failed")
+            next_tick = time.monotonic() + self._interval
+
+    def _wait(self, timeout: float, wake: socket.socket) -> None:
+        """Pump every listener, then wait until one is readable, woken, or ``timeout``."""
+        waits: list[Any] = [wake]
+        for listener in self.listeners():
+            try:
+                listener.pump()
+                fd = listener.fileno()
+                retry = listener.retry_in() if fd is None else None
+            except Exception:
+                self.failures += 1
+                logger.exception("reaper listener %r failed", listener)
+                continue
+            if fd is not None:
+                waits.append(fd)
+            elif retry is not None:
+                timeout = min(timeout, retry)
+        try:
+            readable, _, _ = select.select(waits, [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            # A listener's socket was closed under us (Tenancy.close from another thread);
+            # the next pass collects the sockets again.
+            return
+        if wake in readable:
+            with contextlib.suppress(OSError):
+                wake.recv(4096)
 
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's thread is gone and may have held the lock."""
@@ -174,6 +250,14 @@ class Reaper:
         self._stop = threading.Event()
         self._thread = None
         self._pid = None
+        self._wake = None  # the parent's pair; dropping it closes only the child's copies
+
+
+def _wake_up(wake: tuple[socket.socket, socket.socket] | None) -> None:
+    if wake is not None:
+        # Full buffer: a wake-up is pending already. Closed: the thread is gone.
+        with contextlib.suppress(OSError):
+            wake[1].send(b"x")
 
 
 def _check_interval(interval: float) -> float:

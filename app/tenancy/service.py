@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from app.crypto import Keyring
+from app.tenancy.backoff import LoginBackoff, is_auth_failure
+from app.tenancy.budget import ConnectionBudget
 from app.tenancy.directory import TenantDirectory, TenantRecord
 from app.tenancy.errors import AuthenticationFailed, TenantSuspended
+from app.tenancy.events import EventKind, TenantEvent
+from app.tenancy.listener import TenantEventListener
+from app.tenancy.observer import Observer
 from app.tenancy.provisioning import RoleLimits
 from app.tenancy.registry import EngineRegistry
 from app.tenancy.resolve import check_api_key
 from app.tenancy.session import TenantSession
+
+# Events after which the tenant's engine is stale (its password, its status or its server
+# changed); the others only change what the directory caches.
+_EVICTING = frozenset(
+    {
+        EventKind.CREDENTIALS_ROTATED,
+        EventKind.SUSPENDED,
+        EventKind.DELETED,
+        EventKind.MOVED,
+        EventKind.LIMITS_CHANGED,
+    }
+)
 
 
 @dataclass
@@ -25,6 +42,10 @@ class Tenancy:
     registry: EngineRegistry[TenantSession]
     keyring: Keyring
     limits: RoleLimits
+    budget: ConnectionBudget
+    backoff: LoginBackoff
+    listener: TenantEventListener | None = None
+    observer: Observer = field(default_factory=Observer)
 
     def authenticate(self, tenant_id: uuid.UUID, api_key: str) -> TenantRecord:
         """The tenant, if ``api_key`` is its key and it is active.
@@ -41,16 +62,61 @@ class Tenancy:
         return record
 
     def open_session(self, tenant_id: uuid.UUID) -> TenantSession:
-        """A session on the tenant's own engine; the caller closes it."""
+        """A session on a connection of the tenant's own engine; the caller closes it.
+
+        The connection is checked out here, not at the view's first query, so that every
+        connection failure surfaces in one place. If PostgreSQL rejects the tenant's
+        credentials, the engine may hold a stale password (rotated elsewhere, its event
+        not here yet): it is rebuilt once from credentials fetched again. A second
+        rejection raises TenantUnavailable, and the tenant backs off (``LoginBackoff``).
+        Also raises CapacityExhausted (no connection free in time) and SQLAlchemy errors
+        (database unreachable).
+        """
+        try:
+            return self._connected_session(tenant_id)
+        except sa.exc.OperationalError as error:
+            if not is_auth_failure(error):
+                raise
+        self.registry.evict(tenant_id, "auth")
+        try:
+            return self._connected_session(tenant_id)
+        except sa.exc.OperationalError as error:
+            if not is_auth_failure(error):
+                raise
+            raise self.backoff.unavailable(tenant_id) from None
+
+    def _connected_session(self, tenant_id: uuid.UUID) -> TenantSession:
         entry = self.registry.get(tenant_id)
-        return entry.sessionmaker(tenant_id=tenant_id)
+        try:
+            connection = entry.engine.connect()
+        except sa.exc.OperationalError as error:
+            if is_auth_failure(error):
+                # A new connection of a cached engine; the factory counts its own.
+                self.observer.login_rejected()
+            raise
+        return entry.sessionmaker(tenant_id=tenant_id, bind=connection)
 
     def forget(self, tenant_id: uuid.UUID, reason: str) -> None:
         """Drop what this worker holds of the tenant: cached record and engine."""
         self.directory.invalidate(tenant_id)
         self.registry.evict(tenant_id, reason)
 
+    def on_event(self, event: TenantEvent) -> None:
+        """A tenant changed, here or on another node: drop what is stale of it."""
+        # A rotation may have fixed the credentials that made the tenant back off.
+        self.backoff.reset(event.tenant_id)
+        if event.kind in _EVICTING:
+            self.forget(event.tenant_id, event.kind.value)
+        else:
+            self.directory.invalidate(event.tenant_id)
+
+    def on_listener_reconnect(self) -> None:
+        """Events sent while the listener was away are lost: refetch every tenant record."""
+        self.directory.clear()
+
     def close(self) -> None:
-        """Dispose every engine of this worker (worker exit)."""
+        """Stop listening and dispose every engine of this worker (worker exit)."""
+        if self.listener is not None:
+            self.listener.close()
         self.registry.dispose_all()
         self.control_engine.dispose()

@@ -33,12 +33,24 @@ _LEARNED_LOCK = threading.Lock()
 
 
 class TenantSession(orm.Session):
-    """An ORM session whose every transaction is for ``tenant_id``."""
+    """An ORM session whose every transaction is for ``tenant_id``.
+
+    ``Tenancy.open_session`` binds it to a connection checked out in advance; ``close()``
+    gives that connection back to the tenant's pool, so a closed session is not reused.
+    """
 
     def __init__(self, *args: Any, tenant_id: uuid.UUID, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # str(UUID) is hex digits and hyphens only: safe to embed as a literal below.
         self.info["tenant_id"] = str(uuid.UUID(str(tenant_id)))
+
+    def close(self) -> None:
+        """End the session and return its connection, if it was given one, to the pool."""
+        try:
+            super().close()
+        finally:
+            if isinstance(self.bind, sa.Connection):
+                self.bind.close()
 
 
 @event.listens_for(TenantSession, "after_begin")

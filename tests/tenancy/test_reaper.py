@@ -276,3 +276,69 @@ def test_shutdown_process_without_reaper_does_nothing() -> None:
     shutdown_process()
 
     assert reaper_module._process_reaper is None
+
+
+class FakeListener:
+    """A disconnected listener: pumped whenever its retry time comes."""
+
+    def __init__(self, *, retry_in: float = 0.01, broken: bool = False) -> None:
+        self._retry_in = retry_in
+        self.broken = broken
+        self.pumps = 0
+
+    def fileno(self) -> int | None:
+        return None
+
+    def retry_in(self) -> float | None:
+        return self._retry_in
+
+    def pump(self) -> int:
+        self.pumps += 1
+        if self.broken:
+            raise RuntimeError("listener bug")
+        return 0
+
+
+def test_reaper_pumps_disconnected_listener_when_its_retry_is_due(reaper: Reaper) -> None:
+    listener = FakeListener(retry_in=0.01)
+    reaper.listen(listener)
+
+    reaper.start()  # interval 60 s: only the listener's retry time wakes the thread
+
+    deadline = time.monotonic() + GUARD
+    while listener.pumps < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert listener.pumps >= 5
+
+
+def test_reaper_thread_survives_failing_listener() -> None:
+    ticked = threading.Event()
+    listener = FakeListener(broken=True)
+    reaper = Reaper(interval=0.05, tasks=[ticked.set])
+    reaper.listen(listener)
+    reaper.start()
+    try:
+        assert ticked.wait(GUARD)
+        assert reaper.running
+    finally:
+        reaper.stop()
+
+    assert reaper.failures >= 1
+
+
+def test_reaper_stop_wakes_thread_waiting_on_listener(reaper: Reaper) -> None:
+    reaper.listen(FakeListener(retry_in=60.0))
+    reaper.start()
+    started = time.monotonic()
+
+    reaper.stop()
+
+    assert time.monotonic() - started < 1.0
+    assert not reaper.running
+
+
+def test_reaper_listen_does_not_keep_listener_alive(reaper: Reaper) -> None:
+    reaper.listen(FakeListener())
+    gc.collect()
+
+    assert reaper.listeners() == []
