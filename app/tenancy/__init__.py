@@ -9,12 +9,15 @@ Lifecycle of a tenant request (``app.hooks`` is the only caller from Flask):
    key and another tenant's key all raise the same ``AuthenticationFailed``.
 3. ``EngineRegistry.get`` returns the tenant's engine, creating it on first use through
    ``TenantEngineFactory`` (credentials decrypted, connected as the tenant's own role)
-   outside the registry lock.
-4. ``Tenancy.open_session`` gives a ``TenantSession``: every transaction it begins first
-   runs ``set_config('app.tenant_id', <tenant>, true)``, so RLS sees both who is connected
-   and whom the request is for, and fails closed if either is missing.
+   outside the registry lock. Every connection of every tenant engine holds a slot of the
+   worker's ``ConnectionBudget``; a tenant whose logins are rejected backs off.
+4. ``Tenancy.open_session`` checks a connection out and gives a ``TenantSession`` on it:
+   every transaction it begins first runs ``set_config('app.tenant_id', <tenant>, true)``,
+   so RLS sees both who is connected and whom the request is for, and fails closed if
+   either is missing.
 5. The caller commits or rolls back and closes the session; the connection returns to the
-   tenant's pool. The worker's ``Reaper`` disposes engines left idle.
+   tenant's pool. The worker's ``Reaper`` disposes engines left idle and, through the
+   ``TenantEventListener``, forgets a tenant the moment a change event names it.
 """
 
 from app.tenancy.service import Tenancy
