@@ -1,10 +1,35 @@
 """Gunicorn settings and worker hooks; values come from the APP_* environment."""
 
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from app.logs import gunicorn_logconfig
-from app.tenancy.reaper import process_reaper, shutdown_process
-from config import ConfigError, load_settings
+
+def _fresh_metrics_dir() -> tuple[Path, bool]:
+    """The multiprocess metrics directory of this run, emptied; and whether we made it."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        return Path(tempfile.mkdtemp(prefix="tenantpool-metrics-")), True
+    path = Path(given)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):  # samples of a previous run's workers
+        stale.unlink()
+    return path, False
+
+
+# Before anything imports prometheus_client (the app does): it chooses multiprocess
+# storage from this variable at import time, and the workers inherit it.
+_METRICS_DIR, _METRICS_DIR_OURS = _fresh_metrics_dir()
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_METRICS_DIR)
+
+from prometheus_client import multiprocess  # noqa: E402 - must follow the variable above
+
+from app.capacity import CapacityError, check_capacity  # noqa: E402
+from app.logs import gunicorn_logconfig  # noqa: E402
+from app.tenancy.reaper import process_reaper, shutdown_process  # noqa: E402
+from config import ConfigError, load_settings  # noqa: E402
 
 try:
     _settings = load_settings()
@@ -28,6 +53,14 @@ preload_app = False
 control_socket_disable = True
 
 
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Refuse to start when the workers' connections cannot fit in the database server."""
+    try:
+        check_capacity(_settings)
+    except CapacityError as error:
+        sys.exit(f"tenantpool: not starting: {error}")
+
+
 def post_fork(server, worker):  # type: ignore[no-untyped-def]
     """Start the worker's reaper before the app is loaded; registries attach to it later."""
     process_reaper().configure(interval=_settings.reaper_interval)
@@ -37,3 +70,14 @@ def post_fork(server, worker):  # type: ignore[no-untyped-def]
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the reaper and dispose every engine of this worker."""
     shutdown_process()
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """In the master: drop the dead worker's live gauges from the metrics."""
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """Remove the metrics directory this run made."""
+    if _METRICS_DIR_OURS:
+        shutil.rmtree(_METRICS_DIR, ignore_errors=True)
