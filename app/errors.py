@@ -15,8 +15,10 @@ from flask import Flask, Response, g, json
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from app import metrics
 from app.tenancy.errors import (
     AuthenticationFailed,
+    CapacityExhausted,
     InvalidTenantHeader,
     TenantSuspended,
     TenantUnavailable,
@@ -145,14 +147,17 @@ def _http_error(error: HTTPException) -> Response:
     return problem(status, code, error.name or "Error", error.description or "", headers)
 
 
-def _pool_timeout(error: sqlalchemy.exc.TimeoutError) -> Response:
+def _capacity(error: sqlalchemy.exc.TimeoutError | CapacityExhausted) -> Response:
+    # A tenant's own pool (TimeoutError) or the worker's connection budget is used up.
     log.warning("connection pool exhausted: %s", type(error).__name__)
+    metrics.count_capacity_rejection()
+    retry_after = error.retry_after if isinstance(error, CapacityExhausted) else 1
     return problem(
         503,
         "capacity",
         "Service unavailable",
         "all database connections are busy; retry later",
-        {"Retry-After": "1"},
+        {"Retry-After": str(retry_after)},
     )
 
 
@@ -194,6 +199,7 @@ def init_app(app: Flask) -> None:
         app.register_error_handler(error_type, _tenancy_error)
     app.register_error_handler(TenantUnavailable, _tenant_unavailable)
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(sqlalchemy.exc.TimeoutError, _pool_timeout)
+    app.register_error_handler(sqlalchemy.exc.TimeoutError, _capacity)
+    app.register_error_handler(CapacityExhausted, _capacity)
     app.register_error_handler(sqlalchemy.exc.DBAPIError, _database_error)
     app.register_error_handler(Exception, _unexpected)

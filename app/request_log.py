@@ -9,6 +9,8 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from app import metrics
+
 _REQUEST_ID = re.compile(r"\A[A-Za-z0-9._-]{8,128}\Z")
 access_log = logging.getLogger("tenantpool.access")
 
@@ -29,7 +31,10 @@ def _finish(response: Response) -> Response:
     request_id = g.get("request_id") or uuid.uuid4().hex
     response.headers["X-Request-ID"] = request_id
     started = g.get("request_started")
-    duration_ms = None if started is None else round((time.perf_counter() - started) * 1000, 2)
+    seconds = None if started is None else time.perf_counter() - started
+    duration_ms = None if seconds is None else round(seconds * 1000, 2)
+    route = request.url_rule.rule if request.url_rule else None
+    metrics.observe_request(request.method, route, response.status_code, seconds or 0.0)
     tenant_id = g.get("tenant_id")
     access_log.info(
         "request",
@@ -37,7 +42,7 @@ def _finish(response: Response) -> Response:
             "request_id": request_id,
             "tenant_id": None if tenant_id is None else str(tenant_id),
             "method": request.method,
-            "route": request.url_rule.rule if request.url_rule else None,
+            "route": route,
             "status": response.status_code,
             "duration_ms": duration_ms,
         },
