@@ -10,13 +10,14 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PIP_FLAGS := --disable-pip-version-check --no-input --quiet
 
-.PHONY: help run test lint bench loadtest clean
+.PHONY: help run test lint bench bench-registry loadtest clean
 
 help:
 	@echo "make run    local PostgreSQL + migrations + demo tenants + gunicorn (Ctrl-C stops all)"
 	@echo "make test   lint, then the whole pytest suite (PYTEST_ARGS=... passes options)"
 	@echo "make lint   ruff check, ruff format --check, mypy, hadolint docker/Dockerfile"
 	@echo "make bench  service vs bare baseline under wrk; writes docs/benchmarks.md (~10 min)"
+	@echo "make bench-registry  pytest-benchmark of the engine registry's hot and cold paths"
 	@echo "make loadtest  locust against a serving \`make run\` (LOAD_HOST, LOAD_USERS, LOAD_TIME)"
 	@echo "make clean  stop the local cluster, remove var/ and .venv/"
 
@@ -48,6 +49,10 @@ bench: $(STAMP)
 			apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; \
 		else echo "make bench needs wrk: install it (apt-get install wrk) and run again" >&2; exit 1; fi; }
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+# Seconds, on the test cluster: pytest-benchmark of the registry (tests/bench/test_registry_bench.py).
+bench-registry: $(STAMP)
+	$(PY) -m pytest tests/bench/test_registry_bench.py --benchmark-enable --benchmark-only $(PYTEST_ARGS)
 
 # Locust stays out of the test set (it brings gevent and a pytest plugin).
 LOAD_STAMP := $(VENV)/.installed-load

@@ -86,7 +86,9 @@ def stop_service(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def seed(env: dict[str, str], output: Path, *, count: int, prefix: str) -> list[SeededTenant]:
+def seed(
+    env: dict[str, str], output: Path, *, count: int, prefix: str, users_per_tenant: int = 3
+) -> list[SeededTenant]:
     """Seed tenants with the real `flask seed-tenants` and read its output file."""
     subprocess.run(
         [
@@ -99,7 +101,7 @@ def seed(env: dict[str, str], output: Path, *, count: int, prefix: str) -> list[
             "--count",
             str(count),
             "--users-per-tenant",
-            "3",
+            str(users_per_tenant),
             "--prefix",
             prefix,
             "--output",
