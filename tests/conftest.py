@@ -77,11 +77,15 @@ def pg_cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def cluster_factory() -> Iterator[ClusterFactory]:
-    """Make extra started clusters for one test (about a second each); all removed after it."""
+    """Make extra started clusters for one test (about a second each); all removed after it.
+
+    The default max_connections leaves room for a service of 2 workers x 4 threads, which
+    gunicorn refuses to start below 2 x 11 + 3 reserved (docs/operations.md, Sizing).
+    """
     with contextlib.ExitStack() as stack:
 
         def make(
-            max_connections: int = 20, extra_settings: Mapping[str, str] | None = None
+            max_connections: int = 40, extra_settings: Mapping[str, str] | None = None
         ) -> LocalCluster:
             return stack.enter_context(throwaway_cluster(max_connections, extra_settings))
 
