@@ -73,7 +73,7 @@ def _tenant(tenancy: Tenancy, **limits: int) -> ProvisionedTenant:
     )
 
 
-def test_capacity_statement_timeout_is_503_and_connection_stays_usable(
+def test_overload_statement_timeout_is_503_and_connection_stays_usable(
     small_app: Flask, small_tenancy: Tenancy
 ) -> None:
     tenant = _tenant(small_tenancy, statement_timeout_ms=100)
@@ -92,7 +92,7 @@ def test_capacity_statement_timeout_is_503_and_connection_stays_usable(
     assert client.get("/probe/pid", headers=headers).json == before
 
 
-def test_capacity_busy_budget_is_503_capacity_with_retry_after(
+def test_overload_busy_budget_is_503_capacity_with_retry_after(
     small_app: Flask, small_tenancy: Tenancy
 ) -> None:
     holder, waiter = _tenant(small_tenancy), _tenant(small_tenancy)
@@ -124,7 +124,7 @@ def test_capacity_busy_budget_is_503_capacity_with_retry_after(
     assert small_tenancy.budget.in_use == 1
 
 
-def test_capacity_metrics_count_requests_and_rejections(
+def test_overload_metrics_count_requests_and_rejections(
     small_app: Flask, small_tenancy: Tenancy
 ) -> None:
     client = small_app.test_client()

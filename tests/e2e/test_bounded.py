@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +33,7 @@ from app.tenancy.events import EventKind, TenantEvent, notify
 from config import psycopg2_url
 from tests.conftest import REPO_ROOT, throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
-from tests.support import failed_logins, set_role_password
+from tests.support import eventually, failed_logins, set_role_password
 
 pytestmark = pytest.mark.e2e
 
@@ -114,15 +116,16 @@ def test_bounded_500_tenants_hit_at_random_never_exceed_budget(bounded: Bounded)
 
     def client(seed: int) -> None:
         chooser = random.Random(seed)
-        with requests.Session() as session:
-            while not stop.is_set():
-                tenant = chooser.choice(bounded.tenants)
-                response = session.get(
-                    bounded.service.url + "/v1/users", headers=tenant.headers, timeout=30
-                )
-                statuses[response.status_code] += 1
-                if response.status_code != 200:
-                    codes[response.json().get("code", "?")] += 1
+        while not stop.is_set():
+            tenant = chooser.choice(bounded.tenants)
+            # A connection per request, so that both workers get a share: with keep-alive,
+            # whichever worker accepted the clients first would serve them all.
+            response = requests.get(
+                bounded.service.url + "/v1/users", headers=tenant.headers, timeout=30
+            )
+            statuses[response.status_code] += 1
+            if response.status_code != 200:
+                codes[response.json().get("code", "?")] += 1
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -145,10 +148,30 @@ def test_bounded_500_tenants_hit_at_random_never_exceed_budget(bounded: Bounded)
     assert set(statuses) <= {200, 503}
     assert statuses[200] > 0
     assert over == []
+    assert len(after) == WORKERS, "both workers should have served"
     assert all(count <= BUDGET for count in after.values())
     log = bounded.cluster.log_path.read_text(errors="replace")
     assert "too many clients" not in log
     assert "remaining connection slots" not in log
+
+
+def test_bounded_killed_worker_drops_out_of_live_gauges(bounded: Bounded) -> None:
+    """The load left each worker with a full budget of idle connections; kill one."""
+    backends = Backends(bounded.cluster)
+    try:
+        held = backends.by_worker()
+        victim = max(held, key=held.__getitem__)
+        assert held[victim] == BUDGET
+        os.kill(int(victim), signal.SIGKILL)  # no worker_exit: only the master's child_exit
+
+        def gauge() -> float:
+            text = requests.get(bounded.service.url + "/metrics", timeout=10).text
+            match = re.search(r"^tenantpool_connection_budget_in_use (\S+)$", text, re.MULTILINE)
+            return float(match.group(1)) if match else 0.0
+
+        assert eventually(lambda: gauge() == held.total() - BUDGET, timeout=30)
+    finally:
+        backends.close()
 
 
 def test_bounded_event_evicts_tenant_in_every_worker_within_a_second(bounded: Bounded) -> None:

@@ -21,6 +21,7 @@ from app.tenancy.errors import CapacityExhausted
 from app.tenancy.observer import Observer
 from config import psycopg2_url
 from tests.conftest import ClusterFactory
+from tests.support import eventually
 
 GUARD = 10.0
 
@@ -81,15 +82,6 @@ def server(owner_url: str, tag: str) -> Iterator[Callable[[], list[str]]]:
 
     yield names
     connection.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = GUARD) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def test_budget_filling_the_server_exactly_never_overflows_it(
@@ -234,7 +226,7 @@ def test_budget_slot_released_when_connection_invalidated(
         connection.invalidate()
 
     assert budget.in_use == 0
-    assert wait_for(lambda: server() == [])
+    assert eventually(lambda: server() == [])
 
 
 def test_budget_slot_released_when_engine_disposed(
