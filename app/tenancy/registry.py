@@ -85,10 +85,10 @@ class EngineRegistry(Generic[S]):
     ``self._lock`` (one ``threading.Lock``) guards ``_entries`` (an OrderedDict kept in
     least-recently-used order, so ``last_used`` grows from front to back), ``_creating``
     (tenant id -> creation in progress) and the counters. Held only for dict operations,
-    timestamp writes, reading pool counters and telling the observer (which takes no lock
-    of ours). NEVER done while holding it: network I/O,
-    decryption, connecting (the engine factory), disposing an engine, logging. Engines
-    are popped under the lock and disposed after it is released.
+    timestamp writes and reading pool counters. NEVER done while holding it: network I/O,
+    decryption, connecting (the engine factory), disposing an engine, logging, telling the
+    observer (metrics may write files). Engines are popped under the lock and disposed
+    after it is released.
 
     Creation runs outside ``self._lock``. The first caller for a tenant registers a
     ``_Creation`` in ``_creating`` (the per-tenant creation lock: an Event the tenant's
@@ -184,6 +184,7 @@ class EngineRegistry(Generic[S]):
                 self._count_locked(reason, 1)
         if entry is None:
             return False
+        self._observer.engines_evicted(reason, 1)
         _retire(entry, close=True)
         logger.info("disposed engine of tenant %s (%s)", tenant_id, reason)
         return True
@@ -204,6 +205,8 @@ class EngineRegistry(Generic[S]):
             for entry in victims:
                 del self._entries[entry.tenant_id]
             self._count_locked("idle", len(victims))
+        if victims:
+            self._observer.engines_evicted("idle", len(victims))
         for entry in victims:
             _retire(entry, close=True)
         if victims:
@@ -221,7 +224,10 @@ class EngineRegistry(Generic[S]):
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
-            self._count_locked("shutdown" if close else "fork", len(entries), observed=close)
+            self._count_locked("shutdown" if close else "fork", len(entries))
+        if close and entries:
+            # Not after a fork: the parent counted those engines, and still has them.
+            self._observer.engines_evicted("shutdown", len(entries))
         for entry in entries:
             _retire(entry, close=close)
 
@@ -287,12 +293,14 @@ class EngineRegistry(Generic[S]):
             entry.last_used = self._clock()
             self._entries[tenant_id] = entry
             self.created += 1
-            self._observer.engine_created()
             victims = self._pop_lru_locked(keep=tenant_id)
             self._count_locked("lru", len(victims))
             over = len(self._entries) - self.max_engines
             if over > 0:
                 self.over_capacity += 1
+        self._observer.engine_created()
+        if victims:
+            self._observer.engines_evicted("lru", len(victims))
         for victim in victims:
             _retire(victim, close=True)
         if victims:
@@ -323,11 +331,9 @@ class EngineRegistry(Generic[S]):
             del self._entries[entry.tenant_id]
         return victims
 
-    def _count_locked(self, reason: str, count: int, *, observed: bool = True) -> None:
+    def _count_locked(self, reason: str, count: int) -> None:
         if count:
             self.evicted_by_reason[reason] = self.evicted_by_reason.get(reason, 0) + count
-            if observed:
-                self._observer.engines_evicted(reason, count)
 
     def _reset_after_fork(self) -> None:
         """In a forked child: drop the parent's engines, locks and creations.
@@ -339,8 +345,7 @@ class EngineRegistry(Generic[S]):
         self._lock = threading.Lock()
         self._entries = OrderedDict()
         self._creating = {}
-        # Not observed: the parent counted these engines, and still has them.
-        self._count_locked("fork", len(entries), observed=False)
+        self._count_locked("fork", len(entries))
         for entry in entries:
             entry.retired = True
             # close=False: the connections are the parent's; only forget them. When the

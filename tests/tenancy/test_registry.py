@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from app.tenancy.observer import Observer
 from app.tenancy.registry import EngineRegistry
 from tests.support import run_in_child
 
@@ -544,3 +545,44 @@ def test_registry_forked_child_starts_empty(factory: Factory) -> None:
 
     assert status == 0
     assert len(registry) == 1  # the parent keeps its engine
+
+
+class RecordingObserver(Observer):
+    def __init__(self) -> None:
+        self.created = 0
+        self.evicted: dict[str, int] = {}
+
+    def engine_created(self) -> None:
+        self.created += 1
+
+    def engines_evicted(self, reason: str, count: int) -> None:
+        self.evicted[reason] = self.evicted.get(reason, 0) + count
+
+
+def test_registry_tells_observer_of_creations_and_evictions(
+    factory: Factory, clock: FakeClock
+) -> None:
+    observer = RecordingObserver()
+    registry = EngineRegistry(
+        factory,
+        session_factory=lambda engine: orm.sessionmaker(bind=engine),
+        max_engines=2,
+        idle_ttl=TTL,
+        clock=clock,
+        observer=observer,
+    )
+    first = registry.get(uuid.uuid4())
+    registry.get(uuid.uuid4())
+    registry.get(uuid.uuid4())  # first is the least recently used
+    registry.evict(registry.get(uuid.uuid4()).tenant_id, "suspended")
+    clock.advance(TTL + 1)
+    registry.reap_idle()
+    registry.get(uuid.uuid4())
+    registry._reset_after_fork()  # the parent still holds these: not reported
+
+    assert first.tenant_id not in registry
+    assert observer.created == 5
+    assert observer.evicted == {"lru": 2, "suspended": 1, "idle": 1}
+    registry.get(uuid.uuid4())
+    registry.dispose_all()
+    assert observer.evicted["shutdown"] == 1
