@@ -26,6 +26,13 @@ def test_config_minimal_environment_loads_with_defaults() -> None:
     assert settings.scram_iterations == 64
 
 
+def test_config_connection_budget_defaults_to_threads_plus_two() -> None:
+    assert load_settings(VALID).connection_budget == 6
+    assert load_settings({**VALID, "APP_THREADS": "8"}).connection_budget == 10
+    explicit = {**VALID, "APP_THREADS": "8", "APP_CONNECTION_BUDGET": "3"}
+    assert load_settings(explicit).connection_budget == 3
+
+
 def test_config_database_url_uses_psycopg2() -> None:
     assert load_settings(VALID).database_url.startswith("postgresql+psycopg2://")
 
