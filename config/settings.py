@@ -44,7 +44,7 @@ class Settings:
     pool_timeout: float = 5.0
     idle_ttl: float = 300.0
     reaper_interval: float = 5.0
-    tenant_cache_ttl: float = 5.0
+    tenant_cache_ttl: float = 60.0
     tenant_connection_limit: int = 20
     tenant_statement_timeout_ms: int = 5000
     connect_timeout: int = 5
@@ -106,7 +106,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pool_timeout=reader.get("APP_POOL_TIMEOUT", 5.0, _float_between(0.0, 300.0)),
         idle_ttl=reader.get("APP_IDLE_TTL", 300.0, _float_between(0.1, 86_400.0)),
         reaper_interval=reader.get("APP_REAPER_INTERVAL", 5.0, _float_between(0.05, 3_600.0)),
-        tenant_cache_ttl=reader.get("APP_TENANT_CACHE_TTL", 5.0, _float_between(0.0, 3_600.0)),
+        tenant_cache_ttl=reader.get("APP_TENANT_CACHE_TTL", 60.0, _float_between(0.0, 3_600.0)),
         tenant_connection_limit=reader.get(
             "APP_TENANT_CONNECTION_LIMIT", 20, _int_between(1, 10_000)
         ),
