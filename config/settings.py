@@ -138,20 +138,39 @@ def _refuse_unsafe_production(settings: Settings) -> None:
 
 
 class _Reader:
+    """Reads ``NAME``, or the file named by ``NAME_FILE`` (the Docker secrets convention).
+
+    A file is read again at every start, so a keyring kept in files changes with a
+    graceful reload (``kill -HUP`` gunicorn's master) and no change to the environment.
+    """
+
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._env = environ
 
     def require(self, name: str, parse: Callable[[str], T]) -> T:
-        raw = self._env.get(name, "")
+        raw = self._raw(name)
         if not raw.strip():
-            raise ConfigError(f"{name}: is required but not set")
+            raise ConfigError(f"{name}: is required but not set (nor {name}_FILE)")
         return self._parse(name, raw, parse)
 
     def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        raw = self._env.get(name, "")
+        raw = self._raw(name)
         if not raw.strip():
             return default
         return self._parse(name, raw, parse)
+
+    def _raw(self, name: str) -> str:
+        path = self._env.get(f"{name}_FILE", "").strip()
+        if not path:
+            return self._env.get(name, "")
+        if self._env.get(name, "").strip():
+            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {reason}") from None
 
     @staticmethod
     def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
@@ -220,8 +239,9 @@ def psycopg2_url(raw: str) -> str:
 
 def _keyring(raw: str) -> dict[str, bytes]:
     keys: dict[str, bytes] = {}
-    for position, item in enumerate(raw.split(","), start=1):
-        kid, sep, hexkey = item.strip().partition(":")
+    # Commas or line breaks separate entries, so a key file can hold one key per line.
+    for position, item in enumerate(re.split(r"[,\s]+", raw.strip()), start=1):
+        kid, sep, hexkey = item.partition(":")
         if not sep or not _KEY_ID.match(kid):
             raise ValueError(
                 f"entry {position} must look like kid:64-hex (kid of letters, digits, _ or -); "
