@@ -20,21 +20,24 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from alembic import command
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.cli.db import alembic_config
 from app.devcluster import LocalCluster
 from app.hooks import tenancy_of
 from app.tenancy import Tenancy
 from app.tenancy.provisioning import ProvisionedTenant, create_tenant
-from config import Settings, load_settings
+from config import Settings, load_settings, psycopg2_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Durability buys nothing for a cluster deleted at the end of the run.
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 ClusterFactory = Callable[..., LocalCluster]
+FreshDatabase = Callable[..., dict[str, str]]
 
 
 def _new_cluster(
@@ -110,6 +113,30 @@ def app_env(owner_url: str) -> dict[str, str]:
         # Low on purpose: tenant passwords are random, iterations only slow connects.
         "APP_SCRAM_ITERATIONS": "64",
     }
+
+
+@pytest.fixture
+def fresh_database(pg_cluster: LocalCluster, app_env: dict[str, str]) -> FreshDatabase:
+    """Make migrated databases of their own, each with its own owner and key; return its env.
+
+    For tests that change every tenant of a database (key rotation) or break its isolation
+    on purpose. ``cluster`` defaults to the suite's; roles are cluster-wide, so a test that
+    changes a role's attributes passes one from ``cluster_factory``.
+    """
+
+    def make(cluster: LocalCluster | None = None) -> dict[str, str]:
+        name = f"tp_{uuid.uuid4().hex[:12]}"
+        owner_password = secrets.token_urlsafe(24)
+        url = psycopg2_url((cluster or pg_cluster).bootstrap_owner(name, owner_password, name))
+        command.upgrade(alembic_config(url), "head")
+        return {
+            **app_env,
+            "APP_DATABASE_URL": url,
+            "APP_ENCRYPTION_KEYS": f"fresh1:{secrets.token_hex(32)}",
+            "APP_ENCRYPTION_ACTIVE_KEY": "fresh1",
+        }
+
+    return make
 
 
 @pytest.fixture(scope="session")

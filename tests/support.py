@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
 
@@ -113,3 +114,27 @@ def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return condition()
+
+
+def stored_password(control_engine: sa.Engine, keyring: Keyring, tenant_id: uuid.UUID) -> str:
+    """The tenant's database password, decrypted from its row as the engine factory does."""
+    with control_engine.connect() as connection:
+        row = connection.execute(
+            sa.select(Tenant.db_user, Tenant.db_password_encrypted).where(Tenant.id == tenant_id)
+        ).one()
+    return keyring.decrypt_str(row.db_password_encrypted, tenant_aad(tenant_id, row.db_user))
+
+
+def connect_as(
+    control_url: str | sa.URL, tenant_id: uuid.UUID, password: str
+) -> psycopg2.extensions.connection:
+    """A plain psycopg2 connection as the tenant's role (raises OperationalError on failure)."""
+    url = sa.make_url(control_url)
+    return psycopg2.connect(
+        host=url.host,
+        port=url.port,
+        dbname=url.database,
+        user=role_name(tenant_id),
+        password=password,
+        connect_timeout=10,
+    )

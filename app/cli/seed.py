@@ -15,7 +15,8 @@ from app.cli.progress import progress
 from app.hooks import tenancy_of
 from app.models import Tenant, User
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant, create_tenants, reset_api_key
+from app.tenancy.audit import cli_actor
+from app.tenancy.provisioning import ProvisionedTenant, create_tenants, rotate_api_key
 
 FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken")
 LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")
@@ -44,12 +45,13 @@ def seed_tenants(count: int, users_per_tenant: int, prefix: str, output: Path | 
         rows = connection.execute(sa.select(Tenant.name, Tenant.id).where(Tenant.name.in_(names)))
         existing: dict[str, uuid.UUID] = {row.name: row.id for row in rows}
     missing = [name for name in names if name not in existing]
+    actor = cli_actor()
     created: dict[str, ProvisionedTenant] = {}
     with progress(len(missing), "creating tenants") as bar:
         for start in range(0, len(missing), _CREATE_BATCH):
             batch = missing[start : start + _CREATE_BATCH]
             for new in create_tenants(
-                tenancy.control_engine, tenancy.keyring, batch, tenancy.limits
+                tenancy.control_engine, tenancy.keyring, batch, tenancy.limits, actor=actor
             ):
                 created[new.name] = new
             bar.update(len(batch))
@@ -57,7 +59,7 @@ def seed_tenants(count: int, users_per_tenant: int, prefix: str, output: Path | 
     for name in names:
         if name in existing:
             tenant_id = existing[name]
-            api_key = reset_api_key(tenancy.control_engine, tenant_id)
+            api_key = rotate_api_key(tenancy.control_engine, tenant_id, actor=actor)
         else:
             tenant_id, api_key = created[name].id, created[name].api_key
         seeded.append({"id": str(tenant_id), "name": name, "api_key": api_key})

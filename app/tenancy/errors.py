@@ -40,3 +40,11 @@ class CapacityExhausted(TenancyError):
     def __init__(self, message: str, *, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TenantNotFound(TenancyError, LookupError):
+    """An admin operation named a tenant that does not exist (404)."""
+
+
+class TenantNameTaken(TenancyError):
+    """Another tenant has this name already (409)."""
