@@ -115,7 +115,7 @@ def app_env(owner_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fresh_database(pg_cluster: LocalCluster, app_env: dict[str, str]) -> FreshDatabase:
     """Make migrated databases of their own, each with its own owner and key; return its env.
 
