@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
 import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
+from click.testing import Result
+from flask import Flask
 
+from app import create_app
 from app.crypto import Keyring, tenant_aad
+from app.hooks import tenancy_of
 from app.models import Tenant
 from app.tenancy.provisioning import ProvisionedTenant, role_name
 from app.tenancy.scram import generate_password, scram_sha256_verifier
-from config import Settings
+from config import Settings, load_settings
 
 
 def auth_headers(tenant: ProvisionedTenant) -> dict[str, str]:
@@ -138,3 +143,19 @@ def connect_as(
         password=password,
         connect_timeout=10,
     )
+
+
+def invoke(app: Flask, *args: str, input: str | None = None) -> Result:
+    """Run a ``flask`` command of ``app`` in process, inside an app context as the CLI does."""
+    with app.app_context():
+        return app.test_cli_runner().invoke(args=list(args), input=input)
+
+
+@contextlib.contextmanager
+def app_for(env: dict[str, str]) -> Iterator[Flask]:
+    """An app on the database and keys of ``env``; its engines are disposed after."""
+    app = create_app(load_settings(env))
+    try:
+        yield app
+    finally:
+        tenancy_of(app).close()

@@ -13,17 +13,15 @@ import psycopg2
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
-from flask import Flask
 
-from app import create_app
 from app.crypto import Keyring
 from app.devcluster import LocalCluster
-from app.hooks import tenancy_of
 from app.tenancy.checks import CheckResult, check_isolation
 from app.tenancy.ddl import tenant_scoped_ddl
 from app.tenancy.provisioning import RoleLimits, create_tenant, role_name
 from config import load_settings
 from tests.conftest import ClusterFactory, FreshDatabase
+from tests.support import app_for, invoke
 
 LIMITS = RoleLimits(connection_limit=5, statement_timeout_ms=5000, scram_iterations=64)
 
@@ -234,12 +232,8 @@ def test_checks_name_every_privileged_tenant_role(
 
 
 def _cli(env: dict[str, str], *args: str) -> Result:
-    app: Flask = create_app(load_settings(env))
-    try:
-        with app.app_context():  # as the flask command pushes one
-            return app.test_cli_runner().invoke(args=list(args))
-    finally:
-        tenancy_of(app).close()
+    with app_for(env) as app:
+        return invoke(app, *args)
 
 
 def test_checks_command_exits_zero_on_a_fresh_install(fresh_database: FreshDatabase) -> None:
