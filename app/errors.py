@@ -20,6 +20,8 @@ from app.tenancy.errors import (
     AuthenticationFailed,
     CapacityExhausted,
     InvalidTenantHeader,
+    TenantNameTaken,
+    TenantNotFound,
     TenantSuspended,
     TenantUnavailable,
 )
@@ -43,6 +45,14 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, code, title = 400, "bad_request", "Bad request"
+
+
+class Unauthorized(ApiError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code, title = 403, "forbidden", "Forbidden"
 
 
 class NotFound(ApiError):
@@ -80,6 +90,8 @@ _TENANCY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     InvalidTenantHeader: (400, "invalid_tenant_header", "Invalid X-Tenant-ID header"),
     AuthenticationFailed: (401, "unauthorized", "Unauthorized"),
     TenantSuspended: (403, "tenant_suspended", "Tenant suspended"),
+    TenantNotFound: (404, "not_found", "Not found"),
+    TenantNameTaken: (409, "conflict", "Conflict"),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app.api import health, metrics, openapi
+from app.api import admin, health, metrics, openapi
 from app.api.products import PRODUCTS
 from app.api.resource import Resource, make_blueprint
 from app.api.users import USERS
@@ -22,6 +22,7 @@ def init_app(app: Flask) -> None:
     for resource, prefix in MOUNTS:
         name = resource.name + ("_internal" if "/internal/" in prefix else "")
         app.register_blueprint(blueprints[resource.name], url_prefix=prefix, name=name)
+    admin.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.make_blueprint(MOUNTS))

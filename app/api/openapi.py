@@ -10,6 +10,13 @@ from flask import Blueprint, Response, jsonify
 
 from app.api.resource import Resource
 from app.schemas.common import ColumnList
+from app.schemas.tenants import (
+    TenantCreateSchema,
+    TenantListQuerySchema,
+    TenantPageSchema,
+    TenantSchema,
+    TenantWithKeySchema,
+)
 
 _TENANT_HEADERS = [
     {
@@ -129,6 +136,7 @@ def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
                 },
             },
         )
+    _add_admin_paths(spec, errors)
     for path, summary in (
         ("/healthz", "alive"),
         ("/readyz", "control plane reachable"),
@@ -147,6 +155,86 @@ def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
             },
         )
     return spec.to_dict()
+
+
+def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
+    """``/v1/admin/tenants``: admin token instead of tenant headers; see app/api/admin.py."""
+    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+    spec.components.schema("Tenant", schema=TenantSchema)
+    spec.components.schema("TenantWithKey", schema=TenantWithKeySchema)
+    spec.components.schema("TenantCreate", schema=TenantCreateSchema)
+    spec.components.schema("TenantPage", schema=TenantPageSchema)
+    common = {"tags": ["admin"], "security": [{"adminToken": []}]}
+    admin_errors = {**errors, "409": {"description": "problem", "content": _PROBLEM}}
+
+    def ok(status: str, schema: str, description: str) -> dict[str, Any]:
+        content = {"application/json": {"schema": schema}}
+        return {"responses": {status: {"description": description, "content": content}, **errors}}
+
+    spec.path(
+        path="/v1/admin/tenants",
+        operations={
+            "get": {
+                **common,
+                **ok("200", "TenantPage", "a page of tenants, oldest first"),
+                "operationId": "admin_list_tenants",
+                "parameters": [{"in": "query", "schema": TenantListQuerySchema}],
+            },
+            "post": {
+                **common,
+                "operationId": "admin_create_tenant",
+                "summary": "Create a tenant; its API key is in this response only",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": "TenantCreate"}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "created",
+                        "content": {"application/json": {"schema": "TenantWithKey"}},
+                    },
+                    **admin_errors,
+                },
+            },
+        },
+    )
+    tenant_id = {
+        "in": "path",
+        "name": "tenant_id",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+    item = {**common, "parameters": [tenant_id]}
+    spec.path(
+        path="/v1/admin/tenants/{tenant_id}",
+        operations={
+            "get": {**item, **ok("200", "Tenant", "the tenant"), "operationId": "admin_get_tenant"},
+            "delete": {
+                **item,
+                "operationId": "admin_delete_tenant",
+                "summary": "End its sessions, drop its role, delete its rows and secret",
+                "responses": {"204": {"description": "deleted"}, **errors},
+            },
+        },
+    )
+    actions = {
+        "rotate-credentials": ("Tenant", "New database password, online"),
+        "rotate-api-key": ("TenantWithKey", "New API key, in this response only"),
+        "suspend": ("Tenant", "Refuse its requests (403); keep its data"),
+        "resume": ("Tenant", "Serve it again"),
+    }
+    for action, (schema, summary) in actions.items():
+        spec.path(
+            path=f"/v1/admin/tenants/{{tenant_id}}/{action}",
+            operations={
+                "post": {
+                    **item,
+                    **ok("200", schema, "done"),
+                    "summary": summary,
+                    "operationId": f"admin_{action.replace('-', '_')}",
+                }
+            },
+        )
 
 
 def _suffix(prefix: str) -> str:
