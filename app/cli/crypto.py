@@ -12,6 +12,7 @@ import datetime as dt
 import click
 from flask import current_app
 
+from app.cli.progress import progress
 from app.crypto import CryptoError, Keyring, generate_key
 from app.hooks import tenancy_of
 from app.tenancy.rekey import count_stale, reencrypt_all
@@ -49,13 +50,11 @@ def rotate(batch_size: int) -> None:
     """
     tenancy = tenancy_of(current_app)
     active = tenancy.keyring.active_key_id
-
-    def progress(done: int, pending: int) -> None:
-        click.echo(f"re-encrypted {done}/{pending} tenant secrets", err=True)
-
-    report = reencrypt_all(
-        tenancy.control_engine, tenancy.keyring, batch_size=batch_size, progress=progress
-    )
+    pending = count_stale(tenancy.control_engine, active)
+    with progress(pending, f"re-encrypting tenant secrets under {active!r}") as bar:
+        report = reencrypt_all(
+            tenancy.control_engine, tenancy.keyring, batch_size=batch_size, progress=bar.update
+        )
     click.echo(f"{report.reencrypted} tenant secret(s) re-encrypted under key {active!r}")
     for tenant_id in report.failed:
         click.echo(f"tenant {tenant_id}: cannot decrypt its secret", err=True)

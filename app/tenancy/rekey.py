@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from app.crypto import CryptoError, Keyring, tenant_aad
 from app.models.tenant import Tenant
 
-Progress = Callable[[int, int], object]
-"""Called after each batch with (rows handled so far, rows to handle at the start)."""
+Progress = Callable[[int], object]
+"""Called after each batch with the number of rows it handled."""
 
 
 @dataclass
@@ -86,5 +86,5 @@ def reencrypt_all(
                 report.reencrypted += 1
             after = rows[-1].id
         if progress is not None:
-            progress(report.reencrypted + len(report.failed), report.pending)
+            progress(len(rows))
     return report

@@ -58,7 +58,7 @@ def test_crypto_rotate_reencrypts_every_tenant_and_then_has_nothing_to_do(
         first = invoke(app, "crypto", "rotate", "--batch-size", "2")
         again = invoke(app, "crypto", "rotate")
     assert first.exit_code == 0, first.output
-    assert "re-encrypted 2/3 tenant secrets" in first.stderr
+    assert "re-encrypting tenant secrets under 'k2': 3/3 (100%) done" in first.stderr
     assert "3 tenant secret(s) re-encrypted under key 'k2'" in first.stdout
     assert again.exit_code == 0
     assert "0 tenant secret(s) re-encrypted" in again.stdout
