@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
-import math
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.api.body import json_object, query_args
+from app.api.body import json_object, page_response, query_args
 from app.errors import Forbidden, Unauthorized
 from app.hooks import tenancy_of
 from app.schemas.tenants import (
@@ -115,13 +114,7 @@ def list_tenants() -> Response:
     records, total = provisioning.list_tenants(
         _engine(), page=page, page_size=size, status=params.get("status")
     )
-    return jsonify(
-        records=_TENANT.dump(records, many=True),
-        page=page,
-        page_size=size,
-        total=total,
-        total_pages=math.ceil(total / size),
-    )
+    return page_response(_TENANT.dump(records, many=True), page=page, page_size=size, total=total)
 
 
 @bp.post("/tenants")
@@ -150,8 +143,7 @@ def rotate_credentials(tenant_id: uuid.UUID) -> Response:
         scram_iterations=tenancy.limits.scram_iterations,
         actor=_actor(),
     )
-    _forget(tenant_id, "credentials_rotated")
-    return jsonify(_TENANT.dump(info))
+    return _changed(info, "credentials_rotated")
 
 
 @bp.post("/tenants/<uuid:tenant_id>/rotate-api-key")
@@ -163,16 +155,12 @@ def rotate_api_key(tenant_id: uuid.UUID) -> Response:
 
 @bp.post("/tenants/<uuid:tenant_id>/suspend")
 def suspend_tenant(tenant_id: uuid.UUID) -> Response:
-    info = provisioning.suspend_tenant(_engine(), tenant_id, actor=_actor())
-    _forget(tenant_id, "suspended")
-    return jsonify(_TENANT.dump(info))
+    return _changed(provisioning.suspend_tenant(_engine(), tenant_id, actor=_actor()), "suspended")
 
 
 @bp.post("/tenants/<uuid:tenant_id>/resume")
 def resume_tenant(tenant_id: uuid.UUID) -> Response:
-    info = provisioning.resume_tenant(_engine(), tenant_id, actor=_actor())
-    _forget(tenant_id, "resumed")
-    return jsonify(_TENANT.dump(info))
+    return _changed(provisioning.resume_tenant(_engine(), tenant_id, actor=_actor()), "resumed")
 
 
 @bp.delete("/tenants/<uuid:tenant_id>")
@@ -195,6 +183,11 @@ def _actor() -> str:
 def _forget(tenant_id: uuid.UUID, reason: str) -> None:
     # Every worker forgets the tenant when the change event reaches it; this one need not wait.
     tenancy_of(current_app).forget(tenant_id, reason)
+
+
+def _changed(info: TenantInfo, reason: str) -> Response:
+    _forget(info.id, reason)
+    return jsonify(_TENANT.dump(info))
 
 
 def _with_key(info: TenantInfo, api_key: str) -> Response:

@@ -1,11 +1,12 @@
-"""Reading request bodies and query strings strictly, before any schema or SQL sees them."""
+"""Reading request bodies and query strings strictly, before any schema or SQL sees them; pages."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-from flask import request
+from flask import Response, jsonify, request
 from marshmallow import Schema
 
 from app.errors import BadRequest, UnsupportedMediaType, ValidationFailed
@@ -41,3 +42,14 @@ def query_args(schema: Schema) -> dict[str, Any]:
         raise ValidationFailed({key: ["given more than once"] for key in repeated})
     loaded: dict[str, Any] = schema.load(request.args.to_dict(flat=True))
     return loaded
+
+
+def page_response(records: list[Any], *, page: int, page_size: int, total: int) -> Response:
+    """A list endpoint's answer, in the Rust template's shape (``PageSchema``)."""
+    return jsonify(
+        records=records,
+        page=page,
+        page_size=page_size,
+        total=total,
+        total_pages=math.ceil(total / page_size),
+    )

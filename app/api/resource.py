@@ -6,7 +6,6 @@ views never filter by tenant: RLS does, on the tenant's own connection.
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, url_for
 from marshmallow import Schema
 
-from app.api.body import json_object, query_args
+from app.api.body import json_object, page_response, query_args
 from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
 from app.models.scoped import TenantScoped
@@ -77,14 +76,8 @@ def make_blueprint(resource: Resource) -> Blueprint:
             total = 0
         else:  # past the end: no row carries the total, so count
             total = session.scalar(sa.select(sa.func.count()).select_from(table).where(*conditions))
-        total = total or 0
-        return jsonify(
-            records=[dump(row) for row in rows],
-            page=page,
-            page_size=size,
-            total=total,
-            total_pages=math.ceil(total / size),
-        )
+        records = [dump(row) for row in rows]
+        return page_response(records, page=page, page_size=size, total=total or 0)
 
     @bp.post("")
     def create_record() -> tuple[Response, int, dict[str, str]]:

@@ -6,6 +6,8 @@ lines; the actor is ``cli:<user>@<host>``. A tenant is named by its id or its na
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from flask import current_app
 
@@ -85,20 +87,14 @@ def rotate(tenant: str, credentials: bool | None, api_key: bool) -> None:
 @click.argument("tenant")
 def suspend(tenant: str) -> None:
     """Suspend TENANT: its requests get 403, its data stays."""
-    tenancy = _tenancy()
-    info = _find(tenancy, tenant)
-    provisioning.suspend_tenant(tenancy.control_engine, info.id, actor=cli_actor())
-    click.echo(f"suspended {info.name} ({info.id})")
+    _change_status(tenant, provisioning.suspend_tenant)
 
 
 @tenants.command()
 @click.argument("tenant")
 def resume(tenant: str) -> None:
     """Resume a suspended TENANT."""
-    tenancy = _tenancy()
-    info = _find(tenancy, tenant)
-    provisioning.resume_tenant(tenancy.control_engine, info.id, actor=cli_actor())
-    click.echo(f"resumed {info.name} ({info.id})")
+    _change_status(tenant, provisioning.resume_tenant)
 
 
 @tenants.command()
@@ -117,6 +113,12 @@ def delete(tenant: str, grace: float) -> None:
     info = _find(tenancy, tenant)
     provisioning.delete_tenant(tenancy.control_engine, info.id, actor=cli_actor(), grace=grace)
     click.echo(f"deleted {info.name} ({info.id})")
+
+
+def _change_status(tenant: str, change: Callable[..., TenantInfo]) -> None:
+    tenancy = _tenancy()
+    info = change(tenancy.control_engine, _find(tenancy, tenant).id, actor=cli_actor())
+    click.echo(f"{info.status}: {info.name} ({info.id})")
 
 
 def _tenancy() -> Tenancy:

@@ -56,6 +56,14 @@ def _as_tenant(body: dict[str, Any]) -> dict[str, str]:
     return {"X-Tenant-ID": body["id"], "Authorization": f"Bearer {body['api_key']}"}
 
 
+def _serving_tenant(client: FlaskClient, admin: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A new tenant's admin path and request headers, once it has been served."""
+    body = _create(client, admin)
+    headers = _as_tenant(body)
+    assert client.get("/v1/users", headers=headers).status_code == 200
+    return f"{BASE}/{body['id']}", headers
+
+
 def _problem(response: TestResponse) -> dict[str, Any]:
     assert response.headers["Content-Type"] == "application/problem+json"
     return {key: value for key, value in _body(response).items() if key != "request_id"}
@@ -283,24 +291,21 @@ def test_admin_actions_on_unknown_tenant_are_404(
 def test_admin_rotate_credentials_keeps_the_tenant_working(
     client: FlaskClient, admin: dict[str, str], tenancy: Tenancy
 ) -> None:
-    body = _create(client, admin)
-    tenant = _as_tenant(body)
-    assert client.get("/v1/users", headers=tenant).status_code == 200
-    before = stored_password(tenancy.control_engine, tenancy.keyring, uuid.UUID(body["id"]))
-    response = client.post(f"{BASE}/{body['id']}/rotate-credentials", headers=admin)
+    path, tenant = _serving_tenant(client, admin)
+    tenant_id = uuid.UUID(tenant["X-Tenant-ID"])
+    before = stored_password(tenancy.control_engine, tenancy.keyring, tenant_id)
+    response = client.post(f"{path}/rotate-credentials", headers=admin)
     assert response.status_code == 200
     assert set(_body(response)) == TENANT_FIELDS
-    assert stored_password(tenancy.control_engine, tenancy.keyring, uuid.UUID(body["id"])) != before
+    assert stored_password(tenancy.control_engine, tenancy.keyring, tenant_id) != before
     assert client.get("/v1/users", headers=tenant).status_code == 200
 
 
 def test_admin_rotate_api_key_retires_the_old_key(
     client: FlaskClient, admin: dict[str, str]
 ) -> None:
-    body = _create(client, admin)
-    old = _as_tenant(body)
-    assert client.get("/v1/users", headers=old).status_code == 200
-    response = client.post(f"{BASE}/{body['id']}/rotate-api-key", headers=admin)
+    path, old = _serving_tenant(client, admin)
+    response = client.post(f"{path}/rotate-api-key", headers=admin)
     assert response.status_code == 200
     new = _as_tenant(_body(response))
     assert client.get("/v1/users", headers=old).status_code == 401
@@ -308,27 +313,22 @@ def test_admin_rotate_api_key_retires_the_old_key(
 
 
 def test_admin_suspend_gives_403_and_resume_200(client: FlaskClient, admin: dict[str, str]) -> None:
-    body = _create(client, admin)
-    tenant = _as_tenant(body)
-    assert client.get("/v1/users", headers=tenant).status_code == 200
-    suspended = client.post(f"{BASE}/{body['id']}/suspend", headers=admin)
-    assert _body(suspended)["status"] == "suspended"
+    path, tenant = _serving_tenant(client, admin)
+    assert _body(client.post(f"{path}/suspend", headers=admin))["status"] == "suspended"
     assert client.get("/v1/users", headers=tenant).status_code == 403
-    resumed = client.post(f"{BASE}/{body['id']}/resume", headers=admin)
-    assert _body(resumed)["status"] == "active"
+    assert _body(client.post(f"{path}/resume", headers=admin))["status"] == "active"
     assert client.get("/v1/users", headers=tenant).status_code == 200
 
 
 def test_admin_delete_then_the_tenant_gets_401_and_404(
     client: FlaskClient, admin: dict[str, str]
 ) -> None:
-    body = _create(client, admin)
-    tenant = _as_tenant(body)
+    path, tenant = _serving_tenant(client, admin)
     created = client.post("/v1/users", json={"first_name": "a", "last_name": "b"}, headers=tenant)
     assert created.status_code == 201
-    assert client.delete(f"{BASE}/{body['id']}", headers=admin).status_code == 204
+    assert client.delete(path, headers=admin).status_code == 204
     assert client.get("/v1/users", headers=tenant).status_code == 401
-    assert client.get(f"{BASE}/{body['id']}", headers=admin).status_code == 404
+    assert client.get(path, headers=admin).status_code == 404
 
 
 def test_admin_responses_hold_no_secret(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 import requests
 
@@ -113,6 +114,20 @@ def seed(
         capture_output=True,
     )
     return [SeededTenant(**item) for item in json.loads(output.read_text())]
+
+
+def tenant_backends(superuser_url: str, tenant_id: str) -> set[str]:
+    """application_name of every backend serving the tenant: ``tp:<tenant>:<worker pid>``."""
+    connection = psycopg2.connect(superuser_url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                (f"tp:{tenant_id}:%",),
+            )
+            return {row[0] for row in cursor.fetchall()}
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

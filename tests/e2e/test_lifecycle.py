@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 import requests
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import Service, tenant_backends
 
 pytestmark = pytest.mark.e2e
 
@@ -55,26 +55,14 @@ def _query(superuser_url: str, sql: str, *args: object) -> Any:
         connection.close()
 
 
-def _serving_workers(superuser_url: str, tenant_id: str) -> set[str]:
-    connection = psycopg2.connect(superuser_url)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
-                (f"tp:{tenant_id}:%",),
-            )
-            return {row[0].rsplit(":", 1)[1] for row in cursor.fetchall()}
-    finally:
-        connection.close()
-
-
 def _warm_every_worker(service: Service, headers: dict[str, str], superuser_url: str) -> None:
     """Make both workers serve (and so cache) the tenant."""
     deadline = time.monotonic() + 20
     workers: set[str] = set()
     while len(workers) < 2 and time.monotonic() < deadline:
         assert set(_statuses(service, headers, 16)) == {200}
-        workers |= _serving_workers(superuser_url, headers["X-Tenant-ID"])
+        backends = tenant_backends(superuser_url, headers["X-Tenant-ID"])
+        workers |= {name.rsplit(":", 1)[1] for name in backends}
     assert len(workers) == 2, "both workers should have served the tenant"
 
 

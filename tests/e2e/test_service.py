@@ -7,11 +7,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg2
 import pytest
 import requests
 
-from tests.e2e.conftest import SeededTenant, Service
+from tests.e2e.conftest import SeededTenant, Service, tenant_backends
 
 pytestmark = pytest.mark.e2e
 
@@ -133,19 +132,6 @@ def test_service_health_endpoints(service: Service) -> None:
         assert response.headers["X-Request-ID"]
 
 
-def _tenant_backends(superuser_url: str, tenant: SeededTenant) -> set[str]:
-    connection = psycopg2.connect(superuser_url)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
-                (f"tp:{tenant.id}:%",),
-            )
-            return {row[0] for row in cursor.fetchall()}
-    finally:
-        connection.close()
-
-
 def test_service_reaper_runs_in_every_worker(
     service: Service, seeded: list[SeededTenant], superuser_url: str
 ) -> None:
@@ -163,9 +149,9 @@ def test_service_reaper_runs_in_every_worker(
         while len(worker_pids) < 2 and time.monotonic() < deadline:
             assert set(pool.map(hit, range(16))) == {200}
             worker_pids |= {
-                name.rsplit(":", 1)[1] for name in _tenant_backends(superuser_url, tenant)
+                name.rsplit(":", 1)[1] for name in tenant_backends(superuser_url, tenant.id)
             }
     assert len(worker_pids) == 2, "both workers should have served the tenant"
-    while _tenant_backends(superuser_url, tenant) and time.monotonic() < deadline + 10:
+    while tenant_backends(superuser_url, tenant.id) and time.monotonic() < deadline + 10:
         time.sleep(0.2)
-    assert _tenant_backends(superuser_url, tenant) == set()
+    assert tenant_backends(superuser_url, tenant.id) == set()

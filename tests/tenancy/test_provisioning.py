@@ -267,49 +267,45 @@ def test_provisioning_delete_leaves_the_owner_no_membership(
     assert memberships == 0
 
 
-def test_provisioning_delete_lets_a_running_query_finish_within_grace(
-    tenancy: Tenancy, tenant_a: ProvisionedTenant
-) -> None:
-    password = stored_password(tenancy.control_engine, tenancy.keyring, tenant_a.id)
-    busy = connect_as(tenancy.control_engine.url, tenant_a.id, password)
+def _query_in_thread(
+    tenancy: Tenancy, tenant_id: uuid.UUID, query: str
+) -> tuple[threading.Thread, list[object]]:
+    """Run ``query`` as the tenant on a connection of its own; the list gets its outcome."""
+    password = stored_password(tenancy.control_engine, tenancy.keyring, tenant_id)
+    busy = connect_as(tenancy.control_engine.url, tenant_id, password)
     busy.autocommit = True  # idle once the query is done, as a pooled connection is
     outcome: list[object] = []
 
     def run() -> None:
         try:
-            outcome.append(_one(busy, "SELECT 1 FROM pg_sleep(0.5)"))
+            outcome.append(_one(busy, query))
         except psycopg2.Error as error:
             outcome.append(error)
+        finally:
+            busy.close()
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.1)
+    time.sleep(0.1)  # the query is running
+    return thread, outcome
+
+
+def test_provisioning_delete_lets_a_running_query_finish_within_grace(
+    tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    thread, outcome = _query_in_thread(tenancy, tenant_a.id, "SELECT 1 FROM pg_sleep(0.5)")
     delete_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR, grace=20)
     thread.join(10)
-    busy.close()
     assert outcome == [1]
 
 
 def test_provisioning_delete_ends_a_query_running_past_grace(
     tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
-    password = stored_password(tenancy.control_engine, tenancy.keyring, tenant_a.id)
-    busy = connect_as(tenancy.control_engine.url, tenant_a.id, password)
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(_one(busy, "SELECT pg_sleep(60)"))
-        except psycopg2.Error as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    time.sleep(0.1)
+    thread, outcome = _query_in_thread(tenancy, tenant_a.id, "SELECT pg_sleep(60)")
     started = time.monotonic()
     delete_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR, grace=0.3)
     thread.join(10)
-    busy.close()
     assert time.monotonic() - started < 30
     assert len(outcome) == 1
     assert isinstance(outcome[0], psycopg2.OperationalError)
