@@ -191,4 +191,6 @@ def _changed(info: TenantInfo, reason: str) -> Response:
 
 
 def _with_key(info: TenantInfo, api_key: str) -> Response:
-    return jsonify(_TENANT_WITH_KEY.dump({**dataclasses.asdict(info), "api_key": api_key}))
+    response = jsonify(_TENANT_WITH_KEY.dump({**dataclasses.asdict(info), "api_key": api_key}))
+    response.headers["Cache-Control"] = "no-store"  # the key must not outlive this answer
+    return response

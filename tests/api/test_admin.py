@@ -205,6 +205,7 @@ def test_admin_create_returns_the_key_once_and_it_works(
     assert set(body) == TENANT_FIELDS | {"api_key"}
     assert body["status"] == "active"
     assert response.headers["Location"].endswith(f"{BASE}/{body['id']}")
+    assert response.headers["Cache-Control"] == "no-store"
     assert client.get("/v1/users", headers=_as_tenant(body)).status_code == 200
     fetched = _body(client.get(f"{BASE}/{body['id']}", headers=admin))
     assert set(fetched) == TENANT_FIELDS
