@@ -111,19 +111,23 @@ def test_rotation_under_load_loses_no_request(
     ring_k1 = Keyring({"k1": bytes.fromhex(keys["k1"])}, "k1")
     first_password = stored_password(control, ring_k1, uuid.UUID(tenant.id))
     admin = {"Authorization": f"Bearer {service.env['APP_ADMIN_TOKEN']}"}
-    statuses: Counter[int] = Counter()
+    statuses: Counter[int | str] = Counter()
     stop = threading.Event()
 
     def hammer() -> None:
         # A new connection per request, as many clients behind a load balancer: a reload
         # closes idle keep-alive connections, which is not what this test is about.
         while not stop.is_set():
-            response = requests.get(
-                f"{service.url}/v1/users",
-                headers={**tenant.headers, "Connection": "close"},
-                timeout=30,
-            )
-            statuses[response.status_code] += 1
+            try:
+                response = requests.get(
+                    f"{service.url}/v1/users",
+                    headers={**tenant.headers, "Connection": "close"},
+                    timeout=30,
+                )
+            except requests.RequestException as error:
+                statuses[type(error).__name__] += 1
+            else:
+                statuses[response.status_code] += 1
 
     def rotate_credentials() -> None:
         response = requests.post(
