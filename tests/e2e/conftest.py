@@ -72,7 +72,7 @@ def start_service(
         try:
             if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return process, Service(url, process.pid, log_path, service_env)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a booting worker on a busy machine
             time.sleep(0.1)
     process.kill()
     pytest.fail(f"gunicorn did not answer in 30 s:\n{log_path.read_text()}", pytrace=False)
