@@ -34,6 +34,7 @@ from app.schemas.tenants import (
     TenantWithKeySchema,
 )
 from app.tenancy import provisioning
+from app.tenancy.events import EventKind, TenantEvent
 from app.tenancy.provisioning import TenantInfo
 from config import Settings
 
@@ -143,32 +144,33 @@ def rotate_credentials(tenant_id: uuid.UUID) -> Response:
         scram_iterations=tenancy.limits.scram_iterations,
         actor=_actor(),
     )
-    return _changed(info, "credentials_rotated")
+    return _changed(info, EventKind.CREDENTIALS_ROTATED)
 
 
 @bp.post("/tenants/<uuid:tenant_id>/rotate-api-key")
 def rotate_api_key(tenant_id: uuid.UUID) -> Response:
     api_key = provisioning.rotate_api_key(_engine(), tenant_id, actor=_actor())
-    _forget(tenant_id, "api_key_rotated")
+    _apply_here(EventKind.API_KEY_ROTATED, tenant_id)
     return _with_key(provisioning.get_tenant(_engine(), tenant_id), api_key)
 
 
 @bp.post("/tenants/<uuid:tenant_id>/suspend")
 def suspend_tenant(tenant_id: uuid.UUID) -> Response:
-    return _changed(provisioning.suspend_tenant(_engine(), tenant_id, actor=_actor()), "suspended")
+    info = provisioning.suspend_tenant(_engine(), tenant_id, actor=_actor())
+    return _changed(info, EventKind.SUSPENDED)
 
 
 @bp.post("/tenants/<uuid:tenant_id>/resume")
 def resume_tenant(tenant_id: uuid.UUID) -> Response:
-    return _changed(provisioning.resume_tenant(_engine(), tenant_id, actor=_actor()), "resumed")
+    return _changed(
+        provisioning.resume_tenant(_engine(), tenant_id, actor=_actor()), EventKind.RESUMED
+    )
 
 
 @bp.delete("/tenants/<uuid:tenant_id>")
 def delete_tenant(tenant_id: uuid.UUID) -> tuple[str, int]:
-    # Let go of this worker's connections first, so they close instead of being terminated.
-    _forget(tenant_id, "deleted")
     provisioning.delete_tenant(_engine(), tenant_id, actor=_actor())
-    _forget(tenant_id, "deleted")
+    _apply_here(EventKind.DELETED, tenant_id)
     return "", 204
 
 
@@ -180,13 +182,13 @@ def _actor() -> str:
     return f"admin-api:{request.remote_addr or 'unknown'} request:{g.get('request_id')}"
 
 
-def _forget(tenant_id: uuid.UUID, reason: str) -> None:
-    # Every worker forgets the tenant when the change event reaches it; this one need not wait.
-    tenancy_of(current_app).forget(tenant_id, reason)
+def _apply_here(kind: EventKind, tenant_id: uuid.UUID) -> None:
+    # Every worker acts on the change event when it arrives; this one need not wait for it.
+    tenancy_of(current_app).on_event(TenantEvent(kind, tenant_id))
 
 
-def _changed(info: TenantInfo, reason: str) -> Response:
-    _forget(info.id, reason)
+def _changed(info: TenantInfo, kind: EventKind) -> Response:
+    _apply_here(kind, info.id)
     return jsonify(_TENANT.dump(info))
 
 
