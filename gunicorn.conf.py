@@ -1,5 +1,6 @@
 """Gunicorn settings and worker hooks; values come from the APP_* environment."""
 
+import math
 import os
 import shutil
 import sys
@@ -40,9 +41,13 @@ bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
 worker_class = "gthread"
-# Above the database connect and statement timeouts, so a slow database gives a 503,
-# not a killed worker.
-timeout = max(30, _settings.connect_timeout + _settings.tenant_statement_timeout_ms // 1000 + 10)
+# Above the longest a request waits on the database (a pool wait, then up to two round
+# trips and reconnects, each bounded by app.dbwait), so a slow or silent database gives a
+# 503, not a killed worker.
+_database_wait = _settings.pool_timeout + 2 * (
+    _settings.connect_timeout + _settings.database_io_timeout
+)
+timeout = max(30, math.ceil(_database_wait) + 10)
 graceful_timeout = 20
 keepalive = 5
 accesslog = None  # the app logs one JSON line per request

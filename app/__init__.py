@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import api, cli, errors, hooks, logs, request_log
+from app import api, cli, dbwait, errors, hooks, logs, request_log
 from app.crypto import Keyring
 from app.db import create_control_engine
 from app.metrics import TenancyMetrics
@@ -47,7 +47,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def build_tenancy(settings: Settings) -> Tenancy:
     """Wire the worker's tenancy from settings; connects to nothing yet."""
-    control_engine = create_control_engine(settings.database_url)
+    dbwait.install()
+    control_engine = create_control_engine(
+        settings.database_url,
+        connect_timeout=settings.connect_timeout,
+        io_timeout=settings.database_io_timeout,
+    )
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
     directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
     observer = TenancyMetrics()
@@ -64,6 +69,7 @@ def build_tenancy(settings: Settings) -> Tenancy:
             max_overflow=settings.tenant_max_overflow,
             pool_timeout=settings.pool_timeout,
             connect_timeout=settings.connect_timeout,
+            io_timeout=settings.database_io_timeout,
         ),
         budget=budget,
         backoff=backoff,

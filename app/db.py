@@ -14,6 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from app import dbwait
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -39,20 +41,30 @@ class Base(orm.DeclarativeBase):
 
 
 def create_control_engine(
-    url: str | sa.URL, *, pool_size: int = CONTROL_POOL_MAX, **kwargs: Any
+    url: str | sa.URL,
+    *,
+    pool_size: int = CONTROL_POOL_MAX,
+    connect_timeout: int = 5,
+    io_timeout: float | None = None,
+    **kwargs: Any,
 ) -> sa.Engine:
     """Engine of the owner role for the control plane.
 
     The pool is small: tenant lookups are cached per worker, so this engine only serves
     cache misses, readiness probes and admin work. It is disposed without closing the
     parent's sockets in a forked child, so a pool made before a fork is never shared.
+    Connecting waits at most ``connect_timeout`` s and, once :func:`dbwait.install` ran,
+    each round trip ``io_timeout`` s (None: unbounded).
     """
     engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
-        connect_args={"application_name": f"tp:control:{os.getpid()}"},
+        connect_args={
+            "application_name": f"tp:control:{os.getpid()}",
+            **dbwait.connect_args(connect_timeout=connect_timeout, io_timeout=io_timeout),
+        },
         **kwargs,
     )
     _dispose_after_fork(engine)

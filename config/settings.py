@@ -48,6 +48,7 @@ class Settings:
     tenant_connection_limit: int = 20
     tenant_statement_timeout_ms: int = 5000
     connect_timeout: int = 5
+    database_io_timeout: float = 10.0
     scram_iterations: int = 64
     max_content_length: int = 1024 * 1024
     trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -87,6 +88,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     admin_token = reader.get("APP_ADMIN_TOKEN", None, _admin_token)
     threads = reader.get("APP_THREADS", 4, _int_between(1, 256))
+    statement_timeout_ms = reader.get(
+        "APP_TENANT_STATEMENT_TIMEOUT_MS", 5000, _int_between(1, 3_600_000)
+    )
     settings = Settings(
         env=app_env,
         database_url=database_url,
@@ -110,10 +114,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tenant_connection_limit=reader.get(
             "APP_TENANT_CONNECTION_LIMIT", 20, _int_between(1, 10_000)
         ),
-        tenant_statement_timeout_ms=reader.get(
-            "APP_TENANT_STATEMENT_TIMEOUT_MS", 5000, _int_between(1, 3_600_000)
-        ),
+        tenant_statement_timeout_ms=statement_timeout_ms,
         connect_timeout=reader.get("APP_CONNECT_TIMEOUT", 5, _int_between(1, 300)),
+        database_io_timeout=reader.get(
+            "APP_DATABASE_IO_TIMEOUT", statement_timeout_ms / 1000 + 5, _float_between(1.0, 3_600.0)
+        ),
         scram_iterations=reader.get("APP_SCRAM_ITERATIONS", 64, _int_between(1, 10_000_000)),
         max_content_length=reader.get(
             "APP_MAX_CONTENT_LENGTH", 1024 * 1024, _int_between(1024, 1024**3)
@@ -124,6 +129,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
         ),
     )
+    if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
+        raise ConfigError(
+            "APP_DATABASE_IO_TIMEOUT: must be longer than APP_TENANT_STATEMENT_TIMEOUT_MS, so "
+            "the server cancels a slow statement first and its connection stays usable"
+        )
     if settings.env == "production":
         _refuse_unsafe_production(settings)
     return settings

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
 from app.tenancy.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.budget import ConnectionBudget
@@ -31,6 +32,7 @@ class PoolSettings:
     max_overflow: int
     pool_timeout: float
     connect_timeout: int
+    io_timeout: float
 
 
 class TenantEngineFactory:
@@ -87,7 +89,10 @@ class TenantEngineFactory:
             connect_args={
                 # Every backend says which tenant and which worker it serves.
                 "application_name": f"tp:{tenant_id}:{os.getpid()}",
-                "connect_timeout": self._pool.connect_timeout,
+                # No wait on the server longer than these bounds (see app.dbwait).
+                **dbwait.connect_args(
+                    connect_timeout=self._pool.connect_timeout, io_timeout=self._pool.io_timeout
+                ),
             },
         )
         # First connect here, outside the registry lock, so a bad password fails now and

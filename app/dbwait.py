@@ -1,0 +1,107 @@
+"""Client-side bounds on every wait for PostgreSQL, so no request waits forever.
+
+libpq bounds the connection handshake (``connect_timeout``) and the server bounds each
+statement (the role's ``statement_timeout``), but nothing bounds a wait on an established
+connection whose peer went silent: a hung server or proxy, a black-holed network. A
+pooled connection's pre-ping or query then blocks its thread for good, and gunicorn's
+gthread worker keeps heartbeating from its main thread, so nothing ever kills it. TCP
+keepalives and ``tcp_user_timeout`` do not help while anything on the path still
+acknowledges packets: measured with a proxy that stops forwarding, a query with
+``keepalives_idle=1`` and ``tcp_user_timeout=2000`` waited until the proxy was healed.
+
+So psycopg2 runs in its "green" mode (:func:`install`): every blocking libpq wait goes
+through :func:`wait`, which gives a connection handshake its ``connect_timeout`` and, on
+connections made by :func:`connect_args`, each round trip (query, commit, rollback,
+pre-ping) ``io_timeout`` seconds. When a bound is hit psycopg2 closes the connection,
+SQLAlchemy sees a disconnect and drops it from its pool, and the request gets a 503.
+Other connections wait as long as libpq would. Green mode rules out COPY and large
+objects, which this service does not use.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import time
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions as pgext
+
+__all__ = ["BoundedConnection", "connect_args", "install", "wait"]
+
+_ESTABLISHED = frozenset(
+    {pgext.STATUS_READY, pgext.STATUS_BEGIN, pgext.STATUS_PREPARED},
+)
+_LIBPQ_MIN_CONNECT_TIMEOUT = 2  # libpq reads connect_timeout=1 as 2 seconds
+
+
+class BoundedConnection(pgext.connection):
+    """A psycopg2 connection whose round trips :func:`wait` bounds by ``io_timeout`` s."""
+
+    io_timeout: float | None = None
+
+
+class DatabaseTimeout(psycopg2.OperationalError):
+    """The server did not answer within the client-side bound; the connection is closed."""
+
+
+def install() -> None:
+    """Route every blocking psycopg2 wait of this process through :func:`wait` (idempotent)."""
+    if pgext.get_wait_callback() is not wait:
+        pgext.set_wait_callback(wait)
+
+
+def connect_args(*, connect_timeout: int, io_timeout: float | None) -> dict[str, Any]:
+    """psycopg2 connect arguments that bound the handshake and every later round trip."""
+
+    def connection_factory(dsn: str, *args: Any, **kwargs: Any) -> BoundedConnection:
+        connection = BoundedConnection(dsn, *args, **kwargs)
+        connection.io_timeout = io_timeout
+        return connection
+
+    return {"connect_timeout": connect_timeout, "connection_factory": connection_factory}
+
+
+def wait(connection: pgext.connection) -> None:
+    """psycopg2's wait callback: poll until done, or raise DatabaseTimeout at the bound.
+
+    Raising here makes psycopg2 close the connection, so it is never reused half-way
+    through a protocol exchange.
+    """
+    timeout = _bound(connection)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = connection.poll()
+        if state == pgext.POLL_OK:
+            return
+        if state == pgext.POLL_READ:
+            events = select.POLLIN
+        elif state == pgext.POLL_WRITE:
+            events = select.POLLOUT
+        else:
+            raise psycopg2.OperationalError(f"unexpected psycopg2 poll state {state}")
+        if deadline is None:
+            wait_ms = None
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                phase = "connect" if connection.status not in _ESTABLISHED else "answer"
+                raise DatabaseTimeout(f"timeout: no {phase} from the database in {timeout:g} s")
+            wait_ms = math.ceil(remaining * 1000)
+        # A new poller each time: the socket changes while libpq tries addresses in turn.
+        poller = select.poll()
+        poller.register(connection.fileno(), events)
+        poller.poll(wait_ms)
+
+
+def _bound(connection: pgext.connection) -> float | None:
+    """Seconds this wait may take: connect_timeout while connecting, else io_timeout."""
+    if connection.status in _ESTABLISHED:
+        return getattr(connection, "io_timeout", None)
+    raw = pgext.parse_dsn(connection.dsn).get("connect_timeout", "")
+    try:
+        seconds = int(raw)
+    except ValueError:
+        return None
+    return None if seconds <= 0 else max(seconds, _LIBPQ_MIN_CONNECT_TIMEOUT)
