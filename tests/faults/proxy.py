@@ -82,6 +82,11 @@ class FaultProxy:
 
     # -- faults, called from the test thread ------------------------------------------
 
+    def retarget(self, upstream_port: int) -> None:
+        """Send new connections to another port (a server restarted elsewhere)."""
+        with self._lock:
+            self._upstream = (self._upstream[0], upstream_port)
+
     def latency(self, seconds: float) -> None:
         """Hold every chunk ``seconds`` before forwarding it (0 turns it off)."""
         self._change(latency=seconds)
@@ -186,11 +191,13 @@ class FaultProxy:
 
     def _connect_held(self) -> None:
         """Connect upstream every accepted client not connected yet."""
+        with self._lock:
+            upstream = self._upstream
         for connection in list(self._connections):
             if connection.server is not None:
                 continue
             try:
-                server = socket.create_connection(self._upstream, timeout=5)
+                server = socket.create_connection(upstream, timeout=5)
             except OSError:
                 self._reset(connection)  # as a refused connection looks to the client
                 continue

@@ -1,0 +1,121 @@
+"""Fault tests: a real gunicorn, often behind a fault proxy, with short database timeouts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from app.devcluster import LocalCluster
+from app.tenancy import Tenancy
+from app.tenancy.provisioning import RoleLimits, create_tenant
+from tests.e2e.conftest import SeededTenant, Service, start_service, stop_service
+from tests.faults.proxy import FaultProxy
+
+pytestmark = pytest.mark.e2e
+
+STATEMENT_TIMEOUT_MS = 1000
+CONNECT_TIMEOUT = 2
+IO_TIMEOUT = 3.0
+POOL_TIMEOUT = 2.0
+FAULT_SETTINGS = {
+    "APP_TENANT_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS),
+    "APP_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+    "APP_DATABASE_IO_TIMEOUT": str(IO_TIMEOUT),
+    "APP_POOL_TIMEOUT": str(POOL_TIMEOUT),
+}
+# The longest a request may wait on the database under FAULT_SETTINGS: a pool wait, then
+# a round trip and a reconnect, each bounded (app.dbwait).
+DATABASE_BOUND = POOL_TIMEOUT + IO_TIMEOUT + CONNECT_TIMEOUT
+# The request timeout the tests hold the service to: the bound plus what a loaded 2-core
+# machine may add.
+REQUEST_TIMEOUT = DATABASE_BOUND + 5
+
+StartService = Callable[..., Service]
+
+
+def through(url: str, proxy: FaultProxy) -> str:
+    """``url`` with its port replaced by the proxy's."""
+    return make_url(url).set(port=proxy.port).render_as_string(hide_password=False)
+
+
+def flask_command(env: dict[str, str], *args: str) -> None:
+    """Run ``flask --app wsgi ARGS`` with ``env``; fail the test with its output if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        env={**os.environ, **env},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"flask {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+
+
+@pytest.fixture
+def proxy(pg_cluster: LocalCluster) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the suite's cluster."""
+    with FaultProxy(pg_cluster.port) as running:
+        yield running
+
+
+@pytest.fixture
+def start_fault_service(
+    app_env: dict[str, str], migrated: None, tmp_path: Path
+) -> Iterator[StartService]:
+    """Start gunicorn with FAULT_SETTINGS on a database URL; all stopped after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(database_url: str, *, workers: int = 2, threads: int = 4) -> Service:
+        env = {**app_env, **FAULT_SETTINGS, "APP_DATABASE_URL": database_url}
+        log_path = tmp_path / f"gunicorn-{len(started)}.log"
+        process, service = start_service(env, log_path, workers=workers, threads=threads)
+        started.append(process)
+        return service
+
+    yield start
+    for process in started:
+        stop_service(process)
+
+
+@pytest.fixture
+def fault_tenants(tenancy: Tenancy) -> list[SeededTenant]:
+    """Two new tenants whose roles have the fault tests' short statement_timeout."""
+    limits = RoleLimits(
+        connection_limit=20,
+        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+        scram_iterations=tenancy.limits.scram_iterations,
+    )
+    tenants = []
+    for _ in range(2):
+        name = f"fault-{uuid.uuid4().hex[:12]}"
+        made = create_tenant(tenancy.control_engine, tenancy.keyring, name, limits)
+        tenants.append(SeededTenant(str(made.id), made.name, made.api_key))
+    return tenants
+
+
+@pytest.fixture
+def superuser_engine(pg_cluster: LocalCluster) -> Iterator[sa.Engine]:
+    """Only to inspect the server (pg_stat_activity), never to read tenant data."""
+    url = make_url(pg_cluster.superuser_url("tenantpool")).set(drivername="postgresql+psycopg2")
+    engine = sa.create_engine(url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def tenant_backends(engine: sa.Engine, tenant_id: str) -> list[sa.Row[tuple[int, str, str | None]]]:
+    """(pid, application_name, wait_event_type) of the tenant's backends."""
+    query = sa.text(
+        "SELECT pid, application_name, wait_event_type FROM pg_stat_activity "
+        "WHERE application_name LIKE :pattern"
+    )
+    with engine.connect() as connection:
+        return list(connection.execute(query, {"pattern": f"tp:{tenant_id}:%"}))
