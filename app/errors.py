@@ -194,6 +194,11 @@ def _database_error(error: sqlalchemy.exc.DBAPIError) -> Response:
         )
     if pgcode == "23505":
         return problem(409, "conflict", "Conflict", "a record with these values exists already")
+    if pgcode is not None and pgcode.startswith("22"):
+        # Data exception: input that validation should have refused. Still the client's
+        # input, so a 400, but logged as the validation gap it is.
+        log.error("data exception sqlstate=%s slipped past validation", pgcode)
+        return problem(400, "invalid_value", "Bad request", "a value is out of range or malformed")
     log.error("database error sqlstate=%s type=%s", pgcode, type(error.orig).__name__)
     return _unexpected(error)
 

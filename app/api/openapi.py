@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import decimal
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
+from marshmallow import fields
 
 from app.api.resource import Resource
 from app.schemas.common import ColumnList
@@ -53,14 +55,21 @@ def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
         plugins=[plugin],
         info={"description": "Multi-tenant REST API; every tenant isolated by PostgreSQL RLS."},
     )
-    # apispec ships this method untyped; it maps our custom field to a plain string.
+    # apispec ships these methods untyped; they map our custom field to a plain string and
+    # describe what apispec cannot see by itself.
     plugin.map_to_openapi_type(ColumnList, "string", None)  # type: ignore[no-untyped-call]
+    if plugin.converter is None:  # pragma: no cover - APISpec() initialised the plugin
+        raise RuntimeError("the marshmallow plugin has no converter; register it first")
+    plugin.converter.add_attribute_function(_exact_property)  # type: ignore[no-untyped-call]
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     spec.components.schema("Problem", _PROBLEM_SCHEMA)
-    errors = {
+    errors: dict[str, Any] = {
         str(code): {"description": "problem", "content": _PROBLEM}
-        for code in (400, 401, 403, 404, 415, 422, 503)
+        for code in (400, 401, 403, 404, 413, 415, 422, 503)
     }
+    # Refused by gunicorn before the app sees the request, so with gunicorn's HTML body.
+    errors["414"] = {"description": "request line too long (gunicorn limit_request_line)"}
+    errors["431"] = {"description": "header fields too large (gunicorn limit_request_field*)"}
     seen: set[str] = set()
     for resource, prefix in resources:
         title = resource.title
@@ -235,6 +244,27 @@ def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
                 }
             },
         )
+
+
+def _exact_property(converter: object, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:
+    """What apispec gets wrong or leaves out for some fields (an apispec attribute function).
+
+    Decimal bounds become JSON numbers (apispec passes Decimal objects through, which the
+    JSON encoder turns into strings, an invalid schema); a decimal dumped as a string is a
+    string; a column list names its columns.
+    """
+    ret: dict[str, Any] = kwargs["ret"]
+    extra: dict[str, Any] = {
+        key: float(value)
+        for key, value in ret.items()
+        if isinstance(value, decimal.Decimal) and key in ("minimum", "maximum")
+    }
+    if isinstance(field, fields.Decimal) and field.as_string:
+        extra.update(type="string", pattern=r"^-?[0-9]+(\.[0-9]+)?$")
+    if isinstance(field, ColumnList):
+        names = "|".join(field.choices)
+        extra["pattern"] = f"^({names})(,({names}))*$"
+    return extra
 
 
 def _suffix(prefix: str) -> str:

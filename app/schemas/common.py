@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -26,7 +27,57 @@ class SafeString(fields.String):
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise ValidationError("must be valid Unicode (no lone surrogates)") from None
+        # Lengths count what was sent, as the OpenAPI maxLength says: trimming must not
+        # let a longer input through.
+        for validator in self.validators:
+            if isinstance(validator, validate.Length) and len(text) > (validator.max or len(text)):
+                raise ValidationError(f"Longer than maximum length {validator.max}.")
         return text.strip()
+
+
+class Money(fields.Decimal):
+    """A decimal amount with at most ``places`` decimals: more is refused, never rounded."""
+
+    def __init__(self, places: int = 2, **kwargs: Any) -> None:
+        super().__init__(places=places, **kwargs)
+        self.decimals = places
+
+    def _format_num(self, value: Any) -> decimal.Decimal:
+        rounded: decimal.Decimal = super()._format_num(value)  # type: ignore[no-untyped-call]
+        if rounded.is_finite() and rounded != decimal.Decimal(str(value)):
+            raise ValidationError(f"must have at most {self.decimals} decimal places")
+        return rounded
+
+
+class JsonBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only.
+
+    ``truthy={True}`` is not enough: 1 and 0 equal True and False, so they would pass.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """A date-time with an offset (UTC if none), converted to UTC.
+
+    PostgreSQL refuses offsets beyond +/-15:59, Python allows up to +/-23:59, so the
+    value reaches SQL in UTC; a moment that leaves Python's years 1..9999 is refused.
+    """
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dt.datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValidationError("is out of range once converted to UTC") from None
 
 
 class ColumnList(fields.Field[list[str]]):
@@ -61,8 +112,8 @@ class ListQuerySchema(Schema):
     sort_direction = fields.String(
         load_default="ascending", validate=validate.OneOf(SORT_DIRECTIONS)
     )
-    date_after = fields.AwareDateTime(default_timezone=dt.UTC)
-    date_before = fields.AwareDateTime(default_timezone=dt.UTC)
+    date_after = UtcDateTime(default_timezone=dt.UTC)
+    date_before = UtcDateTime(default_timezone=dt.UTC)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -6,7 +6,7 @@ import decimal
 
 from marshmallow import Schema, fields, validate
 
-from app.schemas.common import ListQuerySchema, PageSchema, SafeString
+from app.schemas.common import ListQuerySchema, Money, PageSchema, SafeString
 
 MAX_PRICE = decimal.Decimal("9999999999.99")  # numeric(12, 2)
 MAX_STOCK = 2_147_483_647  # integer
@@ -29,14 +29,14 @@ class ProductSchema(Schema):
 class ProductCreateSchema(Schema):
     name = SafeString(required=True, validate=validate.Length(1, 100))
     description = SafeString(load_default="", validate=validate.Length(max=2000))
-    price = fields.Decimal(required=True, places=2, validate=_PRICE)
+    price = Money(required=True, validate=_PRICE)
     stock = fields.Integer(load_default=0, strict=True, validate=_STOCK)
 
 
 class ProductPatchSchema(Schema):
     name = SafeString(validate=validate.Length(1, 100))
     description = SafeString(validate=validate.Length(max=2000))
-    price = fields.Decimal(places=2, validate=_PRICE)
+    price = Money(validate=_PRICE)
     stock = fields.Integer(strict=True, validate=_STOCK)
 
 

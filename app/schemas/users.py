@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from app.schemas.common import ListQuerySchema, PageSchema, SafeString
+from app.schemas.common import JsonBoolean, ListQuerySchema, PageSchema, SafeString
 
 _NAME = validate.Length(1, 50)
 
@@ -25,14 +25,14 @@ class UserCreateSchema(Schema):
     first_name = SafeString(required=True, validate=_NAME)
     last_name = SafeString(required=True, validate=_NAME)
     email = fields.Email(load_default=None, allow_none=True, validate=validate.Length(max=254))
-    confirmed = fields.Boolean(load_default=False, truthy={True}, falsy={False})
+    confirmed = JsonBoolean(load_default=False)
 
 
 class UserPatchSchema(Schema):
     first_name = SafeString(validate=_NAME)
     last_name = SafeString(validate=_NAME)
     email = fields.Email(allow_none=True, validate=validate.Length(max=254))
-    confirmed = fields.Boolean(truthy={True}, falsy={False})
+    confirmed = JsonBoolean()
 
 
 class UserListQuerySchema(ListQuerySchema):

@@ -1,0 +1,40 @@
+"""The OpenAPI document is valid and says what the API does; found by schemathesis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+
+@pytest.fixture
+def document(client: FlaskClient) -> dict[str, Any]:
+    body: dict[str, Any] = client.get("/openapi.json").json  # type: ignore[assignment]
+    return body
+
+
+def test_openapi_decimal_bounds_are_numbers(document: dict[str, Any]) -> None:
+    price = document["components"]["schemas"]["ProductCreate"]["properties"]["price"]
+    assert (price["type"], price["minimum"], price["maximum"]) == ("number", 0, 9999999999.99)
+
+
+def test_openapi_price_is_returned_as_a_decimal_string(document: dict[str, Any]) -> None:
+    price = document["components"]["schemas"]["Product"]["properties"]["price"]
+    assert price["type"] == "string"
+
+
+def test_openapi_search_columns_names_its_columns(document: dict[str, Any]) -> None:
+    (parameter,) = [
+        p
+        for p in document["paths"]["/v1/products"]["get"]["parameters"]
+        if p["name"] == "search_columns"
+    ]
+    assert parameter["schema"]["pattern"] == "^(name|description)(,(name|description))*$"
+
+
+@pytest.mark.parametrize("status", ["413", "414", "431"])
+def test_openapi_documents_refusals_of_oversized_requests(
+    document: dict[str, Any], status: str
+) -> None:
+    assert status in document["paths"]["/v1/users"]["post"]["responses"]
