@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PIP_FLAGS := --disable-pip-version-check --no-input --quiet
 
-.PHONY: help run test lint bench bench-registry loadtest clean
+.PHONY: help run test soak lint bench bench-registry loadtest clean
 
 help:
 	@echo "make run    local PostgreSQL + migrations + demo tenants + gunicorn (Ctrl-C stops all)"
 	@echo "make test   lint, then the whole pytest suite (PYTEST_ARGS=... passes options)"
+	@echo "make soak   the longer fault and fuzz runs (pytest -m soak), left out of make test"
 	@echo "make lint   ruff check, ruff format --check, mypy, hadolint docker/Dockerfile"
 	@echo "make bench  service vs bare baseline under wrk; writes docs/benchmarks.md (~10 min)"
 	@echo "make bench-registry  pytest-benchmark of the engine registry's hot and cold paths"
@@ -35,6 +36,10 @@ run: $(STAMP)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The last -m wins over pyproject's `-m "not soak"`.
+soak: $(STAMP)
+	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

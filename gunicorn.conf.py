@@ -53,6 +53,12 @@ keepalive = 5
 accesslog = None  # the app logs one JSON line per request
 loglevel = _settings.log_level.lower()
 logconfig_dict = gunicorn_logconfig(_settings.log_level)  # gunicorn's own lines are JSON too
+# Request head limits (gunicorn's defaults, stated because tests and docs rely on them):
+# a longer request line gets 414, more or larger header fields get 431, all from gunicorn
+# with an HTML body before the app sees the request. Bodies are limited by the app (413).
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
 preload_app = False
 # One shared control socket path would collide between instances (tests run several).
 control_socket_disable = True

@@ -159,3 +159,20 @@ def app_for(env: dict[str, str]) -> Iterator[Flask]:
         yield app
     finally:
         tenancy_of(app).close()
+
+
+def child_pids(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (gunicorn's workers, for its master), from /proc."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z":
+            children.add(int(entry.name))
+    return children

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 from marshmallow import Schema
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 
@@ -25,7 +26,7 @@ def json_object() -> dict[str, Any]:
     """
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
-    raw = request.get_data(cache=False)
+    raw = _body()
     try:
         value = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
@@ -33,6 +34,18 @@ def json_object() -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object")
     return value
+
+
+def _body() -> bytes:
+    """The raw body; 413 when it is over ``MAX_CONTENT_LENGTH``, streamed or not."""
+    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    # werkzeug cuts a streamed (chunked) body at the limit without an error; if the
+    # server's own stream, which ends where the body does, holds more, it was too large.
+    cut = request.content_length is None and limit is not None and len(raw) >= limit
+    if cut and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
 
 
 def query_args(schema: Schema) -> dict[str, Any]:

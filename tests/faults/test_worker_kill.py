@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from tests.e2e.conftest import SeededTenant
 from tests.faults.conftest import REQUEST_TIMEOUT, StartService, tenant_backends
 from tests.faults.ledger import Ledger, MixedLoad
+from tests.support import child_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -28,22 +29,6 @@ def owner_engine(owner_url: str) -> Iterator[sa.Engine]:
     engine = sa.create_engine(make_url(owner_url).set(drivername="postgresql+psycopg2"))
     yield engine
     engine.dispose()
-
-
-def _children(pid: int) -> set[int]:
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # Fields after the command name, which is in parentheses and may hold spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.add(int(entry.name))
-    return children
 
 
 def _served_by(log_path: Path, pid: int) -> bool:
@@ -71,7 +56,7 @@ def test_worker_killed_mid_write_loses_nothing_and_is_replaced(
     superuser_engine: sa.Engine,
 ) -> None:
     service = start_fault_service(owner_url, workers=2, threads=4)
-    workers = _children(service.pid)
+    workers = child_pids(service.pid)
     assert len(workers) == 2
     tenant = fault_tenants[0]
     ledger = Ledger()
@@ -109,8 +94,8 @@ def test_worker_killed_mid_write_loses_nothing_and_is_replaced(
             killed, lost = pending.result()
         # The lock is released: the insert finishes on the server, but no COMMIT follows.
         assert killed.status is None, killed  # the client saw its connection die
-        _wait(lambda: len(_children(service.pid) - {victim}) == 2, 30, "a replacement worker")
-        (replacement,) = _children(service.pid) - workers
+        _wait(lambda: len(child_pids(service.pid) - {victim}) == 2, 30, "a replacement worker")
+        (replacement,) = child_pids(service.pid) - workers
         _wait(lambda: _served_by(service.log_path, replacement), 30, "the replacement serving")
         load.wait_until(
             lambda done: sum(o.ok and o.started > killed_at + 1 for o in done) >= 10,
