@@ -34,6 +34,17 @@ def test_config_connection_budget_defaults_to_threads_plus_two() -> None:
     assert load_settings(explicit).connection_budget == 3
 
 
+def test_config_io_timeout_defaults_to_statement_timeout_plus_5s() -> None:
+    settings = load_settings({**VALID, "APP_TENANT_STATEMENT_TIMEOUT_MS": "2500"})
+    assert settings.database_io_timeout == 7.5
+
+
+def test_config_io_timeout_not_above_statement_timeout_is_refused() -> None:
+    environ = {**VALID, "APP_TENANT_STATEMENT_TIMEOUT_MS": "3000", "APP_DATABASE_IO_TIMEOUT": "3"}
+    with pytest.raises(ConfigError, match=r"^APP_DATABASE_IO_TIMEOUT: must be longer"):
+        load_settings(environ)
+
+
 def test_config_database_url_uses_psycopg2() -> None:
     assert load_settings(VALID).database_url.startswith("postgresql+psycopg2://")
 

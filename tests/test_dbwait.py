@@ -12,7 +12,6 @@ from sqlalchemy.engine import make_url
 from app import dbwait
 from app.db import create_control_engine
 from app.devcluster import LocalCluster
-from config import ConfigError, load_settings
 from tests.faults.proxy import FaultProxy
 
 SLACK = 3.0  # seconds a loaded machine may add to a bound
@@ -72,18 +71,3 @@ def test_dbwait_install_is_idempotent() -> None:
     dbwait.install()
     dbwait.install()
     assert dbwait.psycopg2.extensions.get_wait_callback() is dbwait.wait
-
-
-def test_settings_io_timeout_defaults_to_statement_timeout_plus_5s(
-    app_env: dict[str, str],
-) -> None:
-    settings = load_settings({**app_env, "APP_TENANT_STATEMENT_TIMEOUT_MS": "2500"})
-    assert settings.database_io_timeout == 7.5
-
-
-def test_settings_io_timeout_not_above_statement_timeout_is_refused(
-    app_env: dict[str, str],
-) -> None:
-    environ = {**app_env, "APP_TENANT_STATEMENT_TIMEOUT_MS": "3000"}
-    with pytest.raises(ConfigError, match=r"^APP_DATABASE_IO_TIMEOUT: must be longer"):
-        load_settings({**environ, "APP_DATABASE_IO_TIMEOUT": "3"})
