@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,9 +41,9 @@ def _served_by(log_path: Path, pid: int) -> bool:
     return False
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert time.monotonic() < deadline, f"{what} not within {timeout:g} s"
         time.sleep(0.05)
 
@@ -56,8 +56,9 @@ def test_worker_killed_mid_write_loses_nothing_and_is_replaced(
     superuser_engine: sa.Engine,
 ) -> None:
     service = start_fault_service(owner_url, workers=2, threads=4)
+    # The service answers once one worker is up; the other may still be booting.
+    _wait(lambda: len(child_pids(service.pid)) == 2, 30, "two workers")
     workers = child_pids(service.pid)
-    assert len(workers) == 2
     tenant = fault_tenants[0]
     ledger = Ledger()
     # The load writes products; the write to kill is a user, held on a lock of users.
