@@ -103,6 +103,14 @@ def fault_tenants(tenancy: Tenancy) -> list[SeededTenant]:
 
 
 @pytest.fixture
+def owner_engine(owner_url: str) -> Iterator[sa.Engine]:
+    """The owner, to take table locks; it never reads tenant rows."""
+    engine = sa.create_engine(make_url(owner_url).set(drivername="postgresql+psycopg2"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def superuser_engine(pg_cluster: LocalCluster) -> Iterator[sa.Engine]:
     """Only to inspect the server (pg_stat_activity), never to read tenant data."""
     url = make_url(pg_cluster.superuser_url("tenantpool")).set(drivername="postgresql+psycopg2")

@@ -126,6 +126,18 @@ class Ledger:
                 if w.record_id is not None and w.tenant_id == tenant_id and w.path == path
             ]
 
+    def copies(self, base_url: str, tenant: SeededTenant, write: Write) -> int:
+        """How many rows carry ``write``'s marker, read through the API as ``tenant``."""
+        response = requests.get(
+            base_url + write.path,
+            params={"search": write.marker, "search_columns": RESOURCES[write.path][0]},
+            headers=tenant.headers,
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        total: int = response.json()["total"]
+        return total
+
     def verify(self, base_url: str, tenants: list[SeededTenant]) -> None:
         """Assert the ledger against every tenant's rows, read through the API as it."""
         with self._lock:

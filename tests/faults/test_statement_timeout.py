@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from tests.e2e.conftest import SeededTenant
 from tests.faults.conftest import (
@@ -19,14 +16,6 @@ from tests.faults.conftest import (
 from tests.faults.ledger import Ledger, request
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def owner_engine(owner_url: str) -> Iterator[sa.Engine]:
-    """The owner, to take table locks; it never reads tenant rows."""
-    engine = sa.create_engine(make_url(owner_url).set(drivername="postgresql+psycopg2"))
-    yield engine
-    engine.dispose()
 
 
 def test_statement_timeout_is_503_and_the_connection_is_reused(

@@ -14,7 +14,7 @@ from tests.e2e.conftest import SeededTenant, Service
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = 30  # per operation and mode; the soak variant runs 300
+EXAMPLES = 30  # per operation and mode; the soak run makes 300
 # (path, method, whether it takes input that negative generation can break)
 OPERATIONS = [
     (path, method.upper(), path.startswith("/v1/"))
@@ -86,6 +86,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize(
+    "examples",
+    [pytest.param(EXAMPLES, id="short"), pytest.param(300, marks=pytest.mark.soak, id="soak")],
+)
 @pytest.mark.parametrize(("path", "method", "mode"), CASES)
 def test_schema_operation_conforms(
     openapi: schemathesis.BaseSchema,
@@ -94,18 +98,6 @@ def test_schema_operation_conforms(
     path: str,
     method: str,
     mode: GenerationMode,
+    examples: int,
 ) -> None:
-    _check(openapi, fuzz_service, fuzz_tenants, path, method, mode, EXAMPLES)
-
-
-@pytest.mark.soak
-@pytest.mark.parametrize(("path", "method", "mode"), CASES)
-def test_schema_operation_conforms_long(
-    openapi: schemathesis.BaseSchema,
-    fuzz_service: Service,
-    fuzz_tenants: list[SeededTenant],
-    path: str,
-    method: str,
-    mode: GenerationMode,
-) -> None:
-    _check(openapi, fuzz_service, fuzz_tenants, path, method, mode, 300)
+    _check(openapi, fuzz_service, fuzz_tenants, path, method, mode, examples)
