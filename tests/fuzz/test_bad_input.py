@@ -67,14 +67,19 @@ def superuser_engine(pg_cluster: LocalCluster) -> Iterator[sa.Engine]:
 
 
 def _engines_of(service: Service, engine: sa.Engine) -> set[str]:
-    """Tenant ids with a backend opened by one of the service's workers."""
+    """Tenant ids with a backend opened by one of the service's workers.
+
+    Tenant backends are named ``tp:<tenant uuid>:<pid>``; the control plane's and the
+    event listener's carry a word instead of the uuid.
+    """
     query = sa.text(
-        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'tp:%'"
+        "SELECT application_name FROM pg_stat_activity WHERE application_name ~ :pattern"
     )
+    pattern = r"^tp:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9]+$"
     with engine.connect() as connection:
-        names = connection.execute(query).scalars().all()
+        names = connection.execute(query, {"pattern": pattern}).scalars().all()
     pids = {str(pid) for pid in child_pids(service.pid)}
-    return {name.split(":")[1] for name in names if name.rsplit(":", 1)[1] in pids} - {"control"}
+    return {name.split(":")[1] for name in names if name.rsplit(":", 1)[1] in pids}
 
 
 def _role_attempted(pg_cluster: LocalCluster, tenant_id: str) -> bool:
