@@ -74,8 +74,8 @@ def start_fault_service(
     """Start gunicorn with FAULT_SETTINGS on a database URL; all stopped after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(database_url: str, *, workers: int = 2, threads: int = 4) -> Service:
-        env = {**app_env, **FAULT_SETTINGS, "APP_DATABASE_URL": database_url}
+    def start(database_url: str, *, workers: int = 2, threads: int = 4, **settings: str) -> Service:
+        env = {**app_env, **FAULT_SETTINGS, **settings, "APP_DATABASE_URL": database_url}
         log_path = tmp_path / f"gunicorn-{len(started)}.log"
         process, service = start_service(env, log_path, workers=workers, threads=threads)
         started.append(process)
@@ -86,20 +86,22 @@ def start_fault_service(
         stop_service(process)
 
 
+def new_tenant(tenancy: Tenancy, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> SeededTenant:
+    """A new tenant whose role has ``statement_timeout_ms``."""
+    limits = RoleLimits(
+        connection_limit=20,
+        statement_timeout_ms=statement_timeout_ms,
+        scram_iterations=tenancy.limits.scram_iterations,
+    )
+    name = f"fault-{uuid.uuid4().hex[:12]}"
+    made = create_tenant(tenancy.control_engine, tenancy.keyring, name, limits)
+    return SeededTenant(str(made.id), made.name, made.api_key)
+
+
 @pytest.fixture
 def fault_tenants(tenancy: Tenancy) -> list[SeededTenant]:
     """Two new tenants whose roles have the fault tests' short statement_timeout."""
-    limits = RoleLimits(
-        connection_limit=20,
-        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-        scram_iterations=tenancy.limits.scram_iterations,
-    )
-    tenants = []
-    for _ in range(2):
-        name = f"fault-{uuid.uuid4().hex[:12]}"
-        made = create_tenant(tenancy.control_engine, tenancy.keyring, name, limits)
-        tenants.append(SeededTenant(str(made.id), made.name, made.api_key))
-    return tenants
+    return [new_tenant(tenancy), new_tenant(tenancy)]
 
 
 @pytest.fixture
