@@ -121,7 +121,7 @@ def superuser_engine(pg_cluster: LocalCluster) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def tenant_backends(engine: sa.Engine, tenant_id: str) -> list[sa.Row[tuple[int, str, str | None]]]:
+def backends_of(engine: sa.Engine, tenant_id: str) -> list[sa.Row[tuple[int, str, str | None]]]:
     """(pid, application_name, wait_event_type) of the tenant's backends."""
     query = sa.text(
         "SELECT pid, application_name, wait_event_type FROM pg_stat_activity "

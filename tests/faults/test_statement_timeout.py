@@ -11,7 +11,7 @@ from tests.faults.conftest import (
     REQUEST_TIMEOUT,
     STATEMENT_TIMEOUT_MS,
     StartService,
-    tenant_backends,
+    backends_of,
 )
 from tests.faults.ledger import Ledger, request
 
@@ -31,7 +31,7 @@ def test_statement_timeout_is_503_and_the_connection_is_reused(
     users = service.url + "/v1/users"
     ledger = Ledger()
     assert ledger.write(service.url, tenant, "/v1/users", timeout=REQUEST_TIMEOUT)[0].ok
-    before = {row.pid for row in tenant_backends(superuser_engine, tenant.id)}
+    before = {row.pid for row in backends_of(superuser_engine, tenant.id)}
     assert len(before) == 1
     with owner_engine.begin() as connection:
         # Every statement on users now waits for the lock until its statement_timeout.
@@ -45,5 +45,5 @@ def test_statement_timeout_is_503_and_the_connection_is_reused(
     assert problem["code"] == "statement_timeout"
     assert response.headers["Retry-After"] == "1"
     assert request("GET", users, headers=tenant.headers, timeout=REQUEST_TIMEOUT)[0].ok
-    assert {row.pid for row in tenant_backends(superuser_engine, tenant.id)} == before
+    assert {row.pid for row in backends_of(superuser_engine, tenant.id)} == before
     ledger.verify(service.url, fault_tenants)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from app.tenancy import Tenancy
 from app.tenancy.provisioning import DEFAULT_DELETE_GRACE, delete_tenant
-from tests.faults.conftest import REQUEST_TIMEOUT, StartService, new_tenant, tenant_backends
+from tests.faults.conftest import REQUEST_TIMEOUT, StartService, backends_of, new_tenant
 from tests.faults.ledger import Ledger, MixedLoad, Outcome, request
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +55,7 @@ def test_tenant_deleted_in_flight_ends_cleanly_and_others_lose_nothing(
             )
             deadline = time.monotonic() + 20
             while not any(
-                b.wait_event_type == "Lock" for b in tenant_backends(superuser_engine, doomed.id)
+                b.wait_event_type == "Lock" for b in backends_of(superuser_engine, doomed.id)
             ):
                 assert time.monotonic() < deadline, "the PATCH never waited on the lock"
                 time.sleep(0.05)

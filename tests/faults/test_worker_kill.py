@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.conftest import SeededTenant
-from tests.faults.conftest import REQUEST_TIMEOUT, StartService, tenant_backends
+from tests.faults.conftest import REQUEST_TIMEOUT, StartService, backends_of
 from tests.faults.ledger import Ledger, MixedLoad
 from tests.support import child_pids
 
@@ -69,7 +69,7 @@ def test_worker_killed_mid_write_loses_nothing_and_is_replaced(
             waiting: list[int] = []
 
             def insert_waits() -> bool:
-                rows = tenant_backends(superuser_engine, tenant.id)
+                rows = backends_of(superuser_engine, tenant.id)
                 waiting[:] = [
                     int(row.application_name.rsplit(":", 1)[1])
                     for row in rows
