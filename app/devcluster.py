@@ -30,6 +30,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg2
@@ -147,8 +148,8 @@ def _answers(port: int) -> bool:
     return False
 
 
-class _RunAs:
-    """The unprivileged account the server binaries run as when we are root."""
+class RunAs:
+    """The unprivileged account server binaries (PostgreSQL, PgBouncer) run as when we are root."""
 
     def __init__(self, name: str) -> None:
         entry = pwd.getpwnam(name)
@@ -158,7 +159,7 @@ class _RunAs:
         self.groups = set(os.getgrouplist(name, entry.pw_gid))
 
     @classmethod
-    def for_root(cls) -> _RunAs:
+    def for_root(cls) -> RunAs:
         for name in ("postgres", "nobody"):
             with contextlib.suppress(KeyError):
                 return cls(name)
@@ -167,6 +168,11 @@ class _RunAs:
             "PostgreSQL as: create one (`useradd --system postgres`) or run as another user"
         )
 
+    @classmethod
+    def when_root(cls) -> RunAs | None:
+        """The account to drop to if we are root, else None (run as ourselves)."""
+        return cls.for_root() if os.geteuid() == 0 else None
+
     def can_enter(self, directory: Path) -> bool:
         st = directory.stat()
         if st.st_uid == self.uid:
@@ -174,6 +180,15 @@ class _RunAs:
         if st.st_gid in self.groups:
             return bool(st.st_mode & stat.S_IXGRP)
         return bool(st.st_mode & stat.S_IXOTH)
+
+    def give(self, path: Path) -> None:
+        """Make ``path`` this account's."""
+        os.chown(path, self.uid, self.gid)
+
+    def subprocess_kwargs(self) -> dict[str, Any]:
+        """``subprocess`` arguments that run the child as this account."""
+        # extra_groups=[] drops root's supplementary groups.
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
 class LocalCluster:
@@ -194,7 +209,7 @@ class LocalCluster:
         self.datadir = Path(datadir).absolute()
         self.bindir = bindir if bindir is not None else find_pg_bindir()
         self.superuser_password = superuser_password
-        self._run_as = _RunAs.for_root() if os.geteuid() == 0 else None
+        self._run_as = RunAs.when_root()
         self._port: int | None = None
 
     def __repr__(self) -> str:
@@ -426,14 +441,12 @@ class LocalCluster:
             cwd="/",  # the server user may not be able to enter our working directory
             env=env,
             stdin=subprocess.DEVNULL,
-            user=run_as.uid if run_as else None,
-            group=run_as.gid if run_as else None,
-            extra_groups=[] if run_as else None,  # [] drops root's supplementary groups
+            **(run_as.subprocess_kwargs() if run_as else {}),
         )
 
     def _give_to_server_user(self, path: Path) -> None:
         if self._run_as is not None:
-            os.chown(path, self._run_as.uid, self._run_as.gid)
+            self._run_as.give(path)
 
     def _check_traversable(self, directory: Path) -> None:
         """Fail early, in one line, if the server user cannot reach ``directory``."""
