@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from app.db import Base
-from app.models import Product, Tenant, User  # noqa: F401  (registers the tables)
+from app.models import Product, Tenant, TenantPlacement, User  # noqa: F401  (registers tables)
 from config import load_settings
 
 config = context.config

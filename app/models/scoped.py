@@ -20,7 +20,7 @@ class TenantScoped:
     # and the RLS policy's WITH CHECK rejects any other value.
     tenant_id: orm.Mapped[uuid.UUID] = orm.mapped_column(
         UUID(as_uuid=True),
-        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        sa.ForeignKey("tenant_placements.tenant_id", ondelete="CASCADE"),
         server_default=sa.text("current_tenant_id()"),
     )
     created_at: orm.Mapped[dt.datetime] = orm.mapped_column(

@@ -97,7 +97,8 @@ def upgrade() -> None:
         sa.Column("confirmed", sa.Boolean, nullable=False, server_default=sa.false()),
         *_timestamps(),
     )
-    make_tenant_scoped(op, "users")
+    # Pinned: the helper's default parent became tenant_placements in 0002.
+    make_tenant_scoped(op, "users", parent=("tenants", "id"))
 
     op.create_table(
         "products",
@@ -112,7 +113,7 @@ def upgrade() -> None:
         sa.CheckConstraint("price >= 0", name="price_not_negative"),
         sa.CheckConstraint("stock >= 0", name="stock_not_negative"),
     )
-    make_tenant_scoped(op, "products")
+    make_tenant_scoped(op, "products", parent=("tenants", "id"))
 
 
 def downgrade() -> None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from app.crypto import DecryptError, tenant_aad
 from app.models import Tenant, User
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant, role_name
+from app.tenancy.provisioning import ProvisionedTenant, remove_placement, role_name
 
 SET_TENANT = "SELECT set_config('app.tenant_id', %(tid)s, false)"
 
@@ -214,13 +214,13 @@ def test_rls_swapped_ciphertext_fails_to_decrypt(
         tenancy.keyring.decrypt(token_a, tenant_aad(tenant_b.id, role_name(tenant_b.id)))
 
 
-def test_rls_deleting_tenant_cascades_to_its_rows(
+def test_rls_removing_placement_cascades_to_its_rows(
     tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
     tenant_a, tenant_b = two_tenants_with_rows
-    with tenancy.control_engine.begin() as connection:
-        connection.execute(sa.delete(Tenant).where(Tenant.id == tenant_a.id))
-    # The role still exists (lifecycle work drops it); its rows are gone.
+    # As the owner, who cannot read the rows (FORCE RLS): the cascade is not subject to it.
+    assert remove_placement(tenancy.clusters.engine("default"), tenant_a.id, drop_role=False)
+    # The role still exists (drop_role=False); its rows are gone.
     with _tenant_engine(tenancy, tenant_a).connect() as connection:
         connection.exec_driver_sql(SET_TENANT, {"tid": str(tenant_a.id)})
         assert _count_users(connection) == 0
