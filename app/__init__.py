@@ -15,6 +15,7 @@ from app.metrics import TenancyMetrics
 from app.tenancy import Tenancy
 from app.tenancy.backoff import LoginBackoff
 from app.tenancy.budget import ConnectionBudget
+from app.tenancy.clusters import DEFAULT_CLUSTER, Clusters
 from app.tenancy.directory import TenantDirectory
 from app.tenancy.engines import PoolSettings, TenantEngineFactory
 from app.tenancy.listener import TenantEventListener, connector
@@ -55,6 +56,8 @@ def build_tenancy(settings: Settings) -> Tenancy:
     )
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
     directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
+    names = {*settings.clusters, DEFAULT_CLUSTER}
+    clusters = Clusters(control_engine, {name: settings.cluster_url(name) for name in names})
     observer = TenancyMetrics()
     budget = ConnectionBudget(
         settings.connection_budget, timeout=settings.pool_timeout, observer=observer
@@ -63,7 +66,7 @@ def build_tenancy(settings: Settings) -> Tenancy:
     factory = TenantEngineFactory(
         directory,
         keyring,
-        settings.cluster_url,
+        clusters.url,
         PoolSettings(
             pool_size=settings.tenant_pool_size,
             max_overflow=settings.tenant_max_overflow,
@@ -88,7 +91,15 @@ def build_tenancy(settings: Settings) -> Tenancy:
         scram_iterations=settings.scram_iterations,
     )
     tenancy = Tenancy(
-        control_engine, directory, registry, keyring, limits, budget, backoff, observer=observer
+        control_engine,
+        directory,
+        registry,
+        keyring,
+        limits,
+        budget,
+        backoff,
+        clusters,
+        observer=observer,
     )
     tenancy.listener = TenantEventListener(
         connector(settings.database_url, connect_timeout=settings.connect_timeout),

@@ -193,7 +193,7 @@ def make_tenant(tenancy: Tenancy) -> Callable[[], ProvisionedTenant]:
 
     def make() -> ProvisionedTenant:
         return create_tenant(
-            tenancy.control_engine, tenancy.keyring, f"test-{uuid.uuid4().hex[:12]}", tenancy.limits
+            tenancy.clusters, tenancy.keyring, f"test-{uuid.uuid4().hex[:12]}", tenancy.limits
         )
 
     return make

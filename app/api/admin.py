@@ -34,6 +34,7 @@ from app.schemas.tenants import (
     TenantWithKeySchema,
 )
 from app.tenancy import provisioning
+from app.tenancy.clusters import Clusters
 from app.tenancy.events import EventKind, TenantEvent
 from app.tenancy.provisioning import TenantInfo
 from config import Settings
@@ -123,7 +124,7 @@ def create_tenant() -> tuple[Response, int, dict[str, str]]:
     values = _CREATE.load(json_object())
     tenancy = tenancy_of(current_app)
     created = provisioning.create_tenant(
-        tenancy.control_engine, tenancy.keyring, values["name"], tenancy.limits, actor=_actor()
+        tenancy.clusters, tenancy.keyring, values["name"], tenancy.limits, actor=_actor()
     )
     body = _with_key(provisioning.get_tenant(_engine(), created.id), created.api_key)
     return body, 201, {"Location": url_for(".get_tenant", tenant_id=created.id)}
@@ -138,7 +139,7 @@ def get_tenant(tenant_id: uuid.UUID) -> Response:
 def rotate_credentials(tenant_id: uuid.UUID) -> Response:
     tenancy = tenancy_of(current_app)
     info = provisioning.rotate_credentials(
-        tenancy.control_engine,
+        tenancy.clusters,
         tenancy.keyring,
         tenant_id,
         scram_iterations=tenancy.limits.scram_iterations,
@@ -156,26 +157,30 @@ def rotate_api_key(tenant_id: uuid.UUID) -> Response:
 
 @bp.post("/tenants/<uuid:tenant_id>/suspend")
 def suspend_tenant(tenant_id: uuid.UUID) -> Response:
-    info = provisioning.suspend_tenant(_engine(), tenant_id, actor=_actor())
+    info = provisioning.suspend_tenant(_clusters(), tenant_id, actor=_actor())
     return _changed(info, EventKind.SUSPENDED)
 
 
 @bp.post("/tenants/<uuid:tenant_id>/resume")
 def resume_tenant(tenant_id: uuid.UUID) -> Response:
     return _changed(
-        provisioning.resume_tenant(_engine(), tenant_id, actor=_actor()), EventKind.RESUMED
+        provisioning.resume_tenant(_clusters(), tenant_id, actor=_actor()), EventKind.RESUMED
     )
 
 
 @bp.delete("/tenants/<uuid:tenant_id>")
 def delete_tenant(tenant_id: uuid.UUID) -> tuple[str, int]:
-    provisioning.delete_tenant(_engine(), tenant_id, actor=_actor())
+    provisioning.delete_tenant(_clusters(), tenant_id, actor=_actor())
     _apply_here(EventKind.DELETED, tenant_id)
     return "", 204
 
 
 def _engine() -> sa.Engine:
     return tenancy_of(current_app).control_engine
+
+
+def _clusters() -> Clusters:
+    return tenancy_of(current_app).clusters
 
 
 def _actor() -> str:

@@ -16,6 +16,7 @@ from app.hooks import tenancy_of
 from app.models import Tenant, User
 from app.tenancy import Tenancy
 from app.tenancy.audit import cli_actor
+from app.tenancy.clusters import DEFAULT_CLUSTER
 from app.tenancy.provisioning import ProvisionedTenant, create_tenants, rotate_api_key
 
 FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken")
@@ -33,11 +34,16 @@ _USER_WRITERS = 4  # tenants whose rows are written at once
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write ids and API keys as JSON.",
 )
-def seed_tenants(count: int, users_per_tenant: int, prefix: str, output: Path | None) -> None:
+@click.option(
+    "--cluster", default=DEFAULT_CLUSTER, show_default=True, help="Place new tenants on CLUSTER."
+)
+def seed_tenants(
+    count: int, users_per_tenant: int, prefix: str, output: Path | None, cluster: str
+) -> None:
     """Create demo tenants PREFIX-0001..COUNT, each with USERS_PER_TENANT users.
 
     Idempotent: existing demo tenants are kept (their API key is replaced, since only its
-    hash is stored) and their users topped up to the number asked for.
+    hash is stored) and their users topped up to the number asked for, wherever they are.
     """
     tenancy = tenancy_of(current_app)
     names = [f"{prefix}-{number:04d}" for number in range(1, count + 1)]
@@ -51,7 +57,12 @@ def seed_tenants(count: int, users_per_tenant: int, prefix: str, output: Path | 
         for start in range(0, len(missing), _CREATE_BATCH):
             batch = missing[start : start + _CREATE_BATCH]
             for new in create_tenants(
-                tenancy.control_engine, tenancy.keyring, batch, tenancy.limits, actor=actor
+                tenancy.clusters,
+                tenancy.keyring,
+                batch,
+                tenancy.limits,
+                cluster=cluster,
+                actor=actor,
             ):
                 created[new.name] = new
             bar.update(len(batch))

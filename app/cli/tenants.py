@@ -31,7 +31,7 @@ def create(name: str) -> None:
     tenancy = _tenancy()
     try:
         created = provisioning.create_tenant(
-            tenancy.control_engine, tenancy.keyring, name, tenancy.limits, actor=cli_actor()
+            tenancy.clusters, tenancy.keyring, name, tenancy.limits, actor=cli_actor()
         )
     except TenantNameTaken as error:
         raise click.ClickException(str(error)) from None
@@ -70,7 +70,7 @@ def rotate(tenant: str, credentials: bool | None, api_key: bool) -> None:
     info = _find(tenancy, tenant)
     if credentials or (credentials is None and not api_key):
         provisioning.rotate_credentials(
-            tenancy.control_engine,
+            tenancy.clusters,
             tenancy.keyring,
             info.id,
             scram_iterations=tenancy.limits.scram_iterations,
@@ -111,13 +111,13 @@ def delete(tenant: str, grace: float) -> None:
     """Delete TENANT: end its sessions, drop its role, delete its rows and its secret."""
     tenancy = _tenancy()
     info = _find(tenancy, tenant)
-    provisioning.delete_tenant(tenancy.control_engine, info.id, actor=cli_actor(), grace=grace)
+    provisioning.delete_tenant(tenancy.clusters, info.id, actor=cli_actor(), grace=grace)
     click.echo(f"deleted {info.name} ({info.id})")
 
 
 def _change_status(tenant: str, change: Callable[..., TenantInfo]) -> None:
     tenancy = _tenancy()
-    info = change(tenancy.control_engine, _find(tenancy, tenant).id, actor=cli_actor())
+    info = change(tenancy.clusters, _find(tenancy, tenant).id, actor=cli_actor())
     click.echo(f"{info.status}: {info.name} ({info.id})")
 
 

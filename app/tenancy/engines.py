@@ -7,6 +7,7 @@ budget; a tenant whose credentials keep being rejected backs off (``LoginBackoff
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -18,10 +19,12 @@ from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
 from app.tenancy.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.budget import ConnectionBudget
-from app.tenancy.directory import TenantDirectory
-from app.tenancy.errors import AuthenticationFailed, TenantUnavailable
+from app.tenancy.directory import TenantCredentials, TenantDirectory
+from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
 from app.tenancy.observer import Observer
 from app.tenancy.session import TENANT_DRIVER
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,15 @@ class TenantEngineFactory:
         if credentials is None:
             # Deleted between authentication and now: answer as for an unknown tenant.
             raise AuthenticationFailed("tenant no longer exists")
+        password = decrypt_password(self._keyring, credentials)
         try:
-            password = self._keyring.decrypt_str(
-                credentials.db_password_encrypted, tenant_aad(tenant_id, credentials.db_user)
-            )
-        except CryptoError:
+            cluster_url = self._cluster_url(credentials.cluster)
+        except UnknownCluster:
+            logger.error("tenant %s is placed on an unconfigured cluster", tenant_id)
             raise TenantUnavailable(
-                "the tenant's database credentials cannot be decrypted", code="credentials"
+                "the tenant's cluster is not configured", code="cluster_unknown"
             ) from None
-        url = self._cluster_url(credentials.cluster).set(
+        url = cluster_url.set(
             drivername=TENANT_DRIVER, username=credentials.db_user, password=password
         )
         engine = sa.create_engine(
@@ -87,8 +90,7 @@ class TenantEngineFactory:
             pool_timeout=self._pool.pool_timeout,
             pool_pre_ping=True,
             connect_args={
-                # Every backend says which tenant and which worker it serves.
-                "application_name": f"tp:{tenant_id}:{os.getpid()}",
+                "application_name": application_name(tenant_id),
                 # No wait on the server longer than these bounds (see app.dbwait).
                 **dbwait.connect_args(
                     connect_timeout=self._pool.connect_timeout, io_timeout=self._pool.io_timeout
@@ -108,3 +110,20 @@ class TenantEngineFactory:
             raise
         self._backoff.succeeded(tenant_id)
         return engine
+
+
+def decrypt_password(keyring: Keyring, credentials: TenantCredentials) -> str:
+    """The tenant role's password; raises TenantUnavailable if it cannot be decrypted."""
+    try:
+        return keyring.decrypt_str(
+            credentials.db_password_encrypted, tenant_aad(credentials.id, credentials.db_user)
+        )
+    except CryptoError:
+        raise TenantUnavailable(
+            "the tenant's database credentials cannot be decrypted", code="credentials"
+        ) from None
+
+
+def application_name(tenant_id: uuid.UUID) -> str:
+    """``tp:<tenant>:<pid>``: every backend says which tenant and which process it serves."""
+    return f"tp:{tenant_id}:{os.getpid()}"

@@ -48,3 +48,7 @@ class TenantNotFound(TenancyError, LookupError):
 
 class TenantNameTaken(TenancyError):
     """Another tenant has this name already (409)."""
+
+
+class UnknownCluster(TenancyError):
+    """A cluster name that ``APP_CLUSTERS`` does not define (``default`` always exists)."""

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from app.crypto import Keyring
 from app.tenancy.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.budget import ConnectionBudget
+from app.tenancy.clusters import Clusters
 from app.tenancy.directory import TenantDirectory, TenantRecord
 from app.tenancy.errors import AuthenticationFailed, TenantSuspended
 from app.tenancy.events import EventKind, TenantEvent
@@ -44,6 +45,7 @@ class Tenancy:
     limits: RoleLimits
     budget: ConnectionBudget
     backoff: LoginBackoff
+    clusters: Clusters
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
 
@@ -119,4 +121,5 @@ class Tenancy:
         if self.listener is not None:
             self.listener.close()
         self.registry.dispose_all()
+        self.clusters.dispose()
         self.control_engine.dispose()
