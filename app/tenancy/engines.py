@@ -22,7 +22,7 @@ from app.tenancy.budget import ConnectionBudget
 from app.tenancy.directory import TenantCredentials, TenantDirectory
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
 from app.tenancy.observer import Observer
-from app.tenancy.session import TENANT_DRIVER
+from app.tenancy.session import TENANT_DRIVER, translate_moving
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class TenantEngineFactory:
                 ),
             },
         )
+        sa.event.listen(engine, "handle_error", translate_moving)
         # First connect here, outside the registry lock, so a bad password fails now and
         # the pool starts warm.
         try:

@@ -4,6 +4,13 @@ The setting is transaction-local (``set_config(..., true)``): pooled connections
 requests, and a per-connection setting would leak to the next checkout. It also works
 behind PgBouncer in transaction mode.
 
+The same statement calls ``tenant_move_gate()`` (migration 0002), which takes the
+tenant's move lock shared for the transaction (an advisory lock: in memory, no write) and
+raises SQLSTATE ``TPM01`` if it cannot: a move (``moving.py``) holds it exclusively while
+it copies the tenant, so a transaction either ends before the copy starts or fails before
+writing where nobody will look; ``translate_moving`` turns that into a 503 with
+Retry-After.
+
 It costs no round trip of its own. Tenant engines use :class:`TenantDialect`: psycopg2 in
 autocommit mode, with the transaction spelled out in SQL, so that ``BEGIN``, the tenant
 setting and the transaction's first statement travel to the server as one simple-query
@@ -23,8 +30,13 @@ from sqlalchemy import event, orm
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
+from app.tenancy.errors import TenantUnavailable
+
 TENANT_DRIVER = "postgresql+tenantpool"
 """The drivername of tenant engine URLs: :class:`TenantDialect`."""
+
+MOVING = "TPM01"
+"""The SQLSTATE ``tenant_move_gate()`` raises while a move holds the tenant."""
 
 _TENANT_OF_TRANSACTION = "tenantpool.tenant_of_transaction"
 # Server (host, port, database) -> dialect attributes its initialize() learned; per process.
@@ -62,6 +74,14 @@ def _set_tenant(session: orm.Session, transaction: object, connection: sa.Connec
         connection.get_transaction(),
         session.info["tenant_id"],
     )
+
+
+def translate_moving(context: sa.engine.ExceptionContext) -> None:
+    """``handle_error`` hook of tenant engines: the move gate's error becomes a 503."""
+    if getattr(context.original_exception, "pgcode", None) == MOVING:
+        raise TenantUnavailable(
+            "the tenant is being moved to another cluster", retry_after=1, code="tenant_moving"
+        ) from None
 
 
 def tenant_sessionmaker(engine: sa.Engine) -> orm.sessionmaker[TenantSession]:
@@ -159,7 +179,9 @@ def _opening(cursor: Any, context: Any) -> str:
         return ""  # e.g. the dialect's own start-up queries, run outside any transaction
     tenant = connection.info.get(_TENANT_OF_TRANSACTION)
     if tenant is not None and tenant[0] is connection.get_transaction():
-        return f"BEGIN; SELECT set_config('app.tenant_id', '{tenant[1]}', true); "
+        return (
+            f"BEGIN; SELECT set_config('app.tenant_id', '{tenant[1]}', true), tenant_move_gate(); "
+        )
     return "BEGIN; "
 
 

@@ -1,10 +1,15 @@
-"""Tenant placements: a secret-free row per tenant a cluster holds; tenant tables reference it.
+"""Tenant placements (a secret-free row per tenant a cluster holds) and the move gate.
 
 A data cluster must not hold the control plane's secrets, yet its tenant tables need a
 parent row per tenant for ``ON DELETE CASCADE``. So every cluster (the control plane's
 database included, which is the ``default`` cluster) gets ``tenant_placements`` and every
 foreign key that referenced ``tenants`` now references it. On a data cluster ``tenants``
 stays empty; removing a tenant from a cluster is ``DELETE FROM tenant_placements``.
+
+Moving a tenant between clusters needs its writes held still: ``tenant_move_gate()``, run by
+every tenant transaction of the service in its first statement, takes the tenant's move
+lock shared (``tenant_move_lock``, an advisory lock) or raises SQLSTATE TPM01 while a move
+holds it exclusively.
 
 Revision ID: 0002
 Revises: 0001
@@ -16,6 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
+
+from app.tenancy.ddl import TENANT_BASE_ROLE
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -66,6 +73,33 @@ def upgrade() -> None:
     # registered here is held here (on a data cluster, tenants is empty: nothing to copy).
     op.execute("INSERT INTO tenant_placements (tenant_id) SELECT id FROM tenants")
     _repoint_foreign_keys("tenants.id", "tenant_placements.tenant_id")
+    op.execute(
+        """
+        CREATE FUNCTION tenant_move_lock(tenant uuid) RETURNS bigint
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE
+        SET search_path = pg_catalog, pg_temp
+        AS $$ SELECT hashtextextended('tenantpool move ' || tenant::text, 0) $$
+        """
+    )
+    # SECURITY INVOKER: it locks for the connected tenant role, found by current_tenant_id().
+    op.execute(
+        """
+        CREATE FUNCTION tenant_move_gate() RETURNS void
+        LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+        SET search_path = pg_catalog, public, pg_temp
+        AS $$
+        BEGIN
+          IF NOT pg_try_advisory_xact_lock_shared(tenant_move_lock(current_tenant_id())) THEN
+            RAISE EXCEPTION 'the tenant is being moved to another cluster'
+              USING ERRCODE = 'TPM01', HINT = 'retry in a second';
+          END IF;
+        END
+        $$
+        """
+    )
+    for function in ("tenant_move_lock(uuid)", "tenant_move_gate()"):
+        op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
+        op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {TENANT_BASE_ROLE}")
 
 
 def downgrade() -> None:
@@ -82,5 +116,7 @@ def downgrade() -> None:
         END $$
         """
     )
+    op.execute("DROP FUNCTION tenant_move_gate()")
+    op.execute("DROP FUNCTION tenant_move_lock(uuid)")
     _repoint_foreign_keys("tenant_placements.tenant_id", "tenants.id")
     op.drop_table("tenant_placements")

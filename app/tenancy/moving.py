@@ -1,0 +1,385 @@
+"""Moving a tenant to another cluster without losing an acknowledged write.
+
+1. Control plane: the tenant's row is locked (``FOR UPDATE NOWAIT``) for the whole move, so
+   two moves, or a move and a rotation, never interleave; its ``cluster`` is the source.
+2. Target: leftovers of an interrupted move are removed; the tenant's role (its password,
+   under a verifier computed here) and its placement are created.
+3. Freeze: an owner transaction on each side takes the tenant's move lock exclusively.
+   Every tenant transaction of the service takes it shared first (``tenant_move_gate()``
+   in ``session.py``'s opening statement), so
+   taking it waits for the transactions in flight, and from then on the tenant's requests
+   get 503 with Retry-After: nothing is written on the source any more.
+4. Source: the role may no longer log in and its other sessions are ended, by its own
+   connection (a role may end its own backends; the owner may not end a tenant's). A worker
+   that misses the change event can then not write where nobody will read.
+5. Copy, parents first, through the tenant's own connections on both sides, so RLS applies
+   as for any request (the owner never reads tenant rows); one snapshot; counts checked.
+6. Switch: ``tenants.cluster`` changes and a MOVED event is queued in the transaction of
+   step 1; its commit is the point of no return. Every worker evicts the tenant's engine;
+   the next request connects to the target.
+7. The target's lock is released; on the source the placement is deleted (cascading to the
+   rows) and the role dropped, then its lock is released.
+
+A failure before step 6 undoes steps 2 to 4: the source stays the tenant's home. A failure
+after it leaves the old copy (its role unable to log in); running the move again removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from app.crypto import Keyring
+from app.models.placement import TenantPlacement
+from app.models.tenant import Tenant
+from app.tenancy.clusters import Clusters, DatabaseIdentity, database_identity
+from app.tenancy.ddl import PLACEMENTS_TABLE
+from app.tenancy.directory import TenantCredentials
+from app.tenancy.engines import application_name, decrypt_password
+from app.tenancy.errors import TenancyError
+from app.tenancy.events import EventKind, TenantEvent, notify
+from app.tenancy.provisioning import RoleLimits, place_tenant, remove_placement, remove_placement_in
+from app.tenancy.scram import scram_sha256_verifier
+
+__all__ = ["MoveError", "MoveIncomplete", "MoveReport", "Progress", "move_tenant"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(table, rows_copied, rows_total)`` after every batch."""
+
+_SET_TENANT = "SELECT set_config('app.tenant_id', %(tenant_id)s, true)"
+
+
+class MoveError(TenancyError):
+    """The move did not happen; the tenant is where it was. The message says why."""
+
+
+class MoveIncomplete(TenancyError):
+    """The tenant was moved, but its old copy could not be removed; run the move again."""
+
+
+@dataclass(frozen=True)
+class MoveReport:
+    """What a move did: rows copied per table, old copies removed."""
+
+    tenant_id: uuid.UUID
+    source: str
+    target: str
+    rows: dict[str, int] = field(default_factory=dict)
+    removed_from: tuple[str, ...] = ()
+
+
+def move_tenant(
+    clusters: Clusters,
+    keyring: Keyring,
+    limits: RoleLimits,
+    tenant_id: uuid.UUID,
+    target: str,
+    *,
+    progress: Progress | None = None,
+    batch_size: int = 1000,
+    lock_timeout: float = 30.0,
+) -> MoveReport:
+    """Move the tenant's rows and role to the cluster ``target`` (see the module docstring).
+
+    Idempotent: a tenant already on ``target`` only has stale copies elsewhere removed.
+    Raises MoveError (nothing changed), MoveIncomplete (moved, old copy left) or
+    UnknownCluster.
+    """
+    clusters.url(target)
+    with clusters.control.connect() as control:
+        tenant = _lock_tenant(control, tenant_id)
+        if tenant.cluster == target:
+            removed = _remove_stale_copies(clusters, tenant)
+            control.commit()
+            return MoveReport(tenant_id, target, target, removed_from=removed)
+        move = _Move(clusters, keyring, limits, tenant, target, lock_timeout)
+        move.check()
+        rows = move.run(control, progress or _no_progress, batch_size)
+    return MoveReport(tenant_id, tenant.cluster, target, rows, (tenant.cluster,))
+
+
+class _Move:
+    """One move's state: who, from where to where, with which engines."""
+
+    def __init__(
+        self,
+        clusters: Clusters,
+        keyring: Keyring,
+        limits: RoleLimits,
+        tenant: TenantCredentials,
+        target: str,
+        lock_timeout: float,
+    ) -> None:
+        self.tenant = tenant
+        self.control_engine = clusters.control
+        self.source, self.target = tenant.cluster, target
+        self.source_owner = clusters.engine(tenant.cluster)
+        self.target_owner = clusters.engine(target)
+        self.limits = limits
+        self.lock_timeout_ms = int(lock_timeout * 1000)
+        self.password = decrypt_password(keyring, tenant)
+        self.source_tenant = self._tenant_engine(clusters.url(self.source))
+        self.target_tenant = self._tenant_engine(clusters.url(target))
+
+    def _tenant_engine(self, owner_url: sa.URL) -> sa.Engine:
+        url = owner_url.set(username=self.tenant.db_user, password=self.password)
+        return sa.create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"application_name": application_name(self.tenant.id)},
+        )
+
+    def check(self) -> None:
+        """Refuse moves between schema versions and between databases of one server."""
+        source_id, source_rev = _describe(self.source_owner)
+        target_id, target_rev = _describe(self.target_owner)
+        if source_rev != target_rev:
+            raise MoveError(
+                f"cluster {self.source!r} is at migration {source_rev}, {self.target!r} at "
+                f"{target_rev}: run `flask db upgrade` (it migrates every cluster) first"
+            )
+        if source_id.same_server(target_id):
+            raise MoveError(
+                f"clusters {self.source!r} and {self.target!r} are on one PostgreSQL server, "
+                "whose roles are shared: move tenants between servers"
+            )
+
+    def run(self, control: sa.Connection, progress: Progress, batch_size: int) -> dict[str, int]:
+        tenant_id, role = self.tenant.id, self.tenant.db_user
+        # A move interrupted before its switch may have left the source unable to log in.
+        _set_login(self.source_owner, role, allowed=True)
+        remove_placement(self.target_owner, tenant_id)
+        verifier = scram_sha256_verifier(self.password, self.limits.scram_iterations)
+        with self.target_owner.begin() as connection:
+            place_tenant(connection, tenant_id, verifier, self.limits)
+        try:
+            with (
+                self.target_owner.connect() as target_lock,
+                self.source_owner.connect() as source_lock,
+            ):
+                try:
+                    self._freeze(target_lock)
+                    self._freeze(source_lock)
+                    with (
+                        self.source_tenant.connect() as source,
+                        self.target_tenant.connect() as dest,
+                    ):
+                        _set_login(self.source_owner, role, allowed=False)
+                        _end_other_sessions(source)
+                        rows = _copy(source, dest, tenant_id, progress, batch_size)
+                except BaseException:
+                    self._undo()
+                    raise
+                try:
+                    _switch(control, tenant_id, self.source, self.target)
+                except BaseException:
+                    # The commit may have happened even so: undo only what surely did not.
+                    if self._home() == self.source:
+                        self._undo()
+                    raise
+                try:
+                    target_lock.commit()
+                    # Our own session of the role has ended: nothing of it is left here.
+                    remove_placement_in(source_lock, tenant_id)
+                    source_lock.commit()
+                except Exception as error:
+                    raise MoveIncomplete(
+                        f"tenant {tenant_id} now lives on {self.target!r}, but its old copy on "
+                        f"{self.source!r} could not be removed ({type(error).__name__}); run "
+                        "the same move again to remove it"
+                    ) from error
+        finally:
+            self.source_tenant.dispose()
+            self.target_tenant.dispose()
+        return rows
+
+    def _freeze(self, connection: sa.Connection) -> None:
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {self.lock_timeout_ms}")
+        try:
+            # The lock every tenant transaction of the service takes shared (session.py).
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(tenant_move_lock(:tenant))"),
+                {"tenant": self.tenant.id},
+            )
+        except sa.exc.OperationalError as error:
+            if getattr(error.orig, "pgcode", None) == "55P03":  # lock_not_available
+                raise MoveError(
+                    f"the tenant's transactions did not finish within "
+                    f"{self.lock_timeout_ms / 1000:g} s; try again"
+                ) from None
+            raise
+
+    def _home(self) -> str | None:
+        """The tenant's cluster according to the control plane; None if unreadable."""
+        try:
+            with self.control_engine.connect() as connection:
+                return connection.execute(
+                    sa.select(Tenant.cluster).where(Tenant.id == self.tenant.id)
+                ).scalar()
+        except Exception:
+            logger.exception("cannot read where tenant %s lives", self.tenant.id)
+            return None
+
+    def _undo(self) -> None:
+        """Make the source the tenant's only home again; log, never raise, on failure."""
+        for step in (
+            lambda: _set_login(self.source_owner, self.tenant.db_user, allowed=True),
+            lambda: remove_placement(self.target_owner, self.tenant.id),
+        ):
+            try:
+                step()
+            except Exception:
+                logger.exception("undoing the move of tenant %s failed", self.tenant.id)
+
+
+def _no_progress(table: str, copied: int, total: int) -> None:
+    """Progress is optional."""
+
+
+def _lock_tenant(control: sa.Connection, tenant_id: uuid.UUID) -> TenantCredentials:
+    query = (
+        sa.select(Tenant.id, Tenant.db_user, Tenant.db_password_encrypted, Tenant.cluster)
+        .where(Tenant.id == tenant_id)
+        .with_for_update(nowait=True)
+    )
+    try:
+        row = control.execute(query).one_or_none()
+    except sa.exc.OperationalError as error:
+        if getattr(error.orig, "pgcode", None) == "55P03":
+            raise MoveError(
+                f"tenant {tenant_id} is being changed (another move or a rotation); try again"
+            ) from None
+        raise
+    if row is None:
+        raise MoveError(f"no tenant {tenant_id}")
+    return TenantCredentials(row.id, row.db_user, row.db_password_encrypted, row.cluster)
+
+
+def _describe(owner: sa.Engine) -> tuple[DatabaseIdentity, str | None]:
+    with owner.connect() as connection:
+        revision = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        return database_identity(connection), revision
+
+
+def _set_login(owner: sa.Engine, role: str, *, allowed: bool) -> None:
+    with owner.begin() as connection:
+        exists = connection.execute(
+            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
+        ).scalar()
+        if exists:
+            # role is the tenant's t_<hex> name from the control plane, never user input.
+            connection.exec_driver_sql(f'ALTER ROLE "{role}" {"LOGIN" if allowed else "NOLOGIN"}')
+
+
+def _end_other_sessions(source: sa.Connection, *, settle: float = 0.1, rounds: int = 50) -> None:
+    """End every other session of the connected tenant role, until two scans find none.
+
+    A backend that passed its login check just before NOLOGIN may not be listed yet, so
+    the scan repeats after a pause; it could do nothing meanwhile (the move lock is held).
+    """
+    end_others = sa.text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE usename = current_user AND pid <> pg_backend_pid()"
+    )
+    quiet = 0
+    for _ in range(rounds):
+        with source.begin():
+            ended = source.execute(end_others).scalar_one()
+        quiet = quiet + 1 if ended == 0 else 0
+        if quiet == 2:
+            return
+        time.sleep(settle)
+    raise MoveError("the tenant's sessions on the source kept coming back; try again")
+
+
+def _tenant_tables(connection: sa.Connection) -> list[sa.Table]:
+    """Every table whose rows belong to a tenant, parents before children."""
+    names = connection.execute(
+        sa.text(
+            "SELECT conrelid::regclass::text FROM pg_constraint "
+            "WHERE contype = 'f' AND confrelid = CAST(:parent AS regclass)"
+        ),
+        {"parent": PLACEMENTS_TABLE},
+    ).scalars()
+    metadata = sa.MetaData()
+    metadata.reflect(connection, only=list(names))
+    return [table for table in metadata.sorted_tables if table.name != PLACEMENTS_TABLE]
+
+
+@contextlib.contextmanager
+def _tenant_transaction(connection: sa.Connection, tenant_id: uuid.UUID) -> Iterator[None]:
+    with connection.begin():
+        connection.exec_driver_sql(_SET_TENANT, {"tenant_id": str(tenant_id)})
+        yield
+
+
+def _copy(
+    source: sa.Connection,
+    dest: sa.Connection,
+    tenant_id: uuid.UUID,
+    progress: Progress,
+    batch_size: int,
+) -> dict[str, int]:
+    """Copy every tenant table in one snapshot of the source, in one target transaction."""
+    source = source.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    counts: dict[str, int] = {}
+    with _tenant_transaction(source, tenant_id), _tenant_transaction(dest, tenant_id):
+        for table in _tenant_tables(source):
+            total = source.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            copied = 0
+            progress(table.name, copied, total)
+            result = source.execute(sa.select(table).execution_options(yield_per=batch_size))
+            for batch in result.partitions():
+                dest.execute(table.insert(), [row._asdict() for row in batch])
+                copied += len(batch)
+                progress(table.name, copied, total)
+            landed = dest.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            if not copied == total == landed:
+                raise MoveError(
+                    f"{table.name}: {total} rows on the source, {copied} read, {landed} on the "
+                    "target; nothing was switched"
+                )
+            counts[table.name] = total
+    return counts
+
+
+def _switch(control: sa.Connection, tenant_id: uuid.UUID, source: str, target: str) -> None:
+    """Point the control plane at the target and tell every worker; commits."""
+    control.execute(
+        sa.update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.cluster == source)
+        .values(cluster=target, updated_at=sa.func.now())
+    )
+    notify(control, TenantEvent(EventKind.MOVED, tenant_id))
+    control.commit()
+
+
+def _remove_stale_copies(clusters: Clusters, tenant: TenantCredentials) -> tuple[str, ...]:
+    """Remove the tenant from every cluster but its own (the end of an interrupted move)."""
+    home = clusters.identity(tenant.cluster)
+    removed = []
+    for name in clusters.names:
+        identity = clusters.identity(name)
+        if identity == home:
+            continue  # another name for the tenant's own database
+        engine = clusters.engine(name)
+        with engine.connect() as connection:
+            held = connection.execute(
+                sa.select(TenantPlacement.tenant_id).where(TenantPlacement.tenant_id == tenant.id)
+            ).first()
+        if held is None:
+            continue
+        # Its role cannot log in (the move set NOLOGIN and ended its sessions before the
+        # switch); on the home server the role is the live one and stays.
+        remove_placement(engine, tenant.id, drop_role=not identity.same_server(home))
+        removed.append(name)
+    return tuple(removed)
