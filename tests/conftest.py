@@ -9,6 +9,7 @@ server itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -96,6 +97,13 @@ def cluster_factory() -> Iterator[ClusterFactory]:
 
 
 @pytest.fixture(scope="session")
+def second_cluster() -> Iterator[LocalCluster]:
+    """A second PostgreSQL server for tenant placement tests (made when first asked for)."""
+    with throwaway_cluster(max_connections=100) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def owner_url(pg_cluster: LocalCluster) -> str:
     """URL of the control-plane owner: LOGIN, CREATEROLE, not superuser, owns ``tenantpool``."""
     return pg_cluster.bootstrap_owner("tenantpool", secrets.token_urlsafe(24), "tenantpool")
@@ -143,6 +151,17 @@ def fresh_database(pg_cluster: LocalCluster, app_env: dict[str, str]) -> FreshDa
 def migrated(app_env: dict[str, str]) -> None:
     """Apply the migrations once, through the real ``flask db upgrade`` command."""
     upgrade_database(app_env)
+
+
+@pytest.fixture(scope="session")
+def two_clusters_env(
+    app_env: dict[str, str], migrated: None, second_cluster: LocalCluster
+) -> dict[str, str]:
+    """``app_env`` plus ``APP_CLUSTERS`` naming ``c2`` (the second server), migrated too."""
+    c2 = second_cluster.bootstrap_owner("tenantpool", secrets.token_urlsafe(24), "tenantpool")
+    env = {**app_env, "APP_CLUSTERS": json.dumps({"c2": c2})}
+    upgrade_database(env)
+    return env
 
 
 def upgrade_database(app_env: Mapping[str, str]) -> None:

@@ -1,4 +1,9 @@
-"""``flask db upgrade|downgrade|current``: Alembic, run as the owner role."""
+"""``flask db upgrade|downgrade|current``: Alembic, run as the owner role, on every cluster.
+
+The control plane's database first (it is also the ``default`` cluster unless
+``APP_CLUSTERS`` names that elsewhere), then each cluster of ``APP_CLUSTERS`` whose DSN is
+another: every cluster carries the same schema, so a tenant can live on any of them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import click
 from alembic import command
 from alembic.config import Config
 from flask import current_app
+
+from config import Settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -20,32 +27,46 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def _config() -> Config:
-    return alembic_config(current_app.config["SETTINGS"].database_url)
+def databases(settings: Settings) -> list[tuple[str, str]]:
+    """(label, owner DSN) of every database to migrate, the control plane's first."""
+    found = [("control plane", settings.database_url)]
+    for name, url in sorted(settings.clusters.items()):
+        if url != settings.database_url:
+            found.append((f"cluster {name}", url))
+    return found
+
+
+def _each_database() -> list[tuple[str, Config]]:
+    settings: Settings = current_app.config["SETTINGS"]
+    return [(label, alembic_config(url)) for label, url in databases(settings)]
 
 
 @click.group()
 def db() -> None:
-    """Schema migrations (Alembic)."""
+    """Schema migrations (Alembic), on the control plane and every cluster."""
 
 
 @db.command()
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
-    """Upgrade the database to REVISION (default: head)."""
-    command.upgrade(_config(), revision)
-    click.echo(f"database upgraded to {revision}")
+    """Upgrade every database to REVISION (default: head)."""
+    for label, config in _each_database():
+        command.upgrade(config, revision)
+        click.echo(f"{label}: upgraded to {revision}")
 
 
 @db.command()
 @click.argument("revision", default="-1")
 def downgrade(revision: str) -> None:
-    """Downgrade the database to REVISION (default: one step back)."""
-    command.downgrade(_config(), revision)
-    click.echo(f"database downgraded to {revision}")
+    """Downgrade every database to REVISION (default: one step back), clusters first."""
+    for label, config in reversed(_each_database()):
+        command.downgrade(config, revision)
+        click.echo(f"{label}: downgraded to {revision}")
 
 
 @db.command()
 def current() -> None:
-    """Show the current revision."""
-    command.current(_config())
+    """Show the current revision of every database."""
+    for label, config in _each_database():
+        click.echo(f"{label}:")
+        command.current(config)

@@ -11,6 +11,7 @@ import click
 import sqlalchemy as sa
 from flask import current_app
 
+from app.cli.placement import known_cluster
 from app.cli.progress import progress
 from app.hooks import tenancy_of
 from app.models import Tenant, User
@@ -35,7 +36,11 @@ _USER_WRITERS = 4  # tenants whose rows are written at once
     help="Write ids and API keys as JSON.",
 )
 @click.option(
-    "--cluster", default=DEFAULT_CLUSTER, show_default=True, help="Place new tenants on CLUSTER."
+    "--cluster",
+    default=DEFAULT_CLUSTER,
+    show_default=True,
+    callback=known_cluster,
+    help="Place new tenants on CLUSTER.",
 )
 def seed_tenants(
     count: int, users_per_tenant: int, prefix: str, output: Path | None, cluster: str

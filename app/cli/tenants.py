@@ -1,4 +1,4 @@
-"""``flask tenants create|list|rotate|suspend|resume|delete``: the admin API, from a shell.
+"""``flask tenants create|list|rotate|suspend|resume|delete|move``: the admin API, from a shell.
 
 Same functions as the admin API (``app.tenancy.provisioning``), same events and audit
 lines; the actor is ``cli:<user>@<host>``. A tenant is named by its id or its name.
@@ -11,9 +11,11 @@ from collections.abc import Callable
 import click
 from flask import current_app
 
+from app.cli.placement import known_cluster, move
 from app.hooks import tenancy_of
 from app.tenancy import Tenancy, provisioning
 from app.tenancy.audit import cli_actor
+from app.tenancy.clusters import DEFAULT_CLUSTER
 from app.tenancy.errors import InvalidTenantHeader, TenantNameTaken, TenantNotFound
 from app.tenancy.provisioning import TenantInfo
 from app.tenancy.resolve import parse_tenant_id
@@ -21,17 +23,32 @@ from app.tenancy.resolve import parse_tenant_id
 
 @click.group()
 def tenants() -> None:
-    """Create, list, rotate, suspend, resume and delete tenants."""
+    """Create, list, rotate, suspend, resume, delete and move tenants."""
+
+
+tenants.add_command(move)
 
 
 @tenants.command()
 @click.argument("name")
-def create(name: str) -> None:
-    """Create tenant NAME and print its id and API key (shown this once)."""
+@click.option(
+    "--cluster",
+    default=DEFAULT_CLUSTER,
+    show_default=True,
+    callback=known_cluster,
+    help="The cluster to hold its rows (a name in APP_CLUSTERS).",
+)
+def create(name: str, cluster: str) -> None:
+    """Create tenant NAME on CLUSTER and print its id and API key (shown this once)."""
     tenancy = _tenancy()
     try:
         created = provisioning.create_tenant(
-            tenancy.clusters, tenancy.keyring, name, tenancy.limits, actor=cli_actor()
+            tenancy.clusters,
+            tenancy.keyring,
+            name,
+            tenancy.limits,
+            cluster=cluster,
+            actor=cli_actor(),
         )
     except TenantNameTaken as error:
         raise click.ClickException(str(error)) from None

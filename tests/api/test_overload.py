@@ -66,7 +66,7 @@ def small_tenancy(small_app: Flask) -> Tenancy:
 
 def _tenant(tenancy: Tenancy, **limits: int) -> ProvisionedTenant:
     return create_tenant(
-        tenancy.control_engine,
+        tenancy.clusters,
         tenancy.keyring,
         f"capacity-{uuid.uuid4().hex[:12]}",
         dataclasses.replace(tenancy.limits, **limits),

@@ -42,7 +42,7 @@ ROLES = sa.text("SELECT count(*) FROM pg_roles WHERE rolname LIKE 't\\_%'")
 
 def _rotate(tenancy: Tenancy, tenant_id: uuid.UUID) -> None:
     rotate_credentials(
-        tenancy.control_engine,
+        tenancy.clusters,
         tenancy.keyring,
         tenant_id,
         scram_iterations=tenancy.limits.scram_iterations,
@@ -95,7 +95,7 @@ def test_provisioning_create_refuses_a_taken_name(
     tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
     with pytest.raises(TenantNameTaken):
-        create_tenant(tenancy.control_engine, tenancy.keyring, tenant_a.name, tenancy.limits)
+        create_tenant(tenancy.clusters, tenancy.keyring, tenant_a.name, tenancy.limits)
 
 
 def test_provisioning_rotate_credentials_old_password_fails_new_one_works(
@@ -134,9 +134,9 @@ def test_provisioning_rotate_credentials_encrypts_under_the_active_key(
     [
         (lambda t, tid: _rotate(t, tid), "credentials_rotated"),
         (lambda t, tid: rotate_api_key(t.control_engine, tid, actor=ACTOR), "api_key_rotated"),
-        (lambda t, tid: suspend_tenant(t.control_engine, tid, actor=ACTOR), "suspended"),
-        (lambda t, tid: resume_tenant(t.control_engine, tid, actor=ACTOR), "resumed"),
-        (lambda t, tid: delete_tenant(t.control_engine, tid, actor=ACTOR), "deleted"),
+        (lambda t, tid: suspend_tenant(t.clusters, tid, actor=ACTOR), "suspended"),
+        (lambda t, tid: resume_tenant(t.clusters, tid, actor=ACTOR), "resumed"),
+        (lambda t, tid: delete_tenant(t.clusters, tid, actor=ACTOR), "deleted"),
     ],
     ids=["rotate_credentials", "rotate_api_key", "suspend", "resume", "delete"],
 )
@@ -153,14 +153,14 @@ def test_provisioning_each_change_emits_its_event(
 
 def test_provisioning_create_emits_created_event(tenancy: Tenancy, listener: Listener) -> None:
     created = create_tenant(
-        tenancy.control_engine, tenancy.keyring, f"ev-{uuid.uuid4().hex[:8]}", tenancy.limits
+        tenancy.clusters, tenancy.keyring, f"ev-{uuid.uuid4().hex[:8]}", tenancy.limits
     )
     assert {"kind": "created", "tenant_id": str(created.id)} in listener(0.5)
 
 
 def test_provisioning_failed_change_emits_no_event(tenancy: Tenancy, listener: Listener) -> None:
     with pytest.raises(TenantNotFound):
-        suspend_tenant(tenancy.control_engine, uuid.uuid4(), actor=ACTOR)
+        suspend_tenant(tenancy.clusters, uuid.uuid4(), actor=ACTOR)
     assert listener(0.5) == []
 
 
@@ -177,10 +177,10 @@ def test_provisioning_suspend_stops_new_logins_and_resume_allows_them(
     tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
     password = stored_password(tenancy.control_engine, tenancy.keyring, tenant_a.id)
-    assert suspend_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR).status == "suspended"
+    assert suspend_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR).status == "suspended"
     with pytest.raises(psycopg2.OperationalError, match="not permitted to log in"):
         connect_as(tenancy.control_engine.url, tenant_a.id, password)
-    assert resume_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR).status == "active"
+    assert resume_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR).status == "active"
     connect_as(tenancy.control_engine.url, tenant_a.id, password).close()
 
 
@@ -189,9 +189,9 @@ def test_provisioning_suspend_stops_new_logins_and_resume_allows_them(
     [
         lambda t, tid: _rotate(t, tid),
         lambda t, tid: rotate_api_key(t.control_engine, tid, actor=ACTOR),
-        lambda t, tid: suspend_tenant(t.control_engine, tid, actor=ACTOR),
-        lambda t, tid: resume_tenant(t.control_engine, tid, actor=ACTOR),
-        lambda t, tid: delete_tenant(t.control_engine, tid, actor=ACTOR),
+        lambda t, tid: suspend_tenant(t.clusters, tid, actor=ACTOR),
+        lambda t, tid: resume_tenant(t.clusters, tid, actor=ACTOR),
+        lambda t, tid: delete_tenant(t.clusters, tid, actor=ACTOR),
         lambda t, tid: get_tenant(t.control_engine, tid),
     ],
     ids=["rotate_credentials", "rotate_api_key", "suspend", "resume", "delete", "get"],
@@ -220,7 +220,7 @@ def test_provisioning_list_pages_through_every_tenant(
 
 
 def test_provisioning_list_filters_by_status(tenancy: Tenancy, tenant_a: ProvisionedTenant) -> None:
-    suspend_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR)
+    suspend_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR)
     suspended, _ = list_tenants(tenancy.control_engine, page=1, page_size=100, status="suspended")
     active, _ = list_tenants(tenancy.control_engine, page=1, page_size=100, status="active")
     assert tenant_a.id in {record.id for record in suspended}
@@ -242,7 +242,7 @@ def test_provisioning_delete_removes_role_row_rows_and_sessions(
     idle = connect_as(tenancy.control_engine.url, tenant_a.id, password)
     role = role_name(tenant_a.id)
 
-    delete_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR, grace=0.5)
+    delete_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR, grace=0.5)
 
     assert _one(superuser, "SELECT count(*) FROM pg_roles WHERE rolname = %s", role) == 0
     assert _one(superuser, "SELECT count(*) FROM tenants WHERE id = %s", str(tenant_a.id)) == 0
@@ -257,7 +257,7 @@ def test_provisioning_delete_leaves_the_owner_no_membership(
     tenancy: Tenancy, tenant_a: ProvisionedTenant, superuser: psycopg2.extensions.connection
 ) -> None:
     owner = tenancy.control_engine.url.username
-    delete_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR)
+    delete_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR)
     memberships = _one(
         superuser,
         "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
@@ -294,7 +294,7 @@ def test_provisioning_delete_lets_a_running_query_finish_within_grace(
     tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
     thread, outcome = _query_in_thread(tenancy, tenant_a.id, "SELECT 1 FROM pg_sleep(0.5)")
-    delete_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR, grace=20)
+    delete_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR, grace=20)
     thread.join(10)
     assert outcome == [1]
 
@@ -304,7 +304,7 @@ def test_provisioning_delete_ends_a_query_running_past_grace(
 ) -> None:
     thread, outcome = _query_in_thread(tenancy, tenant_a.id, "SELECT pg_sleep(60)")
     started = time.monotonic()
-    delete_tenant(tenancy.control_engine, tenant_a.id, actor=ACTOR, grace=0.3)
+    delete_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR, grace=0.3)
     thread.join(10)
     assert time.monotonic() - started < 30
     assert len(outcome) == 1
@@ -316,15 +316,13 @@ def test_provisioning_audit_line_per_action_without_secrets(
 ) -> None:
     caplog.set_level(logging.INFO, logger="tenantpool.audit")
     name = f"audit-{uuid.uuid4().hex[:8]}"
-    created = create_tenant(
-        tenancy.control_engine, tenancy.keyring, name, tenancy.limits, actor="alice"
-    )
+    created = create_tenant(tenancy.clusters, tenancy.keyring, name, tenancy.limits, actor="alice")
     password = stored_password(tenancy.control_engine, tenancy.keyring, created.id)
     _rotate(tenancy, created.id)
     new_key = rotate_api_key(tenancy.control_engine, created.id, actor="alice")
-    suspend_tenant(tenancy.control_engine, created.id, actor="alice")
-    resume_tenant(tenancy.control_engine, created.id, actor="alice")
-    delete_tenant(tenancy.control_engine, created.id, actor="alice")
+    suspend_tenant(tenancy.clusters, created.id, actor="alice")
+    resume_tenant(tenancy.clusters, created.id, actor="alice")
+    delete_tenant(tenancy.clusters, created.id, actor="alice")
 
     lines = [record for record in caplog.records if record.name == "tenantpool.audit"]
     actions = [record.__dict__["action"] for record in lines]
@@ -347,7 +345,7 @@ def test_provisioning_audit_line_per_action_without_secrets(
 
 def test_provisioning_create_tenants_makes_each_usable(tenancy: Tenancy) -> None:
     names = [f"batch-{uuid.uuid4().hex[:8]}" for _ in range(3)]
-    created = create_tenants(tenancy.control_engine, tenancy.keyring, names, tenancy.limits)
+    created = create_tenants(tenancy.clusters, tenancy.keyring, names, tenancy.limits)
     assert [tenant.name for tenant in created] == names
     for tenant in created:
         session = tenancy.open_session(tenant.id)
@@ -364,13 +362,11 @@ def test_provisioning_create_tenants_is_all_or_nothing(
     with tenancy.control_engine.connect() as connection:
         roles_before = connection.scalar(ROLES)
     with pytest.raises(TenantNameTaken):
-        create_tenants(
-            tenancy.control_engine, tenancy.keyring, [fresh, tenant_a.name], tenancy.limits
-        )
+        create_tenants(tenancy.clusters, tenancy.keyring, [fresh, tenant_a.name], tenancy.limits)
     with tenancy.control_engine.connect() as connection:
         assert connection.scalar(ROLES) == roles_before
         assert connection.scalar(sa.select(Tenant.id).where(Tenant.name == fresh)) is None
 
 
 def test_provisioning_create_tenants_of_nothing_is_nothing(tenancy: Tenancy) -> None:
-    assert create_tenants(tenancy.control_engine, tenancy.keyring, [], tenancy.limits) == []
+    assert create_tenants(tenancy.clusters, tenancy.keyring, [], tenancy.limits) == []

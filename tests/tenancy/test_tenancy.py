@@ -132,7 +132,7 @@ def test_tenancy_connection_says_tenant_and_worker(
 def test_tenancy_default_limits_are_on_the_role(
     tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
-    assert role_limits(tenancy.control_engine, tenant_a.id) == (
+    assert role_limits(tenancy.clusters, tenant_a.id) == (
         tenancy.limits.connection_limit,
         tenancy.limits.statement_timeout_ms,
     )
@@ -141,9 +141,9 @@ def test_tenancy_default_limits_are_on_the_role(
 def test_tenancy_limits_can_be_set_per_tenant_at_creation(tenancy: Tenancy) -> None:
     limits = dataclasses.replace(tenancy.limits, connection_limit=3, statement_timeout_ms=250)
 
-    created = create_tenant(tenancy.control_engine, tenancy.keyring, "limited-at-birth", limits)
+    created = create_tenant(tenancy.clusters, tenancy.keyring, "limited-at-birth", limits)
 
-    assert role_limits(tenancy.control_engine, created.id) == (3, 250)
+    assert role_limits(tenancy.clusters, created.id) == (3, 250)
 
 
 def test_tenancy_set_role_limits_applies_them_to_new_sessions(
@@ -151,11 +151,9 @@ def test_tenancy_set_role_limits_applies_them_to_new_sessions(
 ) -> None:
     _count_users(tenancy, tenant_a)
 
-    set_role_limits(
-        tenancy.control_engine, tenant_a.id, connection_limit=5, statement_timeout_ms=123
-    )
+    set_role_limits(tenancy.clusters, tenant_a.id, connection_limit=5, statement_timeout_ms=123)
 
-    assert role_limits(tenancy.control_engine, tenant_a.id) == (5, 123)
+    assert role_limits(tenancy.clusters, tenant_a.id) == (5, 123)
     # The event makes every worker drop the engine, whose sessions had the old timeout.
     assert eventually(lambda: tenant_a.id not in tenancy.registry, timeout=5)
     session = tenancy.open_session(tenant_a.id)
@@ -167,6 +165,4 @@ def test_tenancy_set_role_limits_applies_them_to_new_sessions(
 
 def test_tenancy_set_role_limits_of_unknown_tenant_raises(tenancy: Tenancy) -> None:
     with pytest.raises(LookupError):
-        set_role_limits(
-            tenancy.control_engine, uuid.uuid4(), connection_limit=1, statement_timeout_ms=1
-        )
+        set_role_limits(tenancy.clusters, uuid.uuid4(), connection_limit=1, statement_timeout_ms=1)
