@@ -181,6 +181,13 @@ class RunAs:
             return bool(st.st_mode & stat.S_IXGRP)
         return bool(st.st_mode & stat.S_IXOTH)
 
+    def first_unenterable(self, directory: Path) -> Path | None:
+        """The first of ``directory`` and its parents this account cannot enter, if any."""
+        for part in [directory, *directory.parents]:
+            if not self.can_enter(part):
+                return part
+        return None
+
     def give(self, path: Path) -> None:
         """Make ``path`` this account's."""
         os.chown(path, self.uid, self.gid)
@@ -452,12 +459,12 @@ class LocalCluster:
         """Fail early, in one line, if the server user cannot reach ``directory``."""
         if self._run_as is None:
             return
-        for part in [directory, *directory.parents]:
-            if not self._run_as.can_enter(part):
-                raise ClusterError(
-                    f"PostgreSQL runs as user {self._run_as.name!r}, which cannot enter {part}: "
-                    "put the data directory elsewhere, e.g. APP_PG_DATADIR=/var/tmp/tenantpool-pg"
-                )
+        part = self._run_as.first_unenterable(directory)
+        if part is not None:
+            raise ClusterError(
+                f"PostgreSQL runs as user {self._run_as.name!r}, which cannot enter {part}: "
+                "put the data directory elsewhere, e.g. APP_PG_DATADIR=/var/tmp/tenantpool-pg"
+            )
 
     def _read_log(self, offset: int) -> str:
         try:

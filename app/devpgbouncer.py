@@ -151,7 +151,14 @@ class LocalPgBouncer:
         if self._process is not None:
             raise PgBouncerError("pgbouncer is started already")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir.chmod(0o755)  # the run-as account must enter it
+        if self._run_as is not None:
+            self.workdir.chmod(0o755)
+            part = self._run_as.first_unenterable(self.workdir)
+            if part is not None:
+                raise PgBouncerError(
+                    f"pgbouncer runs as user {self._run_as.name!r}, which cannot enter {part}: "
+                    "use a work directory it can reach (e.g. under /tmp made by mkdtemp)"
+                )
         for _attempt in range(3):
             port = free_port()
             ini = self._write_config(port)

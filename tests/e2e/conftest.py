@@ -88,9 +88,15 @@ def stop_service(process: subprocess.Popen[bytes]) -> None:
 
 
 def seed(
-    env: dict[str, str], output: Path, *, count: int, prefix: str, users_per_tenant: int = 3
+    env: dict[str, str],
+    output: Path,
+    *,
+    count: int,
+    prefix: str,
+    users_per_tenant: int = 3,
+    cluster: str = "default",
 ) -> list[SeededTenant]:
-    """Seed tenants with the real `flask seed-tenants` and read its output file."""
+    """Seed tenants on ``cluster`` with the real `flask seed-tenants`; read its output file."""
     subprocess.run(
         [
             sys.executable,
@@ -107,6 +113,8 @@ def seed(
             prefix,
             "--output",
             str(output),
+            "--cluster",
+            cluster,
         ],
         cwd=REPO_ROOT,
         env={**os.environ, **env},
