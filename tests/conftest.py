@@ -32,6 +32,7 @@ from app.hooks import tenancy_of
 from app.tenancy import Tenancy
 from app.tenancy.provisioning import ProvisionedTenant, create_tenant
 from config import Settings, load_settings, psycopg2_url
+from tests.support import Inspector, MakePlaced
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Durability buys nothing for a cluster deleted at the end of the run.
@@ -226,3 +227,43 @@ def tenant_a(make_tenant: Callable[[], ProvisionedTenant]) -> ProvisionedTenant:
 @pytest.fixture
 def tenant_b(make_tenant: Callable[[], ProvisionedTenant]) -> ProvisionedTenant:
     return make_tenant()
+
+
+@pytest.fixture(scope="session")
+def placed_app(two_clusters_env: dict[str, str]) -> Iterator[Flask]:
+    """The application configured with ``APP_CLUSTERS={"c2": <second server>}``."""
+    application = create_app(load_settings(two_clusters_env))
+    yield application
+    tenancy_of(application).close()
+
+
+@pytest.fixture(scope="session")
+def placed(placed_app: Flask) -> Tenancy:
+    return tenancy_of(placed_app)
+
+
+@pytest.fixture
+def placed_client(placed_app: Flask) -> FlaskClient:
+    return placed_app.test_client()
+
+
+@pytest.fixture
+def make_placed(placed: Tenancy) -> MakePlaced:
+    """Create a fresh tenant on the named cluster (``default`` or ``c2``)."""
+
+    def make(cluster: str) -> ProvisionedTenant:
+        name = f"placed-{uuid.uuid4().hex[:12]}"
+        return create_tenant(placed.clusters, placed.keyring, name, placed.limits, cluster=cluster)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def inspect(pg_cluster: LocalCluster, second_cluster: LocalCluster) -> Inspector:
+    """Superuser queries on ``default`` and ``c2``, only to look at roles and rows."""
+    return Inspector(
+        {
+            "default": pg_cluster.superuser_url("tenantpool"),
+            "c2": second_cluster.superuser_url("tenantpool"),
+        }
+    )

@@ -10,6 +10,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -25,6 +26,9 @@ from app.models import Tenant
 from app.tenancy.provisioning import ProvisionedTenant, role_name
 from app.tenancy.scram import generate_password, scram_sha256_verifier
 from config import Settings, load_settings
+
+MakePlaced = Callable[[str], ProvisionedTenant]
+"""The ``make_placed`` fixture: a fresh tenant on the named cluster."""
 
 
 def auth_headers(tenant: ProvisionedTenant) -> dict[str, str]:
@@ -176,3 +180,35 @@ def child_pids(pid: int) -> set[int]:
         if int(parent) == pid and state != "Z":
             children.add(int(entry.name))
     return children
+
+
+class Inspector:
+    """Superuser queries on each server by cluster name: only to look, never as the app."""
+
+    def __init__(self, urls: dict[str, str]) -> None:
+        self._urls = urls
+
+    def rows(self, cluster: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        connection = psycopg2.connect(self._urls[cluster])
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(query, params)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def value(self, cluster: str, query: str, *params: Any) -> Any:
+        return self.rows(cluster, query, *params)[0][0]
+
+    def has_role(self, cluster: str, tenant_id: uuid.UUID) -> bool:
+        query = "SELECT count(*) FROM pg_roles WHERE rolname = %s"
+        return bool(self.value(cluster, query, f"t_{tenant_id.hex}"))
+
+    def placed(self, cluster: str, tenant_id: uuid.UUID) -> bool:
+        query = "SELECT count(*) FROM tenant_placements WHERE tenant_id = %s"
+        return bool(self.value(cluster, query, str(tenant_id)))
+
+    def tenant_rows(self, cluster: str, table: str, tenant_id: uuid.UUID) -> int:
+        # table is one of our fixed names, never input.
+        query = f"SELECT count(*) FROM {table} WHERE tenant_id = %s"
+        return int(self.value(cluster, query, str(tenant_id)))

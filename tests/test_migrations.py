@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -59,3 +60,54 @@ def test_migrations_match_the_models(fresh_url: str) -> None:
 def test_migrations_tenant_scoped_ddl_refuses_odd_identifiers() -> None:
     with pytest.raises(ValueError, match="identifier"):
         tenant_scoped_ddl("users; DROP TABLE tenants")
+
+
+def _scalar(url: str, query: str, **params: object) -> object:
+    """Run ``query`` as the owner, committed; its first value if it returns rows."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(sa.text(query), params)
+            return result.scalar() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
+def test_migrations_0002_places_existing_tenants_and_repoints_their_tables(fresh_url: str) -> None:
+    config = alembic_config(fresh_url)
+    command.upgrade(config, "head")
+    command.downgrade(config, "0001")
+    tenant_id = uuid.uuid4()
+    _scalar(
+        fresh_url,
+        "INSERT INTO tenants (id, name, db_user, db_password_encrypted, key_id, api_key_hash) "
+        "VALUES (:id, 'old', 't_old', 'x', 'k', '\\x00')",
+        id=tenant_id,
+    )
+    command.upgrade(config, "head")
+    placed = "SELECT count(*) FROM tenant_placements WHERE tenant_id = :id"
+    assert _scalar(fresh_url, placed, id=tenant_id) == 1
+    parents = _scalar(
+        fresh_url,
+        "SELECT string_agg(DISTINCT confrelid::regclass::text, ',') FROM pg_constraint "
+        "WHERE contype = 'f' AND conrelid IN ('users'::regclass, 'products'::regclass)",
+    )
+    assert parents == "tenant_placements"
+    command.downgrade(config, "0001")
+    command.upgrade(config, "head")
+    _scalar(fresh_url, "DELETE FROM tenants WHERE id = :id", id=tenant_id)
+    _scalar(fresh_url, "DELETE FROM tenant_placements WHERE tenant_id = :id", id=tenant_id)
+
+
+def test_migrations_0002_downgrade_refuses_to_orphan_a_data_clusters_tenants(
+    fresh_url: str,
+) -> None:
+    config = alembic_config(fresh_url)
+    command.upgrade(config, "head")
+    foreign = uuid.uuid4()  # placed here, registered in another control plane
+    _scalar(fresh_url, "INSERT INTO tenant_placements (tenant_id) VALUES (:id)", id=foreign)
+    with pytest.raises(sa.exc.DBAPIError, match="another control plane"):
+        command.downgrade(config, "0001")
+    _scalar(fresh_url, "DELETE FROM tenant_placements WHERE tenant_id = :id", id=foreign)
+    command.downgrade(config, "0001")
+    command.upgrade(config, "head")

@@ -13,8 +13,7 @@ from app.devcluster import LocalCluster
 from app.tenancy import Tenancy
 from app.tenancy.errors import UnknownCluster
 from config import load_settings
-from tests.support import auth_headers
-from tests.tenancy.conftest import Inspector, MakePlaced
+from tests.support import Inspector, MakePlaced, auth_headers
 
 
 def test_clusters_default_is_the_control_plane_engine(placed: Tenancy) -> None:

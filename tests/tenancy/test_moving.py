@@ -22,8 +22,7 @@ from app.tenancy.provisioning import ProvisionedTenant, place_tenant
 from app.tenancy.scram import generate_password, scram_sha256_verifier
 from app.tenancy.session import move_lock_key
 from config import psycopg2_url
-from tests.support import auth_headers
-from tests.tenancy.conftest import Inspector, MakePlaced
+from tests.support import Inspector, MakePlaced, auth_headers
 
 
 def _post(client: FlaskClient, tenant: ProvisionedTenant, path: str, body: dict[str, Any]) -> str:

@@ -1,0 +1,77 @@
+"""``flask tenants create --cluster``, ``flask tenants move``, ``flask db`` on every cluster."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import sqlalchemy as sa
+from click.testing import Result
+from flask import Flask
+
+from app.models import Tenant, User
+from app.tenancy import Tenancy
+from tests.support import Inspector, MakePlaced
+
+
+def _flask(app: Flask, *args: str) -> Result:
+    """Run ``flask ARGS`` in process; like the ``flask`` command, inside an app context."""
+    with app.app_context():
+        return app.test_cli_runner().invoke(args=list(args))
+
+
+def test_tenants_create_places_the_tenant_on_the_cluster_asked_for(
+    placed_app: Flask, inspect: Inspector
+) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    result = _flask(placed_app, "tenants", "create", name, "--cluster", "c2")
+    assert result.exit_code == 0, result.output
+    found = re.search(r"^id=(\S+)$", result.output, re.MULTILINE)
+    assert found
+    tenant_id = uuid.UUID(found[1])
+    assert re.search(r"^api_key=tpk_\S+$", result.output, re.MULTILINE)
+    assert inspect.placed("c2", tenant_id)
+    assert not inspect.placed("default", tenant_id)
+
+
+def test_tenants_create_on_an_unknown_cluster_is_a_usage_error(placed_app: Flask) -> None:
+    result = _flask(placed_app, "tenants", "create", "x", "--cluster", "c9")
+    assert result.exit_code == 2
+    assert "no cluster named 'c9'" in result.output
+
+
+def test_tenants_move_by_name_shows_progress(
+    placed_app: Flask, placed: Tenancy, make_placed: MakePlaced, inspect: Inspector
+) -> None:
+    tenant = make_placed("default")
+    session = placed.open_session(tenant.id)
+    with session.begin():
+        session.execute(sa.insert(User), [{"first_name": "a", "last_name": "b"}] * 4)
+    session.close()
+    placed.forget(tenant.id, "test")
+    with placed.control_engine.connect() as connection:
+        query = sa.select(Tenant.name).where(Tenant.id == tenant.id)
+        name = connection.execute(query).scalar_one()
+    result = _flask(placed_app, "tenants", "move", name, "--to", "c2")
+    assert result.exit_code == 0, result.output
+    assert "users: 4/4 rows" in result.output
+    assert f"moved tenant {tenant.id} from default to c2" in result.output
+    assert inspect.tenant_rows("c2", "users", tenant.id) == 4
+    again = _flask(placed_app, "tenants", "move", name, "--to", "c2")
+    assert again.exit_code == 0
+    assert "on c2 already" in again.output
+
+
+def test_tenants_move_unknown_tenant_is_a_usage_error(placed_app: Flask) -> None:
+    result = _flask(placed_app, "tenants", "move", "nobody", "--to", "c2")
+    assert result.exit_code == 2
+    assert "no tenant with id or name 'nobody'" in result.output
+
+
+def test_db_current_lists_every_database(placed_app: Flask) -> None:
+    result = _flask(placed_app, "db", "current")
+    assert result.exit_code == 0, result.output
+    assert re.findall(r"^(control plane|cluster c2):$", result.output, re.MULTILINE) == [
+        "control plane",
+        "cluster c2",
+    ]
