@@ -1,7 +1,8 @@
 """Alembic environment: runs migrations as the owner role of the database being migrated.
 
-The URL comes from ``config.attributes["url"]`` (set by ``flask db``), else from
-``APP_DATABASE_URL``. Offline mode is not supported: role and policy DDL is run online.
+The URL comes from ``config.attributes["url"]`` (set by ``flask db`` once per database: the
+control plane, then each cluster of ``APP_CLUSTERS``; every one gets the same schema), else
+from ``APP_DATABASE_URL``. Offline mode is not supported: role and policy DDL is run online.
 """
 
 from alembic import context
