@@ -1,13 +1,9 @@
 """A project-local PgBouncer in front of a local cluster, for tests and benchmarks (no Flask).
 
-Transaction pooling, SCRAM for every client, TCP on 127.0.0.1 only. The users of
-``auth_file`` are the few fixed ones (the owner, the console admin, the ``auth_query``
-user); tenant roles are looked up live through ``auth_query`` (docs/operations.md says
-why), so a tenant created after PgBouncer started logs in at once. PgBouncer then logs in
-to PostgreSQL with the client's own SCRAM proof (it holds no tenant password).
-
-PgBouncer refuses to run as root: when we are root it runs as the same unprivileged
-account as the local PostgreSQL (``devcluster.RunAs``), which must own its files.
+TCP on 127.0.0.1 only; the rest of its configuration (pool mode, authentication, pool sizes)
+is the caller's, e.g. docker/compose.yaml's, so tests run PgBouncer as deployed. PgBouncer
+refuses to run as root: when we are root it runs as the same unprivileged account as the
+local PostgreSQL (``devcluster.RunAs``), which must be able to reach its files.
 """
 
 from __future__ import annotations
@@ -20,17 +16,13 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import quote
-
-import psycopg2
-from psycopg2 import sql
-from psycopg2.extensions import encrypt_password
 
 from app.devcluster import RunAs, free_port
 
-AUTH_SCHEMA = "pgbouncer"
-AUTH_QUERY = f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
 INSTALL_HINT = "pgbouncer is not installed: `apt-get install pgbouncer` (.ci/run does it when root)"
+TRANSACTION_POOLING = {"auth_type": "scram-sha-256", "pool_mode": "transaction"}
 _SEARCH = "/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin"
 _START_TIMEOUT = 20.0
 
@@ -45,58 +37,12 @@ def find_pgbouncer() -> Path | None:
     return Path(found) if found else None
 
 
-def install_auth_query(superuser_dsn: str, auth_user: str, auth_password: str) -> None:
-    """As a superuser, in the DSN's database: the ``auth_query`` role and function.
-
-    The function reads ``pg_shadow`` (superuser only, hence SECURITY DEFINER owned by a
-    superuser) and answers for tenant roles (``t_`` + 32 hex) only, so the auth user can
-    never fetch the owner's or a superuser's verifier. Idempotent.
-    """
-    connection = psycopg2.connect(superuser_dsn, connect_timeout=10)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            # A verifier, not the password, so no statement log can show it.
-            verifier = encrypt_password(auth_password, auth_user, connection, "scram-sha-256")
-            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (auth_user,))
-            verb = sql.SQL("ALTER" if cursor.fetchone() else "CREATE")
-            cursor.execute(
-                sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB PASSWORD {}").format(
-                    verb, sql.Identifier(auth_user), sql.Literal(verifier)
-                )
-            )
-            cursor.execute(
-                sql.SQL(
-                    """
-                    CREATE SCHEMA IF NOT EXISTS {schema};
-                    CREATE OR REPLACE FUNCTION {schema}.get_auth(p_usename text)
-                    RETURNS TABLE (usename name, passwd text)
-                    LANGUAGE sql STABLE SECURITY DEFINER
-                    SET search_path = pg_catalog, pg_temp
-                    AS $$
-                      SELECT usename, passwd FROM pg_catalog.pg_shadow
-                       WHERE usename = p_usename AND usename ~ '^t_[0-9a-f]{{32}}$'
-                    $$;
-                    REVOKE ALL ON FUNCTION {schema}.get_auth(text) FROM PUBLIC;
-                    GRANT USAGE ON SCHEMA {schema} TO {user};
-                    GRANT EXECUTE ON FUNCTION {schema}.get_auth(text) TO {user};
-                    GRANT CONNECT ON DATABASE {database} TO {user};
-                    """
-                ).format(
-                    schema=sql.Identifier(AUTH_SCHEMA),
-                    user=sql.Identifier(auth_user),
-                    database=sql.Identifier(connection.info.dbname),
-                )
-            )
-    finally:
-        connection.close()
-
-
 class LocalPgBouncer:
     """One PgBouncer process pooling one database of a local PostgreSQL server.
 
     ``users`` maps each ``auth_file`` user to its password (plain text or a SCRAM
-    verifier). Not thread safe; ``stop()`` ends only the process ``start()`` started.
+    verifier); ``settings`` are the ``[pgbouncer]`` settings besides where it listens and
+    its ``auth_file``. Not thread safe; ``stop()`` ends only the process ``start()`` started.
     """
 
     def __init__(
@@ -106,11 +52,7 @@ class LocalPgBouncer:
         server_port: int,
         database: str,
         users: Mapping[str, str],
-        admin_user: str,
-        auth_user: str | None = None,
-        default_pool_size: int = 2,
-        max_client_conn: int = 200,
-        pool_mode: str = "transaction",
+        settings: Mapping[str, str] = TRANSACTION_POOLING,
     ) -> None:
         binary = find_pgbouncer()
         if binary is None:
@@ -120,14 +62,22 @@ class LocalPgBouncer:
         self.server_port = server_port
         self.database = database
         self.users = dict(users)
-        self.admin_user = admin_user
-        self.auth_user = auth_user
-        self.default_pool_size = default_pool_size
-        self.max_client_conn = max_client_conn
-        self.pool_mode = pool_mode
+        self.settings = dict(settings)
         self._run_as = RunAs.when_root()
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
+
+    def __enter__(self) -> LocalPgBouncer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
     @property
     def port(self) -> int:
@@ -199,9 +149,7 @@ class LocalPgBouncer:
             "".join(f"{_quoted(user)} {_quoted(secret)}\n" for user, secret in self.users.items())
         )
         userlist.chmod(0o600)
-        auth = (
-            f"auth_user = {self.auth_user}\nauth_query = {AUTH_QUERY}\n" if self.auth_user else ""
-        )
+        settings = "".join(f"{key} = {value}\n" for key, value in self.settings.items())
         ini = self.workdir / "pgbouncer.ini"
         ini.write_text(
             f"""\
@@ -212,14 +160,8 @@ class LocalPgBouncer:
 listen_addr = 127.0.0.1
 listen_port = {port}
 unix_socket_dir =
-auth_type = scram-sha-256
 auth_file = {userlist}
-{auth}pool_mode = {self.pool_mode}
-default_pool_size = {self.default_pool_size}
-max_client_conn = {self.max_client_conn}
-admin_users = {self.admin_user}
-stats_users = {self.admin_user}
-"""
+{settings}"""
         )
         if self._run_as is not None:
             for path in (userlist, ini):

@@ -278,10 +278,18 @@ def _clusters(raw: str) -> dict[str, str]:
         raise ValueError('must be a JSON object {"name": "postgresql://..."}') from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError('must be a JSON object {"name": "postgresql://..."}')
-    for name in value:
+    clusters = {}
+    for name, dsn in value.items():
         if not _CLUSTER_NAME.match(name):
             raise ValueError(f"cluster name {name!r} must be lower-case letters, digits, _ or -")
-    return {name: _database_url(dsn) for name, dsn in value.items()}
+        clusters[name] = _database_url(dsn)
+        # Only default may lack them: its owner work goes through APP_DATABASE_URL.
+        if name != "default" and not make_url(clusters[name]).username:
+            raise ValueError(
+                f"cluster {name!r} needs its owner's credentials: "
+                "postgresql://owner:password@host:port/db"
+            )
+    return clusters
 
 
 def _bind(raw: str) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
+import subprocess
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +19,22 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
+import yaml
 from click.testing import Result
 from flask import Flask
 
 from app import create_app
 from app.crypto import Keyring, tenant_aad
+from app.devcluster import LocalCluster
 from app.hooks import tenancy_of
 from app.models import Tenant
 from app.tenancy.provisioning import ProvisionedTenant, role_name
 from app.tenancy.scram import generate_password, scram_sha256_verifier
 from config import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = REPO_ROOT / "docker" / "compose.yaml"
+INIT_SCRIPT = REPO_ROOT / "docker" / "postgres" / "initdb" / "10-tenantpool.sh"
 
 MakePlaced = Callable[[str], ProvisionedTenant]
 """The ``make_placed`` fixture: a fresh tenant on the named cluster."""
@@ -212,3 +221,60 @@ class Inspector:
         # table is one of our fixed names, never input.
         query = f"SELECT count(*) FROM {table} WHERE tenant_id = %s"
         return int(self.value(cluster, query, str(tenant_id)))
+
+
+@dataclass(frozen=True)
+class ComposeRoles:
+    """What docker/postgres/initdb made: owner ``tenantpool`` of database ``tenantpool``,
+    ``pgbouncer_auth`` and ``pgbouncer.get_auth``; their passwords."""
+
+    owner_password: str
+    bouncer_password: str
+
+    def owner_url(self, cluster: LocalCluster) -> str:
+        return f"postgresql://tenantpool:{self.owner_password}@127.0.0.1:{cluster.port}/tenantpool"
+
+
+def run_compose_init_script(cluster: LocalCluster) -> ComposeRoles:
+    """Run the compose init script on ``cluster`` as the postgres container does."""
+    roles = ComposeRoles(secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    assert cluster.superuser_password is not None
+    result = subprocess.run(
+        ["bash", str(INIT_SCRIPT)],
+        env={
+            "PATH": f"{cluster.bindir}:{os.environ['PATH']}",
+            "POSTGRES_USER": "postgres",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(cluster.port),
+            "PGPASSWORD": cluster.superuser_password,
+            "TENANTPOOL_OWNER_PASSWORD": roles.owner_password,
+            "PGBOUNCER_AUTH_PASSWORD": roles.bouncer_password,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return roles
+
+
+@dataclass(frozen=True)
+class ComposePgBouncer:
+    """compose.yaml's PgBouncer: its database, the auth_query user, its ``[pgbouncer]`` settings."""
+
+    database: str
+    auth_user: str
+    settings: dict[str, str]
+
+
+def compose_pgbouncer() -> ComposePgBouncer:
+    """PgBouncer's settings as the compose image writes them from its environment."""
+    environment = yaml.safe_load(COMPOSE.read_text())["services"]["pgbouncer"]["environment"]
+    # The image turns its environment into pgbouncer.ini this way (DB_* build the [databases]
+    # line and userlist.txt); "$$" is compose's escape for "$".
+    settings = {
+        key.lower(): str(value).replace("$$", "$")
+        for key, value in environment.items()
+        if not key.startswith("DB_") and key != "LISTEN_PORT"
+    }
+    return ComposePgBouncer(environment["DB_NAME"], environment["DB_USER"], settings)

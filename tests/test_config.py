@@ -62,9 +62,16 @@ def test_config_keyring_with_several_keys() -> None:
 
 
 def test_config_clusters_are_parsed() -> None:
-    settings = load_settings({**VALID, "APP_CLUSTERS": '{"eu1": "postgresql://h:5432/db"}'})
+    settings = load_settings({**VALID, "APP_CLUSTERS": '{"eu1": "postgresql://o:p@h:5432/db"}'})
     assert settings.cluster_url("eu1").host == "h"
     assert settings.cluster_url("default").database == "tenantpool"
+
+
+def test_config_default_cluster_may_only_route_tenants() -> None:
+    """Without credentials, default's owner work goes through APP_DATABASE_URL (compose)."""
+    clusters = '{"default": "postgresql://pgbouncer:5432/tenantpool"}'
+    settings = load_settings({**VALID, "APP_CLUSTERS": clusters})
+    assert settings.cluster_url("default").host == "pgbouncer"
 
 
 def test_config_unknown_cluster_names_what_to_do() -> None:
@@ -98,6 +105,7 @@ def test_config_unknown_cluster_names_what_to_do() -> None:
         ("APP_CLUSTERS", "[]"),
         ("APP_CLUSTERS", '{"Bad Name": "postgresql://h/db"}'),
         ("APP_CLUSTERS", '{"eu1": "http://h/db"}'),
+        ("APP_CLUSTERS", '{"eu1": "postgresql://h/db"}'),
         ("APP_ADMIN_TRUSTED_CIDRS", "10.0.0.0/8,nonsense"),
         ("APP_LOG_LEVEL", "LOUD"),
     ],

@@ -10,37 +10,26 @@ mode): the path of every tenant request in the compose deployment.
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
 import secrets
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
 import pytest
-import yaml
 from psycopg2 import errors
 
 from app.crypto import Keyring
 from app.db import create_control_engine
-from app.devcluster import LocalCluster, free_port
+from app.devcluster import LocalCluster
+from app.devpgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
+from app.tenancy.clusters import Clusters
 from app.tenancy.provisioning import RoleLimits, create_tenant, role_name
 from config import load_settings
 from tests.conftest import throwaway_cluster, upgrade_database
-from tests.support import tenant_passwords
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-INIT_SCRIPT = REPO_ROOT / "docker" / "postgres" / "initdb" / "10-tenantpool.sh"
-COMPOSE = REPO_ROOT / "docker" / "compose.yaml"
-PGBOUNCER = shutil.which("pgbouncer") or next(
-    (str(path) for path in (Path("/usr/sbin/pgbouncer"),) if path.exists()), None
-)
+from tests.support import compose_pgbouncer, run_compose_init_script, tenant_passwords
 
 
 @dataclass(frozen=True)
@@ -65,32 +54,15 @@ def initialized(app_env: dict[str, str]) -> Iterator[Initialized]:
 
 
 def _initialize(cluster: LocalCluster, app_env: dict[str, str]) -> Initialized:
-    owner_password, bouncer_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    assert cluster.superuser_password is not None
-    result = subprocess.run(
-        ["bash", str(INIT_SCRIPT)],
-        env={
-            "PATH": f"{cluster.bindir}:{os.environ['PATH']}",
-            "POSTGRES_USER": "postgres",
-            "PGHOST": "127.0.0.1",
-            "PGPORT": str(cluster.port),
-            "PGPASSWORD": cluster.superuser_password,
-            "TENANTPOOL_OWNER_PASSWORD": owner_password,
-            "PGBOUNCER_AUTH_PASSWORD": bouncer_password,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    owner_url = f"postgresql://tenantpool:{owner_password}@127.0.0.1:{cluster.port}/tenantpool"
+    roles = run_compose_init_script(cluster)
+    owner_url = roles.owner_url(cluster)
     env = {**app_env, "APP_DATABASE_URL": owner_url}
     upgrade_database(env)
     settings = load_settings(env)
     control = create_control_engine(settings.database_url)
     try:
         tenant = create_tenant(
-            control,
+            Clusters(control, {"default": control.url}),
             Keyring(settings.encryption_keys, settings.encryption_active_key),
             "compose-tenant",
             RoleLimits(connection_limit=5, statement_timeout_ms=5000, scram_iterations=64),
@@ -99,7 +71,7 @@ def _initialize(cluster: LocalCluster, app_env: dict[str, str]) -> Initialized:
         control.dispose()
     role = role_name(tenant.id)
     password = tenant_passwords(owner_url, settings)[role]
-    return Initialized(cluster, owner_url, bouncer_password, role, password)
+    return Initialized(cluster, owner_url, roles.bouncer_password, role, password)
 
 
 @contextlib.contextmanager
@@ -155,9 +127,7 @@ def test_initdb_owner_cannot_call_or_replace_get_auth(initialized: Initialized) 
             )
 
 
-@pytest.mark.skipif(
-    PGBOUNCER is None, reason="pgbouncer is not installed (apt-get install pgbouncer)"
-)
+@pytest.mark.skipif(find_pgbouncer() is None, reason=INSTALL_HINT)
 def test_initdb_tenant_logs_in_through_pgbouncer_configured_as_in_compose(
     initialized: Initialized,
 ) -> None:
@@ -178,64 +148,16 @@ def test_initdb_tenant_logs_in_through_pgbouncer_configured_as_in_compose(
 @contextlib.contextmanager
 def _pgbouncer(initialized: Initialized) -> Iterator[int]:
     """A pgbouncer in front of the cluster with compose.yaml's settings; yields its port."""
-    assert PGBOUNCER is not None
-    compose_env = yaml.safe_load(COMPOSE.read_text())["services"]["pgbouncer"]["environment"]
-    # The image turns its environment into pgbouncer.ini this way (DB_* build the [databases]
-    # line and userlist.txt); "$$" is compose's escape for "$".
-    settings = {
-        key.lower(): str(value).replace("$$", "$")
-        for key, value in compose_env.items()
-        if not key.startswith("DB_") and key != "LISTEN_PORT"
-    }
-    port = free_port()
-    run_as = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    compose = compose_pgbouncer()
     directory = Path(tempfile.mkdtemp(prefix="tenantpool-pgbouncer-"))
-    process = None
     try:
-        directory.chmod(0o755)
-        userlist = directory / "userlist.txt"
-        userlist.write_text(f'"{compose_env["DB_USER"]}" "{initialized.bouncer_password}"\n')
-        userlist.chmod(0o600)
-        ini = directory / "pgbouncer.ini"
-        lines = [
-            "[databases]",
-            f"{compose_env['DB_NAME']} = host=127.0.0.1 port={initialized.cluster.port} "
-            f"auth_user={compose_env['DB_USER']}",
-            "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
-            f"listen_port = {port}",
-            "unix_socket_dir =",
-            f"auth_file = {userlist}",
-            f"logfile = {directory / 'pgbouncer.log'}",
-            *(f"{key} = {value}" for key, value in settings.items()),
-        ]
-        ini.write_text("\n".join(lines) + "\n")
-        if run_as is not None:  # pgbouncer refuses to run as root
-            for path in (directory, userlist, ini):
-                os.chown(path, run_as.pw_uid, run_as.pw_gid)
-        process = subprocess.Popen(
-            [PGBOUNCER, str(ini)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            user=run_as.pw_uid if run_as else None,
-            group=run_as.pw_gid if run_as else None,
-            extra_groups=[] if run_as else None,
-        )
-        _wait_for_port(port, process, directory / "pgbouncer.log")
-        yield port
+        with LocalPgBouncer(
+            directory,
+            server_port=initialized.cluster.port,
+            database=compose.database,
+            users={compose.auth_user: initialized.bouncer_password},
+            settings=compose.settings,
+        ) as bouncer:
+            yield bouncer.port
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"pgbouncer exited:\n{log.read_text() if log.exists() else ''}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.1)
-    pytest.fail("pgbouncer did not listen within 30 s")

@@ -2,7 +2,8 @@
 
 The control plane's database first (it is also the ``default`` cluster unless
 ``APP_CLUSTERS`` names that elsewhere), then each cluster of ``APP_CLUSTERS`` whose DSN is
-another: every cluster carries the same schema, so a tenant can live on any of them.
+another: every cluster carries the same schema, so a tenant can live on any of them. A
+``default`` DSN without credentials is the control plane's database reached another way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 from alembic import command
 from alembic.config import Config
 from flask import current_app
+from sqlalchemy import make_url
 
 from config import Settings
 
@@ -31,7 +33,7 @@ def databases(settings: Settings) -> list[tuple[str, str]]:
     """(label, owner DSN) of every database to migrate, the control plane's first."""
     found = [("control plane", settings.database_url)]
     for name, url in sorted(settings.clusters.items()):
-        if url != settings.database_url:
+        if url != settings.database_url and make_url(url).username:
             found.append((f"cluster {name}", url))
     return found
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import click
 import sqlalchemy as sa
 from flask import current_app
 
+from app.cli.progress import Progress, progress
 from app.hooks import tenancy_of
 from app.models import Tenant
 from app.tenancy.errors import TenancyError, UnknownCluster
@@ -37,16 +39,8 @@ def move(tenant: str, target: str, batch_size: int) -> None:
     """
     tenancy = tenancy_of(current_app)
     tenant_id = _tenant_id(tenancy.control_engine, tenant)
-    last_shown: dict[str, int] = {}
-
-    def progress(table: str, copied: int, total: int) -> None:
-        # Every 10 % and at the end: enough to watch a long copy, not a line per batch.
-        step = max(total // 10, 1)
-        if copied == total or copied - last_shown.get(table, -step) >= step:
-            last_shown[table] = copied
-            click.echo(f"  {table}: {copied}/{total} rows", err=True)
-
     click.echo(f"moving tenant {tenant_id} to {target}", err=True)
+    tables = _TableProgress()
     try:
         report = move_tenant(
             tenancy.clusters,
@@ -54,11 +48,15 @@ def move(tenant: str, target: str, batch_size: int) -> None:
             tenancy.limits,
             tenant_id,
             target,
-            progress=progress,
+            progress=tables,
             batch_size=batch_size,
         )
-    except TenancyError as error:
-        raise click.ClickException(str(error)) from None
+    except BaseException as error:
+        tables.finish(error)
+        if isinstance(error, TenancyError):
+            raise click.ClickException(str(error)) from None
+        raise
+    tables.finish()
     if report.source == report.target:
         removed = ", ".join(report.removed_from) or "none found"
         click.echo(f"tenant {tenant_id} is on {target} already; old copies removed: {removed}")
@@ -80,3 +78,32 @@ def _tenant_id(control: sa.Engine, tenant: str) -> uuid.UUID:
     if found is None:
         raise click.BadParameter(f"no tenant with id or name {tenant!r}", param_hint="TENANT")
     return found
+
+
+class _TableProgress:
+    """The move's progress callback: one progress display per table, in turn."""
+
+    def __init__(self) -> None:
+        self._table: str | None = None
+        self._display: contextlib.AbstractContextManager[Progress] | None = None
+        self._bar: Progress | None = None
+        self._done = 0
+
+    def __call__(self, table: str, copied: int, total: int) -> None:
+        if table != self._table:
+            self.finish()
+            self._table, self._done = table, 0
+            self._display = progress(total, f"copying {table}")
+            self._bar = self._display.__enter__()
+        if self._bar is not None and copied > self._done:
+            self._bar.update(copied - self._done)
+            self._done = copied
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Close the current table's display (``error``: it stopped there)."""
+        display, self._display, self._bar, self._table = self._display, None, None, None
+        if display is not None:
+            if error is None:
+                display.__exit__(None, None, None)
+            else:
+                display.__exit__(type(error), error, error.__traceback__)

@@ -3,7 +3,9 @@
 ``tenants.cluster`` names a cluster; ``APP_CLUSTERS`` maps names to DSNs carrying each
 cluster's owner credentials (non-superuser, CREATEROLE), and ``default`` is the control
 plane's own database unless ``APP_CLUSTERS`` names it too. Tenant engines take the same DSN
-with the tenant's role and password instead (``engines.py``).
+with the tenant's role and password instead (``engines.py``). A ``default`` DSN without
+credentials only routes tenants to the control plane's database (through PgBouncer, say):
+owner work there goes through the control-plane engine.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class Clusters:
     def engine(self, name: str) -> sa.Engine:
         """The owner-role engine of ``name``; raises UnknownCluster."""
         url = self.url(name)
-        if _same_dsn(url, self.control.url):
+        if _same_dsn(url, self.control.url) or (name == DEFAULT_CLUSTER and not url.username):
             return self.control
         with self._lock:
             engine = self._engines.get(name)

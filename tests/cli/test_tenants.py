@@ -54,7 +54,7 @@ def test_tenants_move_by_name_shows_progress(
         name = connection.execute(query).scalar_one()
     result = _flask(placed_app, "tenants", "move", name, "--to", "c2")
     assert result.exit_code == 0, result.output
-    assert "users: 4/4 rows" in result.output
+    assert "copying users: 4/4 (100%) done" in result.output
     assert f"moved tenant {tenant.id} from default to c2" in result.output
     assert inspect.tenant_rows("c2", "users", tenant.id) == 4
     again = _flask(placed_app, "tenants", "move", name, "--to", "c2")

@@ -165,7 +165,7 @@ def test_clusters_move_under_write_load_loses_no_acknowledged_write(
         # Writes go on, to the new cluster, once every worker has dropped the old engine.
         writers.wait_for(len(writers.ledger) + 10)
     assert set(writers.statuses) <= {201, 503}, writers.statuses
-    assert re.search(r"users: \d+/\d+ rows", moved.stderr)  # progress was shown
+    assert re.search(r"copying users: \d+/\d+ \(100%\) done", moved.stderr)  # progress shown
     on_target = _user_counts(target, mover)
     assert all(on_target[user_id] == 1 for user_id in writers.ledger)
     assert sum(on_target.values()) == seeded_rows + len(writers.ledger)

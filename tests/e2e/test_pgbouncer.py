@@ -1,9 +1,10 @@
 """The service through a real PgBouncer in transaction mode (the Debian package, 1.18).
 
-Tenants live on cluster ``pgb``: a database reached only through PgBouncer, which pools
-each tenant role's connections (``default_pool_size=2``) and authenticates tenants with
-``auth_query``. The isolation and pagination tests of test_service.py run again here, with
-this module's ``service`` and ``seeded``.
+Set up as docker/compose.yaml sets it up: the init script's roles and ``pgbouncer.get_auth``,
+compose's PgBouncer settings (pools per tenant role, ``auth_query``), the owner straight to
+PostgreSQL through ``APP_DATABASE_URL``, tenants through PgBouncer (the ``default`` cluster's
+DSN). Only the pool size is smaller, to see it hold. The isolation and pagination tests of
+test_service.py run again here, with this module's ``service`` and ``seeded``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import pytest
 import requests
 
 from app.devcluster import LocalCluster
-from app.devpgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer, install_auth_query
-from tests.conftest import flask_db_upgrade
+from app.devpgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
+from tests.conftest import throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
 from tests.e2e.test_service import (  # noqa: F401  (collected again, through PgBouncer)
     test_service_every_endpoint_for_both_tenants,
@@ -34,15 +35,14 @@ from tests.e2e.test_service import (  # noqa: F401  (collected again, through Pg
     test_service_pagination_through_gunicorn,
     test_service_tenant_never_reaches_another_tenants_rows,
 )
+from tests.support import compose_pgbouncer, run_compose_init_script
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(find_pgbouncer() is None, reason=INSTALL_HINT),
 ]
 
-DATABASE = "bounced"
 POOL_SIZE = 2
-AUTH_USER = "pgbouncer_auth"
 ADMIN_USER = "pgbouncer_admin"
 
 
@@ -56,51 +56,54 @@ class Bouncer:
 
 
 @pytest.fixture(scope="module")
-def bouncer(
-    app_env: dict[str, str],
-    migrated: None,
-    second_cluster: LocalCluster,
-) -> Iterator[Bouncer]:
-    """PgBouncer in front of database ``bounced`` of the second server, migrated through it."""
-    owner, owner_password = "bounced_owner", secrets.token_urlsafe(24)
-    second_cluster.bootstrap_owner(owner, owner_password, DATABASE)
-    superuser_url = second_cluster.superuser_url(DATABASE)
-    auth_password, admin_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    install_auth_query(superuser_url, AUTH_USER, auth_password)
-    _superuser(
-        superuser_url,
-        # Every statement of this database is logged, to show below that none was prepared;
-        # PgBouncer's own auth_query is (it uses the extended protocol), so not that role's.
-        f"ALTER DATABASE {DATABASE} SET log_statement = 'all'",
-        f"ALTER ROLE {AUTH_USER} SET log_statement = 'none'",
-    )
+def bouncer(app_env: dict[str, str]) -> Iterator[Bouncer]:
+    """A server initialised as compose's, PgBouncer in front, the app's environment for it."""
+    compose = compose_pgbouncer()
     # Not under pytest's 0700 tmp root: PgBouncer may run as another account (when root).
     workdir = Path(tempfile.mkdtemp(prefix="tenantpool-pgb-"))
-    pgbouncer = LocalPgBouncer(
-        workdir,
-        server_port=second_cluster.port,
-        database=DATABASE,
-        users={owner: owner_password, AUTH_USER: auth_password, ADMIN_USER: admin_password},
-        admin_user=ADMIN_USER,
-        auth_user=AUTH_USER,
-        default_pool_size=POOL_SIZE,
-    )
-    pgbouncer.start()
-    try:
-        clusters = {"pgb": pgbouncer.url(owner, owner_password)}
-        env = {**app_env, "APP_CLUSTERS": json.dumps(clusters), "APP_TENANT_POOL_SIZE": "4"}
-        flask_db_upgrade(env)  # the pgb cluster is migrated through PgBouncer
-        admin_url = pgbouncer.url(ADMIN_USER, admin_password, "pgbouncer")
-        yield Bouncer(pgbouncer, admin_url, superuser_url, second_cluster, env)
-    finally:
-        pgbouncer.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    admin_password = secrets.token_urlsafe(24)
+    with throwaway_cluster(max_connections=50) as cluster:
+        roles = run_compose_init_script(cluster)
+        superuser_url = cluster.superuser_url(compose.database)
+        _superuser(
+            superuser_url,
+            # Every statement of the database is logged, to show below that none was prepared;
+            # not PgBouncer's own auth_query (it uses the extended protocol).
+            f"ALTER DATABASE {compose.database} SET log_statement = 'all'",
+            f"ALTER ROLE {compose.auth_user} SET log_statement = 'none'",
+        )
+        settings = {
+            **compose.settings,
+            "default_pool_size": str(POOL_SIZE),
+            "admin_users": ADMIN_USER,
+        }
+        users = {compose.auth_user: roles.bouncer_password, ADMIN_USER: admin_password}
+        try:
+            with LocalPgBouncer(
+                workdir,
+                server_port=cluster.port,
+                database=compose.database,
+                users=users,
+                settings=settings,
+            ) as pgbouncer:
+                tenants_route = f"postgresql://127.0.0.1:{pgbouncer.port}/{compose.database}"
+                env = {
+                    **app_env,
+                    "APP_DATABASE_URL": roles.owner_url(cluster),
+                    "APP_CLUSTERS": json.dumps({"default": tenants_route}),
+                    "APP_TENANT_POOL_SIZE": "4",
+                }
+                upgrade_database(env)
+                admin_url = pgbouncer.url(ADMIN_USER, admin_password, "pgbouncer")
+                yield Bouncer(pgbouncer, admin_url, superuser_url, cluster, env)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def seeded(bouncer: Bouncer, tmp_path_factory: pytest.TempPathFactory) -> list[SeededTenant]:
     output = tmp_path_factory.mktemp("seed-pgb") / "tenants.json"
-    return seed(bouncer.env, output, count=2, prefix="pgb", cluster="pgb")
+    return seed(bouncer.env, output, count=2, prefix="pgb")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +161,7 @@ class _Sampler(threading.Thread):
         on_server = _superuser(
             self.bouncer.superuser_url,
             "SELECT usename, count(*) FROM pg_stat_activity "
-            f"WHERE datname = '{DATABASE}' AND usename ~ '^t_' GROUP BY usename",
+            "WHERE datname = current_database() AND usename ~ '^t_' GROUP BY usename",
         )
         _raise(self.max_server, {str(user): int(str(count)) for user, count in on_server})
         pools = _admin(self.bouncer.admin_url, "SHOW POOLS")

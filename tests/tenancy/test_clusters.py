@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from app.cli.db import databases
 from app.devcluster import LocalCluster
 from app.tenancy import Tenancy
+from app.tenancy.clusters import Clusters
 from app.tenancy.errors import UnknownCluster
 from config import load_settings
 from tests.support import Inspector, MakePlaced, auth_headers
@@ -20,6 +21,14 @@ def test_clusters_default_is_the_control_plane_engine(placed: Tenancy) -> None:
     assert placed.clusters.names == ["c2", "default"]
     assert placed.clusters.engine("default") is placed.control_engine
     assert placed.clusters.engine("c2") is not placed.control_engine
+
+
+def test_clusters_default_without_credentials_only_routes_tenants(placed: Tenancy) -> None:
+    """Compose's set-up: tenants reach default through PgBouncer, the owner goes direct."""
+    route = sa.make_url("postgresql://127.0.0.1:6432/tenantpool")
+    clusters = Clusters(placed.control_engine, {"default": route})
+    assert clusters.engine("default") is placed.control_engine
+    assert clusters.url("default") == route
 
 
 def test_clusters_unknown_name_raises_naming_the_known_ones(placed: Tenancy) -> None:
@@ -41,6 +50,9 @@ def test_clusters_db_commands_cover_every_database_once(two_clusters_env: dict[s
     clusters = json.dumps({"default": settings.database_url})
     same = load_settings({**two_clusters_env, "APP_CLUSTERS": clusters})
     assert [label for label, _ in databases(same)] == ["control plane"]
+    route = json.dumps({"default": "postgresql://127.0.0.1:6432/tenantpool"})
+    routed = load_settings({**two_clusters_env, "APP_CLUSTERS": route})
+    assert [label for label, _ in databases(routed)] == ["control plane"]
 
 
 def test_engines_tenant_engine_connects_to_its_cluster(
