@@ -55,6 +55,13 @@ def move(tenant: str, target: str, batch_size: int) -> None:
         tables.finish(error)
         if isinstance(error, TenancyError):
             raise click.ClickException(str(error)) from None
+        if isinstance(error, sa.exc.DBAPIError):
+            # One line without SQL text; running the move again resumes or finishes it.
+            raise click.ClickException(
+                f"the move stopped on a database error ({type(error.orig).__name__}: "
+                f"{str(error.orig).strip().splitlines()[0] if error.orig else ''}); "
+                "run it again when the cluster answers"
+            ) from None
         raise
     tables.finish()
     if report.source == report.target:

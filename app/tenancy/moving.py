@@ -264,9 +264,13 @@ def _lock_tenant(control: sa.Connection, tenant_id: uuid.UUID) -> TenantCredenti
     return TenantCredentials(row.id, row.db_user, row.db_password_encrypted, row.cluster)
 
 
-def _describe(owner: sa.Engine) -> tuple[DatabaseIdentity, str | None]:
+def _describe(owner: sa.Engine) -> tuple[DatabaseIdentity, str]:
+    """The database's identity and its migration ("none" if never migrated)."""
     with owner.connect() as connection:
-        revision = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        revision = "none"
+        if connection.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar():
+            found = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            revision = found.scalar() or "none"
         return database_identity(connection), revision
 
 

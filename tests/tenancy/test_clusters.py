@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 
 from app.cli.db import databases
 from app.devcluster import LocalCluster
+from app.models import Tenant
 from app.tenancy import Tenancy
 from app.tenancy.clusters import Clusters
 from app.tenancy.errors import UnknownCluster
@@ -88,3 +89,20 @@ def test_api_tenants_on_two_clusters_are_isolated(
     assert inspect.tenant_rows("default", "users", on_default.id) == 1
     assert inspect.tenant_rows("c2", "users", on_c2.id) == 1
     assert inspect.tenant_rows("default", "users", on_c2.id) == 0
+
+
+def test_engines_tenant_on_an_unconfigured_cluster_gets_503(
+    placed: Tenancy, placed_client: FlaskClient, make_placed: MakePlaced
+) -> None:
+    tenant = make_placed("default")
+    with placed.control_engine.begin() as connection:
+        connection.execute(sa.update(Tenant).where(Tenant.id == tenant.id).values(cluster="gone"))
+    placed.forget(tenant.id, "test")
+    try:
+        response = placed_client.get("/v1/users", headers=auth_headers(tenant))
+    finally:
+        with placed.control_engine.begin() as connection:
+            restore = sa.update(Tenant).where(Tenant.id == tenant.id).values(cluster="default")
+            connection.execute(restore)
+    assert response.status_code == 503
+    assert response.json["code"] == "cluster_unknown"  # type: ignore[index]
