@@ -222,6 +222,15 @@ class Inspector:
         query = f"SELECT count(*) FROM {table} WHERE tenant_id = %s"
         return int(self.value(cluster, query, str(tenant_id)))
 
+    def holds_nothing_of(self, cluster: str, tenant_id: uuid.UUID) -> bool:
+        """No placement, no role, no row of the tenant is left on the cluster."""
+        rows = sum(self.tenant_rows(cluster, table, tenant_id) for table in ("users", "products"))
+        return (
+            rows == 0
+            and not self.placed(cluster, tenant_id)
+            and not self.has_role(cluster, tenant_id)
+        )
+
 
 @dataclass(frozen=True)
 class ComposeRoles:

@@ -17,16 +17,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-import psycopg2
 import pytest
 import requests
 
-from app.devcluster import LocalCluster
 from tests.e2e.conftest import REPO_ROOT, SeededTenant, Service, seed, start_service, stop_service
 from tests.e2e.test_service import (  # noqa: F401  (collected again, across two clusters)
     test_service_every_endpoint_for_both_tenants,
     test_service_tenant_never_reaches_another_tenants_rows,
 )
+from tests.support import Inspector
 
 pytestmark = pytest.mark.e2e
 
@@ -59,18 +58,10 @@ def service(
     stop_service(process)
 
 
-def _user_counts(superuser_url: str, tenant: SeededTenant) -> Counter[str]:
-    """Rows per user id of ``tenant`` on one server, as the superuser sees them."""
-    connection = psycopg2.connect(superuser_url)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id::text, count(*) FROM users WHERE tenant_id = %s GROUP BY id",
-                (tenant.id,),
-            )
-            return Counter({user_id: count for user_id, count in cursor.fetchall()})
-    finally:
-        connection.close()
+def _user_counts(inspect: Inspector, cluster: str, tenant: SeededTenant) -> Counter[str]:
+    """Rows per user id of ``tenant`` on one cluster, as the superuser sees them."""
+    query = "SELECT id::text, count(*) FROM users WHERE tenant_id = %s GROUP BY id"
+    return Counter(dict(inspect.rows(cluster, query, tenant.id)))
 
 
 class _Writers:
@@ -131,12 +122,10 @@ def test_clusters_move_under_write_load_loses_no_acknowledged_write(
     service: Service,
     tenants: dict[str, SeededTenant],
     two_clusters_env: dict[str, str],
-    pg_cluster: LocalCluster,
-    second_cluster: LocalCluster,
+    inspect: Inspector,
 ) -> None:
     mover = tenants["m"]
-    source, target = (c.superuser_url("tenantpool") for c in (pg_cluster, second_cluster))
-    seeded_rows = sum(_user_counts(source, mover).values())
+    seeded_rows = sum(_user_counts(inspect, "default", mover).values())
     with _Writers(service, mover, count=2) as writers:
         writers.wait_for(10)
         moved = subprocess.run(
@@ -166,10 +155,10 @@ def test_clusters_move_under_write_load_loses_no_acknowledged_write(
         writers.wait_for(len(writers.ledger) + 10)
     assert set(writers.statuses) <= {201, 503}, writers.statuses
     assert re.search(r"copying users: \d+/\d+ \(100%\) done", moved.stderr)  # progress shown
-    on_target = _user_counts(target, mover)
+    on_target = _user_counts(inspect, "c2", mover)
     assert all(on_target[user_id] == 1 for user_id in writers.ledger)
     assert sum(on_target.values()) == seeded_rows + len(writers.ledger)
-    assert _user_counts(source, mover) == Counter()
+    assert _user_counts(inspect, "default", mover) == Counter()
     listed: set[str] = set()
     for page in range(1, 100):
         body = requests.get(
