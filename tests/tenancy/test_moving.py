@@ -20,7 +20,6 @@ from app.tenancy.clusters import Clusters
 from app.tenancy.moving import MoveError, move_tenant
 from app.tenancy.provisioning import ProvisionedTenant, place_tenant
 from app.tenancy.scram import generate_password, scram_sha256_verifier
-from app.tenancy.session import move_lock_key
 from config import psycopg2_url
 from tests.support import Inspector, MakePlaced, auth_headers
 
@@ -154,7 +153,8 @@ def test_moving_tenant_gets_503_with_retry_after_while_frozen(
     tenant, bystander = make_placed("c2"), make_placed("c2")
     assert placed_client.get("/v1/users", headers=auth_headers(tenant)).status_code == 200
     with placed.clusters.engine("c2").connect() as owner:
-        owner.execute(sa.select(sa.func.pg_advisory_xact_lock(move_lock_key(tenant.id))))
+        lock = sa.text("SELECT pg_advisory_xact_lock(tenant_move_lock(:tenant))")
+        owner.execute(lock, {"tenant": tenant.id})
         frozen = placed_client.get("/v1/users", headers=auth_headers(tenant))
         other = placed_client.get("/v1/users", headers=auth_headers(bystander))
         owner.rollback()

@@ -62,7 +62,8 @@ def test_session_tenant_setting_travels_with_begin_and_first_statement(
     assert len(logged) == 3, logged  # pool pre-ping aside: one message per statement + COMMIT
     first, second, third = logged
     assert first.startswith(
-        f"BEGIN; SELECT set_config('app.tenant_id', '{tenant_a.id}', true); SELECT count(*)"
+        f"BEGIN; SELECT set_config('app.tenant_id', '{tenant_a.id}', true), "
+        "tenant_move_gate(); SELECT count(*)"
     )
     assert second.strip() == "SELECT 2"
     assert third.strip() == "COMMIT"
