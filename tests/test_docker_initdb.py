@@ -62,7 +62,7 @@ def _initialize(cluster: LocalCluster, app_env: dict[str, str]) -> Initialized:
     control = create_control_engine(settings.database_url)
     try:
         tenant = create_tenant(
-            Clusters(control, {"default": control.url}),
+            Clusters.single(control),
             Keyring(settings.encryption_keys, settings.encryption_active_key),
             "compose-tenant",
             RoleLimits(connection_limit=5, statement_timeout_ms=5000, scram_iterations=64),

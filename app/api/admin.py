@@ -25,7 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.api.body import json_object, page_response, query_args
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, Unauthorized, ValidationFailed
 from app.hooks import tenancy_of
 from app.schemas.tenants import (
     TenantCreateSchema,
@@ -34,7 +34,7 @@ from app.schemas.tenants import (
     TenantWithKeySchema,
 )
 from app.tenancy import provisioning
-from app.tenancy.clusters import Clusters
+from app.tenancy.clusters import DEFAULT_CLUSTER, Clusters
 from app.tenancy.events import EventKind, TenantEvent
 from app.tenancy.provisioning import TenantInfo
 from config import Settings
@@ -123,8 +123,17 @@ def list_tenants() -> Response:
 def create_tenant() -> tuple[Response, int, dict[str, str]]:
     values = _CREATE.load(json_object())
     tenancy = tenancy_of(current_app)
+    cluster = values.get("cluster", DEFAULT_CLUSTER)
+    if cluster not in tenancy.clusters.names:
+        known = ", ".join(tenancy.clusters.names)
+        raise ValidationFailed({"cluster": [f"no cluster named {cluster!r}; known: {known}"]})
     created = provisioning.create_tenant(
-        tenancy.clusters, tenancy.keyring, values["name"], tenancy.limits, actor=_actor()
+        tenancy.clusters,
+        tenancy.keyring,
+        values["name"],
+        tenancy.limits,
+        cluster=cluster,
+        actor=_actor(),
     )
     body = _with_key(provisioning.get_tenant(_engine(), created.id), created.api_key)
     return body, 201, {"Location": url_for(".get_tenant", tenant_id=created.id)}

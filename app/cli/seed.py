@@ -11,8 +11,8 @@ import click
 import sqlalchemy as sa
 from flask import current_app
 
-from app.cli.placement import known_cluster
 from app.cli.progress import progress
+from app.cli.tenants import known_cluster
 from app.hooks import tenancy_of
 from app.models import Tenant, User
 from app.tenancy import Tenancy

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 
+from app.cli.db import databases
 from app.hooks import tenancy_of
 from app.tenancy.checks import check_isolation
 
@@ -16,16 +18,30 @@ def tenancy() -> None:
 
 @tenancy.command()
 def check() -> None:
-    """Check RLS, policies, indexes, grants, tenant roles, definer functions and views."""
-    with tenancy_of(current_app).control_engine.connect() as connection:
-        result = check_isolation(connection)
-    if not result.ok:
-        for problem in result.problems:
+    """Check RLS, policies, indexes, grants, tenant roles, definer functions and views.
+
+    On the control plane's database and on every other cluster of ``APP_CLUSTERS``.
+    """
+    tenancy = tenancy_of(current_app)
+    targets = databases(current_app.config["SETTINGS"])
+    problems: list[str] = []
+    tables = roles = 0
+    for position, (label, url) in enumerate(targets):
+        engine = tenancy.control_engine if position == 0 else sa.create_engine(url)
+        try:
+            with engine.connect() as connection:
+                result = check_isolation(connection, control_plane=position == 0)
+        finally:
+            if engine is not tenancy.control_engine:
+                engine.dispose()
+        prefix = f"{label}: " if len(targets) > 1 else ""
+        problems += [prefix + problem for problem in result.problems]
+        tables, roles = tables + result.tenant_tables, roles + result.tenant_roles
+    if problems:
+        for problem in problems:
             click.echo(problem)
-        raise click.ClickException(
-            f"tenant isolation check failed: {len(result.problems)} problem(s)"
-        )
+        raise click.ClickException(f"tenant isolation check failed: {len(problems)} problem(s)")
+    where = f" on {len(targets)} databases" if len(targets) > 1 else ""
     click.echo(
-        f"tenant isolation check passed: {result.tenant_tables} tenant table(s), "
-        f"{result.tenant_roles} tenant role(s)"
+        f"tenant isolation check passed{where}: {tables} tenant table(s), {roles} tenant role(s)"
     )

@@ -6,17 +6,26 @@ lines; the actor is ``cli:<user>@<host>``. A tenant is named by its id or its na
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 
-from app.cli.placement import known_cluster, move
+from app.cli.progress import Progress, progress
 from app.hooks import tenancy_of
 from app.tenancy import Tenancy, provisioning
 from app.tenancy.audit import cli_actor
 from app.tenancy.clusters import DEFAULT_CLUSTER
-from app.tenancy.errors import InvalidTenantHeader, TenantNameTaken, TenantNotFound
+from app.tenancy.errors import (
+    InvalidTenantHeader,
+    TenancyError,
+    TenantNameTaken,
+    TenantNotFound,
+    UnknownCluster,
+)
+from app.tenancy.moving import move_tenant
 from app.tenancy.provisioning import TenantInfo
 from app.tenancy.resolve import parse_tenant_id
 
@@ -26,7 +35,13 @@ def tenants() -> None:
     """Create, list, rotate, suspend, resume, delete and move tenants."""
 
 
-tenants.add_command(move)
+def known_cluster(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: ``value`` must name a configured cluster."""
+    try:
+        tenancy_of(current_app).clusters.url(value)
+    except UnknownCluster as error:
+        raise click.BadParameter(str(error)) from None
+    return value
 
 
 @tenants.command()
@@ -132,6 +147,57 @@ def delete(tenant: str, grace: float) -> None:
     click.echo(f"deleted {info.name} ({info.id})")
 
 
+@tenants.command()
+@click.argument("tenant")
+@click.option(
+    "--to", "target", required=True, callback=known_cluster, help="The cluster to move it to."
+)
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+def move(tenant: str, target: str, batch_size: int) -> None:
+    """Move TENANT (id or name) with all its rows to the cluster TARGET.
+
+    Its requests get 503 with Retry-After while the rows are copied; no acknowledged write
+    is lost. Running it again after an interruption finishes or undoes the move.
+    """
+    tenancy = _tenancy()
+    tenant_id = _find(tenancy, tenant).id
+    click.echo(f"moving tenant {tenant_id} to {target}", err=True)
+    tables = _TableProgress()
+    try:
+        report = move_tenant(
+            tenancy.clusters,
+            tenancy.keyring,
+            tenancy.limits,
+            tenant_id,
+            target,
+            progress=tables,
+            batch_size=batch_size,
+            actor=cli_actor(),
+        )
+    except BaseException as error:
+        tables.finish(error)
+        if isinstance(error, TenancyError):
+            raise click.ClickException(str(error)) from None
+        if isinstance(error, sa.exc.DBAPIError):
+            # One line without SQL text; running the move again resumes or finishes it.
+            raise click.ClickException(
+                f"the move stopped on a database error ({type(error.orig).__name__}: "
+                f"{str(error.orig).strip().splitlines()[0] if error.orig else ''}); "
+                "run it again when the cluster answers"
+            ) from None
+        raise
+    tables.finish()
+    if report.source == report.target:
+        removed = ", ".join(report.removed_from) or "none found"
+        click.echo(f"tenant {tenant_id} is on {target} already; old copies removed: {removed}")
+        return
+    rows = ", ".join(f"{table} {count}" for table, count in report.rows.items())
+    click.echo(
+        f"moved tenant {tenant_id} from {report.source} to {report.target} ({rows} rows); "
+        f"old copy removed"
+    )
+
+
 def _change_status(tenant: str, change: Callable[..., TenantInfo]) -> None:
     tenancy = _tenancy()
     info = change(tenancy.clusters, _find(tenancy, tenant).id, actor=cli_actor())
@@ -152,3 +218,32 @@ def _find(tenancy: Tenancy, tenant: str) -> TenantInfo:
     if info is None:
         raise click.ClickException(f"no tenant with id or name {tenant!r}")
     return info
+
+
+class _TableProgress:
+    """The move's progress callback: one progress display per table, in turn."""
+
+    def __init__(self) -> None:
+        self._table: str | None = None
+        self._display: contextlib.AbstractContextManager[Progress] | None = None
+        self._bar: Progress | None = None
+        self._done = 0
+
+    def __call__(self, table: str, copied: int, total: int) -> None:
+        if table != self._table:
+            self.finish()
+            self._table, self._done = table, 0
+            self._display = progress(total, f"copying {table}")
+            self._bar = self._display.__enter__()
+        if self._bar is not None and copied > self._done:
+            self._bar.update(copied - self._done)
+            self._done = copied
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Close the current table's display (``error``: it stopped there)."""
+        display, self._display, self._bar, self._table = self._display, None, None, None
+        if display is not None:
+            if error is None:
+                display.__exit__(None, None, None)
+            else:
+                display.__exit__(type(error), error, error.__traceback__)

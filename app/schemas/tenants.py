@@ -51,6 +51,10 @@ class TenantWithKeySchema(TenantSchema):
 
 class TenantCreateSchema(Schema):
     name = TenantName(required=True)
+    cluster = fields.String(
+        validate=validate.Regexp(r"^[a-z][a-z0-9_-]{0,62}$"),
+        metadata={"description": "The cluster to hold its rows (APP_CLUSTERS); default: default."},
+    )
 
 
 class TenantListQuerySchema(Schema):

@@ -7,14 +7,20 @@ Tenant tables (any table with a ``tenant_id`` column): RLS enabled and forced; o
 permissive ``tenant_isolation`` policy for ``tenant_base`` whose USING and WITH CHECK name
 both the connected role (``current_tenant_id()``) and the request's tenant
 (``app.tenant_id``), and no other permissive policy beside it; ``tenant_id`` NOT NULL,
-cascading from ``tenants`` and leading an index; SELECT granted to ``tenant_base``, and
-nothing granted that RLS does not cover (TRUNCATE, TRIGGER) or to PUBLIC. Views over them
+cascading from ``tenant_placements`` (migration 0002) and leading an index; SELECT granted
+to ``tenant_base``, and nothing granted that RLS does not cover (TRUNCATE, TRIGGER) or to
+PUBLIC. Views over them
 use ``security_invoker``; no materialized view holds their rows.
 
 Roles: no tenant role (``t_`` + 32 hex) is superuser, BYPASSRLS or CREATEROLE, owns
 anything, or belongs to a role other than ``tenant_base``, to which each must belong;
-``tenant_base`` has none of those attributes or memberships, nor access to ``tenants``.
+``tenant_base`` has none of those attributes or memberships, nor access to ``tenants`` or
+``tenant_placements``.
 SECURITY DEFINER functions pin ``search_path`` and are not executable by PUBLIC.
+
+A data cluster (a database other than the control plane's) holds no tenant secrets: its
+``tenants`` table is empty. ``flask tenancy check`` runs the check on every database that
+``flask db upgrade`` migrates.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from app.tenancy.ddl import POLICY_NAME, TENANT_BASE_ROLE
+from app.tenancy.ddl import PLACEMENTS_TABLE, POLICY_NAME, TENANT_BASE_ROLE
 
 TENANT_ROLE_PATTERN = "^t_[0-9a-f]{32}$"
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"
@@ -43,9 +49,14 @@ class CheckResult:
         return not self.problems
 
 
-def check_isolation(connection: sa.Connection) -> CheckResult:
-    """Every isolation problem of the connected database and its cluster's roles."""
+def check_isolation(connection: sa.Connection, *, control_plane: bool = True) -> CheckResult:
+    """Every isolation problem of the connected database and its cluster's roles.
+
+    ``control_plane=False`` for a data cluster, which must hold no ``tenants`` rows.
+    """
     problems: list[str] = []
+    if not control_plane:
+        problems += _secret_problems(connection)
     tables = _tenant_tables(connection)
     for table in tables:
         problems += _table_problems(connection, table)
@@ -78,6 +89,7 @@ def _tenant_tables(connection: sa.Connection) -> list[_Table]:
             JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE a.attname = 'tenant_id' AND NOT a.attisdropped
               AND c.relkind IN ('r', 'p') AND {_USER_SCHEMAS}
+              AND c.oid IS DISTINCT FROM to_regclass('{PLACEMENTS_TABLE}')
             ORDER BY 2
             """
         )
@@ -94,10 +106,10 @@ def _table_problems(connection: sa.Connection, table: _Table) -> list[str]:
     found += _policy_problems(connection, table)
     if not table.not_null:
         found.append("tenant_id is nullable")
-    if not _cascades_from_tenants(connection, table):
+    if not _cascades_from_placements(connection, table):
         found.append(
-            "tenant_id has no foreign key to tenants ON DELETE CASCADE "
-            "(a deleted tenant's rows would stay)"
+            "tenant_id has no foreign key to tenant_placements ON DELETE CASCADE "
+            "(a removed tenant's rows would stay)"
         )
     leading = connection.scalar(
         sa.text("SELECT count(*) FROM pg_index WHERE indrelid = :oid AND indkey[0] = :attnum"),
@@ -152,13 +164,14 @@ def _missing_references(expression: str) -> str:
     return " and ".join(name for name in wanted if name not in expression)
 
 
-def _cascades_from_tenants(connection: sa.Connection, table: _Table) -> bool:
+def _cascades_from_placements(connection: sa.Connection, table: _Table) -> bool:
     count = connection.scalar(
         sa.text(
             """
             SELECT count(*) FROM pg_constraint
             WHERE conrelid = :oid AND contype = 'f' AND confdeltype = 'c'
-              AND conkey = ARRAY[:attnum]::int2[] AND confrelid = to_regclass('tenants')
+              AND conkey = ARRAY[:attnum]::int2[]
+              AND confrelid = to_regclass('tenant_placements')
             """
         ),
         {"oid": table.oid, "attnum": table.attnum},
@@ -239,6 +252,19 @@ def _invoker(options: list[str]) -> bool:
     return False
 
 
+def _secret_problems(connection: sa.Connection) -> list[str]:
+    """A data cluster's ``tenants`` must be empty: secrets live in the control plane only."""
+    if connection.scalar(sa.text("SELECT to_regclass('tenants')")) is None:
+        return []
+    held = connection.scalar(sa.text("SELECT count(*) FROM tenants"))
+    if not held:
+        return []
+    return [
+        f"table tenants: holds {held} row(s) on a data cluster; tenant secrets belong in "
+        "the control plane only"
+    ]
+
+
 def _base_role_problems(connection: sa.Connection) -> list[str]:
     row = connection.execute(
         sa.text(
@@ -250,7 +276,12 @@ def _base_role_problems(connection: sa.Connection) -> list[str]:
                    ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE',
                                                     'TRUNCATE']) AS p
                          WHERE to_regclass('tenants') IS NOT NULL
-                           AND has_table_privilege(r.oid, 'tenants', p)) AS on_tenants
+                           AND has_table_privilege(r.oid, 'tenants', p)) AS on_tenants,
+                   ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE',
+                                                    'TRUNCATE']) AS p
+                         WHERE to_regclass('tenant_placements') IS NOT NULL
+                           AND has_table_privilege(r.oid, 'tenant_placements', p))
+                     AS on_placements
             FROM pg_roles r WHERE r.rolname = :base
             """
         ),
@@ -271,6 +302,8 @@ def _base_role_problems(connection: sa.Connection) -> list[str]:
         found.append(f"member of {', '.join(row.groups)}")
     if row.on_tenants:
         found.append(f"has {', '.join(row.on_tenants)} on tenants")
+    if row.on_placements:
+        found.append(f"has {', '.join(row.on_placements)} on tenant_placements")
     return [f"role {TENANT_BASE_ROLE}: {problem}" for problem in found]
 
 

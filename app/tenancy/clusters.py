@@ -62,6 +62,11 @@ class Clusters:
         self._lock = threading.Lock()
         self._engines: dict[str, sa.Engine] = {}
 
+    @classmethod
+    def single(cls, control: sa.Engine) -> Clusters:
+        """Just the control plane's database, as ``default`` (no ``APP_CLUSTERS``)."""
+        return cls(control, {DEFAULT_CLUSTER: control.url})
+
     @property
     def names(self) -> list[str]:
         """Every configured cluster name, ``default`` included, sorted."""

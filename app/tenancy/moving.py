@@ -38,14 +38,22 @@ from sqlalchemy.pool import NullPool
 
 from app.crypto import Keyring
 from app.models.placement import TenantPlacement
-from app.models.tenant import Tenant
+from app.models.tenant import Tenant, TenantStatus
+from app.tenancy.audit import audit
 from app.tenancy.clusters import Clusters, DatabaseIdentity, database_identity
 from app.tenancy.ddl import PLACEMENTS_TABLE
 from app.tenancy.directory import TenantCredentials
 from app.tenancy.engines import application_name, decrypt_password
 from app.tenancy.errors import TenancyError
 from app.tenancy.events import EventKind, TenantEvent, notify
-from app.tenancy.provisioning import RoleLimits, place_tenant, remove_placement, remove_placement_in
+from app.tenancy.provisioning import (
+    RoleLimits,
+    limits_of_role,
+    place_tenant,
+    remove_placement,
+    remove_placement_in,
+    set_login,
+)
 from app.tenancy.scram import scram_sha256_verifier
 
 __all__ = ["MoveError", "MoveIncomplete", "MoveReport", "Progress", "move_tenant"]
@@ -87,24 +95,36 @@ def move_tenant(
     progress: Progress | None = None,
     batch_size: int = 1000,
     lock_timeout: float = 30.0,
+    actor: str = "system",
 ) -> MoveReport:
     """Move the tenant's rows and role to the cluster ``target`` (see the module docstring).
 
     Idempotent: a tenant already on ``target`` only has stale copies elsewhere removed.
-    Raises MoveError (nothing changed), MoveIncomplete (moved, old copy left) or
-    UnknownCluster.
+    A suspended tenant stays suspended (its roles cannot log in). Raises MoveError
+    (nothing changed), MoveIncomplete (moved, old copy left) or UnknownCluster.
     """
     clusters.url(target)
     with clusters.control.connect() as control:
         tenant = _lock_tenant(control, tenant_id)
-        if tenant.cluster == target:
-            removed = _remove_stale_copies(clusters, tenant)
+        if tenant.credentials.cluster == target:
+            removed = _remove_stale_copies(clusters, tenant.credentials)
             control.commit()
             return MoveReport(tenant_id, target, target, removed_from=removed)
         move = _Move(clusters, keyring, limits, tenant, target, lock_timeout)
         move.check()
         rows = move.run(control, progress or _no_progress, batch_size)
-    return MoveReport(tenant_id, tenant.cluster, target, rows, (tenant.cluster,))
+    source = tenant.credentials.cluster
+    audit("moved", tenant_id, actor=actor, tenant_name=tenant.name)
+    return MoveReport(tenant_id, source, target, rows, (source,))
+
+
+@dataclass(frozen=True)
+class _Locked:
+    """The tenant as read (and locked) in the control plane."""
+
+    credentials: TenantCredentials
+    name: str
+    active: bool
 
 
 class _Move:
@@ -115,11 +135,13 @@ class _Move:
         clusters: Clusters,
         keyring: Keyring,
         limits: RoleLimits,
-        tenant: TenantCredentials,
+        locked: _Locked,
         target: str,
         lock_timeout: float,
     ) -> None:
+        tenant = locked.credentials
         self.tenant = tenant
+        self.active = locked.active
         self.control_engine = clusters.control
         self.source, self.target = tenant.cluster, target
         self.source_owner = clusters.engine(tenant.cluster)
@@ -155,12 +177,15 @@ class _Move:
 
     def run(self, control: sa.Connection, progress: Progress, batch_size: int) -> dict[str, int]:
         tenant_id, role = self.tenant.id, self.tenant.db_user
-        # A move interrupted before its switch may have left the source unable to log in.
+        # The copy logs in as the tenant on both sides, and a move interrupted before its
+        # switch may have left the source unable to log in. A suspended tenant's requests are
+        # refused before any login, so allowing it meanwhile exposes nothing.
         _set_login(self.source_owner, role, allowed=True)
         remove_placement(self.target_owner, tenant_id)
         verifier = scram_sha256_verifier(self.password, self.limits.scram_iterations)
+        limits = self._role_limits()
         with self.target_owner.begin() as connection:
-            place_tenant(connection, tenant_id, verifier, self.limits)
+            place_tenant(connection, tenant_id, verifier, limits)
         try:
             with (
                 self.target_owner.connect() as target_lock,
@@ -174,6 +199,8 @@ class _Move:
                         self.target_tenant.connect() as dest,
                     ):
                         _set_login(self.source_owner, role, allowed=False)
+                        if not self.active:  # it stays suspended where it lands
+                            _set_login(self.target_owner, role, allowed=False)
                         _end_other_sessions(source)
                         rows = _copy(source, dest, tenant_id, progress, batch_size)
                 except BaseException:
@@ -201,6 +228,21 @@ class _Move:
             self.source_tenant.dispose()
             self.target_tenant.dispose()
         return rows
+
+    def _role_limits(self) -> RoleLimits:
+        """The limits the tenant's role has on the source (its own, if it was given some)."""
+        with self.source_owner.connect() as connection:
+            found = limits_of_role(connection, self.tenant.db_user)
+        if found is None:
+            return self.limits
+        connection_limit, timeout_ms = found
+        return RoleLimits(
+            connection_limit=connection_limit,
+            statement_timeout_ms=self.limits.statement_timeout_ms
+            if timeout_ms is None
+            else timeout_ms,
+            scram_iterations=self.limits.scram_iterations,
+        )
 
     def _freeze(self, connection: sa.Connection) -> None:
         connection.exec_driver_sql(f"SET LOCAL lock_timeout = {self.lock_timeout_ms}")
@@ -232,7 +274,7 @@ class _Move:
     def _undo(self) -> None:
         """Make the source the tenant's only home again; log, never raise, on failure."""
         for step in (
-            lambda: _set_login(self.source_owner, self.tenant.db_user, allowed=True),
+            lambda: _set_login(self.source_owner, self.tenant.db_user, allowed=self.active),
             lambda: remove_placement(self.target_owner, self.tenant.id),
         ):
             try:
@@ -245,9 +287,16 @@ def _no_progress(table: str, copied: int, total: int) -> None:
     """Progress is optional."""
 
 
-def _lock_tenant(control: sa.Connection, tenant_id: uuid.UUID) -> TenantCredentials:
+def _lock_tenant(control: sa.Connection, tenant_id: uuid.UUID) -> _Locked:
     query = (
-        sa.select(Tenant.id, Tenant.db_user, Tenant.db_password_encrypted, Tenant.cluster)
+        sa.select(
+            Tenant.id,
+            Tenant.db_user,
+            Tenant.db_password_encrypted,
+            Tenant.cluster,
+            Tenant.name,
+            Tenant.status,
+        )
         .where(Tenant.id == tenant_id)
         .with_for_update(nowait=True)
     )
@@ -261,7 +310,8 @@ def _lock_tenant(control: sa.Connection, tenant_id: uuid.UUID) -> TenantCredenti
         raise
     if row is None:
         raise MoveError(f"no tenant {tenant_id}")
-    return TenantCredentials(row.id, row.db_user, row.db_password_encrypted, row.cluster)
+    credentials = TenantCredentials(row.id, row.db_user, row.db_password_encrypted, row.cluster)
+    return _Locked(credentials, row.name, row.status == TenantStatus.ACTIVE)
 
 
 def _describe(owner: sa.Engine) -> tuple[DatabaseIdentity, str]:
@@ -276,12 +326,7 @@ def _describe(owner: sa.Engine) -> tuple[DatabaseIdentity, str]:
 
 def _set_login(owner: sa.Engine, role: str, *, allowed: bool) -> None:
     with owner.begin() as connection:
-        exists = connection.execute(
-            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
-        ).scalar()
-        if exists:
-            # role is the tenant's t_<hex> name from the control plane, never user input.
-            connection.exec_driver_sql(f'ALTER ROLE "{role}" {"LOGIN" if allowed else "NOLOGIN"}')
+        set_login(connection, role, allowed=allowed)
 
 
 def _end_other_sessions(source: sa.Connection, *, settle: float = 0.1, rounds: int = 50) -> None:

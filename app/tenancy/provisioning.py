@@ -316,17 +316,25 @@ def role_limits(clusters: Clusters, tenant_id: uuid.UUID) -> tuple[int, int | No
     """The tenant role's CONNECTION LIMIT and statement_timeout in ms (None if unset)."""
     info = get_tenant(clusters.control, tenant_id)
     with clusters.engine(info.cluster).connect() as data:
-        row = data.execute(
-            sa.text(
-                "SELECT rolconnlimit, "
-                "(SELECT split_part(setting, '=', 2) FROM unnest(rolconfig) AS setting "
-                " WHERE setting LIKE 'statement_timeout=%') AS timeout "
-                "FROM pg_roles WHERE rolname = :role"
-            ),
-            {"role": info.db_user},
-        ).one_or_none()
-    if row is None:
+        limits = limits_of_role(data, info.db_user)
+    if limits is None:
         raise TenantNotFound(f"no role of tenant {tenant_id} on cluster {info.cluster!r}")
+    return limits
+
+
+def limits_of_role(connection: sa.Connection, role: str) -> tuple[int, int | None] | None:
+    """``role``'s CONNECTION LIMIT and statement_timeout in ms on ``connection``'s cluster."""
+    row = connection.execute(
+        sa.text(
+            "SELECT rolconnlimit, "
+            "(SELECT split_part(setting, '=', 2) FROM unnest(rolconfig) AS setting "
+            " WHERE setting LIKE 'statement_timeout=%') AS timeout "
+            "FROM pg_roles WHERE rolname = :role"
+        ),
+        {"role": role},
+    ).one_or_none()
+    if row is None:
+        return None
     return row.rolconnlimit, None if row.timeout is None else int(row.timeout)
 
 

@@ -17,6 +17,7 @@ from click.testing import Result
 from app.crypto import Keyring
 from app.devcluster import LocalCluster
 from app.tenancy.checks import CheckResult, check_isolation
+from app.tenancy.clusters import Clusters
 from app.tenancy.ddl import tenant_scoped_ddl
 from app.tenancy.provisioning import RoleLimits, create_tenant, role_name
 from config import load_settings
@@ -67,7 +68,7 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
     result = _check_after(
         fresh_engine,
         "CREATE TABLE invoices (id int, tenant_id uuid NOT NULL "
-        "REFERENCES tenants ON DELETE CASCADE)",
+        "REFERENCES tenant_placements ON DELETE CASCADE)",
         "GRANT SELECT ON invoices TO tenant_base",
     )
     assert result.problems == [
@@ -183,7 +184,7 @@ def _tenant_in(env: dict[str, str], name: str) -> tuple[sa.Engine, str]:
     settings = load_settings(env)
     engine = sa.create_engine(settings.database_url)
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
-    tenant = create_tenant(engine, keyring, name, LIMITS)
+    tenant = create_tenant(Clusters.single(engine), keyring, name, LIMITS)
     return engine, role_name(tenant.id)
 
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from app.crypto import Keyring
 from app.models import Tenant
+from app.tenancy.clusters import Clusters
 from app.tenancy.provisioning import RoleLimits, create_tenant
 from app.tenancy.rekey import count_stale, reencrypt_all
 from config import load_settings
@@ -35,7 +36,7 @@ def engine(fresh_database: FreshDatabase) -> Iterator[sa.Engine]:
     """A database of its own whose tenants are all encrypted under the old key."""
     engine = sa.create_engine(load_settings(fresh_database()).database_url)
     for number in range(TENANTS):
-        create_tenant(engine, OLD_RING, f"rekey-{number}", LIMITS)
+        create_tenant(Clusters.single(engine), OLD_RING, f"rekey-{number}", LIMITS)
     yield engine
     engine.dispose()
 
@@ -91,7 +92,8 @@ def test_rekey_reports_progress_per_batch(engine: sa.Engine) -> None:
 
 
 def test_rekey_passes_over_secrets_it_cannot_decrypt(engine: sa.Engine) -> None:
-    lost = create_tenant(engine, Keyring({"lost": secrets.token_bytes(32)}, "lost"), "lost", LIMITS)
+    ring = Keyring({"lost": secrets.token_bytes(32)}, "lost")
+    lost = create_tenant(Clusters.single(engine), ring, "lost", LIMITS)
     report = reencrypt_all(engine, BOTH_RINGS, batch_size=2)
     assert report.failed == [lost.id]
     assert report.reencrypted == TENANTS

@@ -6,36 +6,28 @@ import re
 import uuid
 
 import sqlalchemy as sa
-from click.testing import Result
 from flask import Flask
 
 from app.models import Tenant, User
 from app.tenancy import Tenancy
-from tests.support import Inspector, MakePlaced
-
-
-def _flask(app: Flask, *args: str) -> Result:
-    """Run ``flask ARGS`` in process; like the ``flask`` command, inside an app context."""
-    with app.app_context():
-        return app.test_cli_runner().invoke(args=list(args))
+from tests.support import Inspector, MakePlaced, invoke
 
 
 def test_tenants_create_places_the_tenant_on_the_cluster_asked_for(
     placed_app: Flask, inspect: Inspector
 ) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    result = _flask(placed_app, "tenants", "create", name, "--cluster", "c2")
+    result = invoke(placed_app, "tenants", "create", name, "--cluster", "c2")
     assert result.exit_code == 0, result.output
-    found = re.search(r"^id=(\S+)$", result.output, re.MULTILINE)
-    assert found
+    found = re.search(r"^id=(\S+)  name=\S+  api_key=tpk_\S+$", result.output, re.MULTILINE)
+    assert found, result.output
     tenant_id = uuid.UUID(found[1])
-    assert re.search(r"^api_key=tpk_\S+$", result.output, re.MULTILINE)
     assert inspect.placed("c2", tenant_id)
     assert not inspect.placed("default", tenant_id)
 
 
 def test_tenants_create_on_an_unknown_cluster_is_a_usage_error(placed_app: Flask) -> None:
-    result = _flask(placed_app, "tenants", "create", "x", "--cluster", "c9")
+    result = invoke(placed_app, "tenants", "create", "x", "--cluster", "c9")
     assert result.exit_code == 2
     assert "no cluster named 'c9'" in result.output
 
@@ -52,24 +44,24 @@ def test_tenants_move_by_name_shows_progress(
     with placed.control_engine.connect() as connection:
         query = sa.select(Tenant.name).where(Tenant.id == tenant.id)
         name = connection.execute(query).scalar_one()
-    result = _flask(placed_app, "tenants", "move", name, "--to", "c2")
+    result = invoke(placed_app, "tenants", "move", name, "--to", "c2")
     assert result.exit_code == 0, result.output
     assert "copying users: 4/4 (100%) done" in result.output
     assert f"moved tenant {tenant.id} from default to c2" in result.output
     assert inspect.tenant_rows("c2", "users", tenant.id) == 4
-    again = _flask(placed_app, "tenants", "move", name, "--to", "c2")
+    again = invoke(placed_app, "tenants", "move", name, "--to", "c2")
     assert again.exit_code == 0
     assert "on c2 already" in again.output
 
 
-def test_tenants_move_unknown_tenant_is_a_usage_error(placed_app: Flask) -> None:
-    result = _flask(placed_app, "tenants", "move", "nobody", "--to", "c2")
-    assert result.exit_code == 2
+def test_tenants_move_unknown_tenant_fails_naming_it(placed_app: Flask) -> None:
+    result = invoke(placed_app, "tenants", "move", "nobody", "--to", "c2")
+    assert result.exit_code == 1
     assert "no tenant with id or name 'nobody'" in result.output
 
 
 def test_db_current_lists_every_database(placed_app: Flask) -> None:
-    result = _flask(placed_app, "db", "current")
+    result = invoke(placed_app, "db", "current")
     assert result.exit_code == 0, result.output
     assert re.findall(r"^(control plane|cluster c2):$", result.output, re.MULTILINE) == [
         "control plane",
