@@ -67,3 +67,32 @@ def test_db_current_lists_every_database(placed_app: Flask) -> None:
         "control plane",
         "cluster c2",
     ]
+
+
+def test_tenancy_check_covers_every_cluster(placed_app: Flask) -> None:
+    result = invoke(placed_app, "tenancy", "check")
+    assert result.exit_code == 0, result.output
+    assert "tenant isolation check passed on 2 databases" in result.output
+
+
+def test_tenancy_check_fails_when_a_data_cluster_holds_secrets(
+    placed_app: Flask, placed: Tenancy
+) -> None:
+    stray = uuid.uuid4()
+    insert = sa.insert(Tenant).values(
+        id=stray,
+        name=f"stray-{stray.hex[:8]}",
+        db_user=f"t_{stray.hex}",
+        db_password_encrypted="v1:x:y:z",
+        key_id="x",
+        api_key_hash=b"\x00",
+    )
+    with placed.clusters.engine("c2").begin() as connection:
+        connection.execute(insert)
+    try:
+        result = invoke(placed_app, "tenancy", "check")
+    finally:
+        with placed.clusters.engine("c2").begin() as connection:
+            connection.execute(sa.delete(Tenant).where(Tenant.id == stray))
+    assert result.exit_code == 1
+    assert "cluster c2: table tenants: holds 1 row(s) on a data cluster" in result.output
