@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
+import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from app.devcluster import LocalCluster
 from app.models import Tenant, User
 from app.tenancy import Tenancy
-from tests.support import Inspector, MakePlaced, invoke
+from tests.conftest import FreshDatabase
+from tests.support import Inspector, MakePlaced, app_for, invoke
 
 
 def test_tenants_create_places_the_tenant_on_the_cluster_asked_for(
@@ -69,30 +73,43 @@ def test_db_current_lists_every_database(placed_app: Flask) -> None:
     ]
 
 
-def test_tenancy_check_covers_every_cluster(placed_app: Flask) -> None:
-    result = invoke(placed_app, "tenancy", "check")
+@pytest.fixture
+def two_fresh_databases(
+    fresh_database: FreshDatabase, second_cluster: LocalCluster
+) -> dict[str, str]:
+    """A fresh control plane and a fresh data cluster ``c2`` on the second server."""
+    data = fresh_database(second_cluster)
+    return {**fresh_database(), "APP_CLUSTERS": json.dumps({"c2": data["APP_DATABASE_URL"]})}
+
+
+def test_tenancy_check_covers_every_cluster(two_fresh_databases: dict[str, str]) -> None:
+    with app_for(two_fresh_databases) as app:
+        result = invoke(app, "tenancy", "check")
     assert result.exit_code == 0, result.output
-    assert "tenant isolation check passed on 2 databases" in result.output
+    assert "tenant isolation check passed on 2 databases: 4 tenant table(s)" in result.output
 
 
 def test_tenancy_check_fails_when_a_data_cluster_holds_secrets(
-    placed_app: Flask, placed: Tenancy
+    two_fresh_databases: dict[str, str],
 ) -> None:
-    stray = uuid.uuid4()
-    insert = sa.insert(Tenant).values(
-        id=stray,
-        name=f"stray-{stray.hex[:8]}",
-        db_user=f"t_{stray.hex}",
-        db_password_encrypted="v1:x:y:z",
-        key_id="x",
-        api_key_hash=b"\x00",
-    )
-    with placed.clusters.engine("c2").begin() as connection:
-        connection.execute(insert)
+    data_url = json.loads(two_fresh_databases["APP_CLUSTERS"])["c2"]
+    engine = sa.create_engine(data_url)
     try:
-        result = invoke(placed_app, "tenancy", "check")
+        with engine.begin() as connection:
+            stray = uuid.uuid4()
+            connection.execute(
+                sa.insert(Tenant).values(
+                    id=stray,
+                    name="stray",
+                    db_user=f"t_{stray.hex}",
+                    db_password_encrypted="v1:x:y:z",
+                    key_id="x",
+                    api_key_hash=b"\x00",
+                )
+            )
     finally:
-        with placed.clusters.engine("c2").begin() as connection:
-            connection.execute(sa.delete(Tenant).where(Tenant.id == stray))
+        engine.dispose()
+    with app_for(two_fresh_databases) as app:
+        result = invoke(app, "tenancy", "check")
     assert result.exit_code == 1
     assert "cluster c2: table tenants: holds 1 row(s) on a data cluster" in result.output

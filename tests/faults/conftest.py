@@ -94,7 +94,7 @@ def new_tenant(tenancy: Tenancy, statement_timeout_ms: int = STATEMENT_TIMEOUT_M
         scram_iterations=tenancy.limits.scram_iterations,
     )
     name = f"fault-{uuid.uuid4().hex[:12]}"
-    made = create_tenant(tenancy.control_engine, tenancy.keyring, name, limits)
+    made = create_tenant(tenancy.clusters, tenancy.keyring, name, limits)
     return SeededTenant(str(made.id), made.name, made.api_key)
 
 

@@ -61,7 +61,7 @@ def test_tenant_deleted_in_flight_ends_cleanly_and_others_lose_nothing(
                 time.sleep(0.05)
             deleted_at = time.monotonic()
             deletion = pool.submit(
-                delete_tenant, tenancy.control_engine, uuid.UUID(doomed.id), actor="fault-test"
+                delete_tenant, tenancy.clusters, uuid.UUID(doomed.id), actor="fault-test"
             )
             ended, _ = blocked.result()
             # Released now: the deletion's own cascade to products waits for this lock.

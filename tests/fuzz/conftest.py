@@ -28,6 +28,6 @@ def fuzz_service(
 def fuzz_tenants(tenancy: Tenancy) -> list[SeededTenant]:
     tenants = []
     for name in ("fuzz-a", "fuzz-b"):
-        made = create_tenant(tenancy.control_engine, tenancy.keyring, name, tenancy.limits)
+        made = create_tenant(tenancy.clusters, tenancy.keyring, name, tenancy.limits)
         tenants.append(SeededTenant(str(made.id), made.name, made.api_key))
     return tenants
