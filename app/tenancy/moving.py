@@ -1,14 +1,15 @@
 """Moving a tenant to another cluster without losing an acknowledged write.
 
 1. Control plane: the tenant's row is locked (``FOR UPDATE NOWAIT``) for the whole move, so
-   two moves, or a move and a rotation, never interleave; its ``cluster`` is the source.
+   a move and any other change of the tenant (``provisioning``) never interleave; its
+   ``cluster`` is the source.
 2. Target: leftovers of an interrupted move are removed; the tenant's role (its password,
-   under a verifier computed here) and its placement are created.
+   under a verifier computed here, and its own limits) and its placement are created.
 3. Freeze: an owner transaction on each side takes the tenant's move lock exclusively.
    Every tenant transaction of the service takes it shared first (``tenant_move_gate()``
-   in ``session.py``'s opening statement), so
-   taking it waits for the transactions in flight, and from then on the tenant's requests
-   get 503 with Retry-After: nothing is written on the source any more.
+   in ``session.py``'s opening statement), so taking it waits for the transactions in
+   flight, and from then on the tenant's requests get 503 with Retry-After: nothing is
+   written on the source any more.
 4. Source: the role may no longer log in and its other sessions are ended, by its own
    connection (a role may end its own backends; the owner may not end a tenant's). A worker
    that misses the change event can then not write where nobody will read.
@@ -180,12 +181,16 @@ class _Move:
         # The copy logs in as the tenant on both sides, and a move interrupted before its
         # switch may have left the source unable to log in. A suspended tenant's requests are
         # refused before any login, so allowing it meanwhile exposes nothing.
-        _set_login(self.source_owner, role, allowed=True)
-        remove_placement(self.target_owner, tenant_id)
-        verifier = scram_sha256_verifier(self.password, self.limits.scram_iterations)
-        limits = self._role_limits()
-        with self.target_owner.begin() as connection:
-            place_tenant(connection, tenant_id, verifier, limits)
+        try:
+            _set_login(self.source_owner, role, allowed=True)
+            remove_placement(self.target_owner, tenant_id)
+            verifier = scram_sha256_verifier(self.password, self.limits.scram_iterations)
+            limits = self._role_limits()
+            with self.target_owner.begin() as connection:
+                place_tenant(connection, tenant_id, verifier, limits)
+        except BaseException:
+            self._undo()
+            raise
         try:
             with (
                 self.target_owner.connect() as target_lock,
@@ -236,13 +241,9 @@ class _Move:
         if found is None:
             return self.limits
         connection_limit, timeout_ms = found
-        return RoleLimits(
-            connection_limit=connection_limit,
-            statement_timeout_ms=self.limits.statement_timeout_ms
-            if timeout_ms is None
-            else timeout_ms,
-            scram_iterations=self.limits.scram_iterations,
-        )
+        if timeout_ms is None:
+            timeout_ms = self.limits.statement_timeout_ms
+        return RoleLimits(connection_limit, timeout_ms, self.limits.scram_iterations)
 
     def _freeze(self, connection: sa.Connection) -> None:
         connection.exec_driver_sql(f"SET LOCAL lock_timeout = {self.lock_timeout_ms}")
