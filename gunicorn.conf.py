@@ -7,6 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# config imports no prometheus_client (see the metrics directory below).
+from config import ConfigError, load_settings
+
 
 def _fresh_metrics_dir() -> tuple[Path, bool]:
     """The multiprocess metrics directory of this run, emptied; and whether we made it."""
@@ -20,6 +23,12 @@ def _fresh_metrics_dir() -> tuple[Path, bool]:
     return path, False
 
 
+# Settings first: a bad one stops start-up before anything is created on disk.
+try:
+    _settings = load_settings()
+except ConfigError as error:
+    sys.exit(f"tenantpool: configuration error: {error}")
+
 # Before anything imports prometheus_client (the app does): it chooses multiprocess
 # storage from this variable at import time, and the workers inherit it.
 _METRICS_DIR, _METRICS_DIR_OURS = _fresh_metrics_dir()
@@ -30,12 +39,6 @@ from prometheus_client import multiprocess  # noqa: E402 - must follow the varia
 from app.capacity import CapacityError, check_capacity  # noqa: E402
 from app.logs import gunicorn_logconfig  # noqa: E402
 from app.tenancy.reaper import process_reaper, shutdown_process  # noqa: E402
-from config import ConfigError, load_settings  # noqa: E402
-
-try:
-    _settings = load_settings()
-except ConfigError as error:
-    sys.exit(f"tenantpool: configuration error: {error}")
 
 bind = _settings.bind
 workers = _settings.workers
