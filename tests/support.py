@@ -287,3 +287,21 @@ def compose_pgbouncer() -> ComposePgBouncer:
         if not key.startswith("DB_") and key != "LISTEN_PORT"
     }
     return ComposePgBouncer(environment["DB_NAME"], environment["DB_USER"], settings)
+
+
+class FakeClock:
+    """A clock that moves only when told to (``now`` or ``advance``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def lazy_engine(tenant_id: uuid.UUID) -> sa.Engine:
+    """An engine that would connect to nothing; creating it opens no socket."""
+    return sa.create_engine("postgresql+psycopg2://u:p@127.0.0.1:1/x", pool_size=1)

@@ -9,18 +9,11 @@ import pty
 import pytest
 
 from app.cli.progress import progress
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def test_progress_off_a_terminal_writes_a_line_every_n_items() -> None:
-    out, clock = io.StringIO(), FakeClock()
+    out, clock = io.StringIO(), FakeClock(now=0.0)
     with progress(10, "seeding", stream=out, every=4, clock=clock) as bar:
         for _ in range(10):
             clock.now += 0.1
@@ -33,7 +26,7 @@ def test_progress_off_a_terminal_writes_a_line_every_n_items() -> None:
 
 
 def test_progress_off_a_terminal_writes_a_line_after_the_interval() -> None:
-    out, clock = io.StringIO(), FakeClock()
+    out, clock = io.StringIO(), FakeClock(now=0.0)
     with progress(1000, "rotating", stream=out, interval=5, clock=clock) as bar:
         bar.update()
         clock.now = 4.9
@@ -48,7 +41,7 @@ def test_progress_off_a_terminal_writes_a_line_after_the_interval() -> None:
 
 def test_progress_every_defaults_to_a_tenth() -> None:
     out = io.StringIO()
-    with progress(20, "x", stream=out, clock=FakeClock()) as bar:
+    with progress(20, "x", stream=out, clock=FakeClock(now=0.0)) as bar:
         for _ in range(20):
             bar.update()
     assert len(out.getvalue().splitlines()) == 10 + 1
@@ -56,7 +49,7 @@ def test_progress_every_defaults_to_a_tenth() -> None:
 
 def test_progress_update_counts_several_steps() -> None:
     out = io.StringIO()
-    with progress(100, "bench", stream=out, every=50, clock=FakeClock()) as bar:
+    with progress(100, "bench", stream=out, every=50, clock=FakeClock(now=0.0)) as bar:
         bar.update(60)
         bar.update(40)
     assert out.getvalue().splitlines()[0] == "bench: 60/100 (60%)"
@@ -66,7 +59,7 @@ def test_progress_says_where_it_stopped_on_an_error() -> None:
     out = io.StringIO()
 
     def seed() -> None:
-        with progress(10, "seeding", stream=out, every=100, clock=FakeClock()) as bar:
+        with progress(10, "seeding", stream=out, every=100, clock=FakeClock(now=0.0)) as bar:
             bar.update(3)
             raise RuntimeError("boom")
 

@@ -10,14 +10,7 @@ import sqlalchemy as sa
 
 from app.tenancy.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.errors import TenantUnavailable
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 @pytest.fixture

@@ -18,17 +18,9 @@ from app.tenancy.events import CHANNEL, EventKind, TenantEvent, notify
 from app.tenancy.listener import TenantEventListener, connector
 from app.tenancy.reaper import Reaper
 from config import psycopg2_url
-from tests.support import eventually
+from tests.support import FakeClock, eventually
 
 GUARD = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Received:

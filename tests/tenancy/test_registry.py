@@ -22,30 +22,12 @@ from sqlalchemy import orm
 
 from app.tenancy.observer import Observer
 from app.tenancy.registry import EngineRegistry
-from tests.support import run_in_child
+from tests.support import FakeClock, lazy_engine, run_in_child
 
 T = TypeVar("T")
 
 TTL = 60.0
 GUARD = 5.0  # seconds before a blocked call fails its test instead of hanging the suite
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def lazy_engine(tenant_id: uuid.UUID) -> sa.Engine:
-    """An engine that would connect to nothing; creating it opens no socket."""
-    return sa.create_engine("postgresql+psycopg2://u:p@127.0.0.1:1/x", pool_size=1)
 
 
 class Factory:
