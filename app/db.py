@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -43,10 +42,8 @@ class Base(orm.DeclarativeBase):
 def create_control_engine(
     url: str | sa.URL,
     *,
-    pool_size: int = CONTROL_POOL_MAX,
     connect_timeout: int = 5,
     io_timeout: float | None = None,
-    **kwargs: Any,
 ) -> sa.Engine:
     """Engine of the owner role for the control plane.
 
@@ -58,14 +55,14 @@ def create_control_engine(
     """
     engine = sa.create_engine(
         url,
-        pool_size=pool_size,
+        # Fixed: the start-up capacity check counts exactly CONTROL_POOL_MAX per worker.
+        pool_size=CONTROL_POOL_MAX,
         max_overflow=0,
         pool_pre_ping=True,
         connect_args={
             "application_name": f"tp:control:{os.getpid()}",
             **dbwait.connect_args(connect_timeout=connect_timeout, io_timeout=io_timeout),
         },
-        **kwargs,
     )
     _dispose_after_fork(engine)
     return engine

@@ -72,10 +72,6 @@ class ValidationFailed(ApiError):
         super().__init__(detail or "the request has invalid fields", errors=errors)
 
 
-class Conflict(ApiError):
-    status, code, title = 409, "conflict", "Conflict"
-
-
 class ServiceUnavailable(ApiError):
     status, code, title = 503, "database_unavailable", "Service unavailable"
 

@@ -62,9 +62,8 @@ def _close_session(error: BaseException | None) -> None:
     session: TenantSession | None = g.pop("tenant_session", None)
     if session is None:
         return
+    # close() rolls back whatever the view left open and returns the connection.
     try:
-        session.rollback()
-    except Exception:  # the connection may be gone; closing below still returns it
-        log.warning("rollback failed at teardown", exc_info=True)
-    finally:
         session.close()
+    except Exception:  # the connection may be gone; the pool has discarded it then
+        log.warning("closing the tenant session failed at teardown", exc_info=True)

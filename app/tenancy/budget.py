@@ -187,11 +187,6 @@ class ConnectionBudget:
             self._idle_marks[key] = self._idle_marks.get(key, 0) + 1
             self._cond.notify()
 
-    def reclaim(self) -> int:
-        """Release the slots of connections closed or collected without the pool knowing."""
-        with self._cond:
-            return self._reclaim_locked()
-
     def _used_locked(self) -> int:
         return self._reserved + len(self._open) + len(self._closing)
 

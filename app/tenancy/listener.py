@@ -86,7 +86,6 @@ class TenantEventListener:
         self._closed = False
         self.connects = 0
         self.failures = 0
-        self.events = 0
         _LIVE_LISTENERS.add(self)
 
     @property
@@ -130,13 +129,7 @@ class TenantEventListener:
                 continue
             delivered += 1
             self._call(self._on_event, event)
-        self.events += delivered
         return delivered
-
-    def disconnect(self) -> None:
-        """Drop the connection (as if it were lost); the next pump reconnects."""
-        with self._lock:
-            self._drop_locked(retry_at=self._clock())
 
     def close(self) -> None:
         """Close the connection for good."""

@@ -100,7 +100,8 @@ class EngineRegistry(Generic[S]):
     (they do not call the factory again); nothing is cached, and the next call tries
     again. Nothing here bounds the wait for a factory: its own timeouts must.
 
-    Counters (read by metrics, written under the lock): ``created``,
+    Counters (for inspection and tests; metrics get the same facts through the observer;
+    written under the lock): ``created``,
     ``evicted_by_reason`` (``idle``, ``lru``, ``event`` or the reason given to ``evict``,
     ``shutdown``, ``fork``) and ``over_capacity`` (inserts that left more than
     ``max_engines`` engines because all the others had connections checked out).

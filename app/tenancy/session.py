@@ -54,7 +54,7 @@ class TenantSession(orm.Session):
     def __init__(self, *args: Any, tenant_id: uuid.UUID, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # str(UUID) is hex digits and hyphens only: safe to embed as a literal below.
-        self.info["tenant_id"] = str(uuid.UUID(str(tenant_id)))
+        self.info["tenant_id"] = str(tenant_id)
 
     def close(self) -> None:
         """End the session and return its connection, if it was given one, to the pool."""
