@@ -15,6 +15,7 @@ from flask import current_app
 
 from app.cli.progress import Progress, progress
 from app.hooks import tenancy_of
+from app.schemas.tenants import STATUSES
 from app.tenancy import Tenancy, provisioning
 from app.tenancy.audit import cli_actor
 from app.tenancy.clusters import DEFAULT_CLUSTER
@@ -72,7 +73,7 @@ def create(name: str, cluster: str) -> None:
 
 
 @tenants.command("list")
-@click.option("--status", type=click.Choice(["active", "suspended"]), help="Only these tenants.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only these tenants.")
 def list_(status: str | None) -> None:
     """List tenants, oldest first."""
     engine = _tenancy().control_engine

@@ -29,9 +29,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from app.tenancy.ddl import PLACEMENTS_TABLE, POLICY_NAME, TENANT_BASE_ROLE
+from app.tenancy.ddl import (
+    PLACEMENTS_TABLE,
+    POLICY_NAME,
+    TENANT_BASE_ROLE,
+    TENANT_ROLE_PATTERN,
+)
 
-TENANT_ROLE_PATTERN = "^t_[0-9a-f]{32}$"
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"
 _INVOKER_ON = {"true", "on", "yes", "1"}
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 TENANT_BASE_ROLE = "tenant_base"
 POLICY_NAME = "tenant_isolation"
+# Tenant roles are t_ + the tenant id's 32 hex digits; current_tenant_id() parses them back.
+TENANT_ROLE_PATTERN = "^t_[0-9a-f]{32}$"
 PLACEMENTS_TABLE = "tenant_placements"
 """One secret-free row per tenant held by a cluster; every tenant table references it."""
 PLACEMENT_KEY = (PLACEMENTS_TABLE, "tenant_id")

@@ -45,7 +45,7 @@ from app.models.placement import TenantPlacement
 from app.models.tenant import Tenant, TenantStatus
 from app.tenancy.audit import audit
 from app.tenancy.clusters import DEFAULT_CLUSTER, Clusters
-from app.tenancy.ddl import TENANT_BASE_ROLE
+from app.tenancy.ddl import TENANT_BASE_ROLE, TENANT_ROLE_PATTERN
 from app.tenancy.errors import TenantNameTaken, TenantNotFound, TenantUnavailable
 from app.tenancy.events import EventKind, TenantEvent, notify
 from app.tenancy.resolve import generate_api_key, hash_api_key
@@ -56,7 +56,8 @@ DEFAULT_DELETE_GRACE = 2.0
 
 _TERMINATE_WAIT_MS = 5000
 _DRAIN_POLL = 0.05
-_ROLE = re.compile(r"\At_[0-9a-f]{32}\Z")
+# fullmatch, so a trailing newline (which $ alone would allow) is refused.
+_ROLE = re.compile(TENANT_ROLE_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,7 @@ def remove_placement_in(
 
 def set_login(connection: sa.Connection, role: str, *, allowed: bool) -> bool:
     """LOGIN or NOLOGIN for ``role`` on ``connection``'s cluster; False if it has no such role."""
-    if not _ROLE.match(role):
+    if not _ROLE.fullmatch(role):
         raise ValueError("refusing to embed a malformed role name")
     exists = connection.execute(
         sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
@@ -514,7 +515,7 @@ def _lock_tenant(connection: sa.Connection, tenant_id: uuid.UUID) -> tuple[str, 
     if row is None:
         raise TenantNotFound(f"no tenant {tenant_id}")
     # DDL takes no bind parameters; the name is embedded, so its form is checked.
-    if not _ROLE.match(row.db_user):
+    if not _ROLE.fullmatch(row.db_user):
         raise ValueError(f"refusing to embed a malformed role name for tenant {tenant_id}")
     return row.db_user, row.cluster
 
