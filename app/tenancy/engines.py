@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -88,7 +90,6 @@ class TenantEngineFactory:
             pool_size=self._pool.pool_size,
             max_overflow=self._pool.max_overflow,
             pool_timeout=self._pool.pool_timeout,
-            pool_pre_ping=True,
             connect_args={
                 "application_name": application_name(tenant_id),
                 # No wait on the server longer than these bounds (see app.dbwait).
@@ -98,6 +99,7 @@ class TenantEngineFactory:
             },
         )
         sa.event.listen(engine, "handle_error", translate_moving)
+        sa.event.listen(engine, "checkout", discard_if_closed_by_server)
         # First connect here, outside the registry lock, so a bad password fails now and
         # the pool starts warm.
         try:
@@ -111,6 +113,25 @@ class TenantEngineFactory:
             raise
         self._backoff.succeeded(tenant_id)
         return engine
+
+
+def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` hook: a connection the server has closed is replaced, unused.
+
+    The zero-round-trip equivalent of ``pool_pre_ping``. A pooled connection is idle, so
+    the server has nothing to say on it: if its socket is readable (end of file, or the
+    FATAL message a server sends when it shuts down or terminates the backend), the server
+    is gone. SQLAlchemy then discards the connection and checks out another, up to three
+    times, so a restarted server costs only the requests that were in flight. A server
+    that went silent without closing anything is caught by ``APP_DATABASE_IO_TIMEOUT`` on
+    the first query, as a ping would have been.
+    """
+    if dbapi_connection.closed:
+        raise sa.exc.DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):  # readable, hung up or failed
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")
 
 
 def decrypt_password(keyring: Keyring, credentials: TenantCredentials) -> str:
