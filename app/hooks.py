@@ -16,6 +16,7 @@ from app.tenancy.resolve import parse_bearer, parse_tenant_id
 from app.tenancy.session import TenantSession
 
 EXTENSION = "tenantpool"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +56,9 @@ def _bind_tenant() -> None:
     tenancy = tenancy_of(current_app)
     tenancy.authenticate(tenant_id, api_key)
     g.tenant_id = tenant_id
-    g.tenant_session = tenancy.open_session(tenant_id)
+    # Safe methods must not write: their statements run as read-only transactions of one
+    # round trip each, with no COMMIT or ROLLBACK to send.
+    g.tenant_session = tenancy.open_session(tenant_id, read_only=request.method in SAFE_METHODS)
 
 
 def _close_session(error: BaseException | None) -> None:

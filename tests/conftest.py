@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import psycopg2
 import pytest
 from alembic import command
 from flask import Flask
@@ -30,7 +31,7 @@ from app.cli.db import alembic_config
 from app.devcluster import LocalCluster
 from app.hooks import tenancy_of
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant, create_tenant
+from app.tenancy.provisioning import ProvisionedTenant, create_tenant, role_name
 from config import Settings, load_settings, psycopg2_url
 from tests.support import Inspector, MakePlaced
 
@@ -267,3 +268,20 @@ def inspect(pg_cluster: LocalCluster, second_cluster: LocalCluster) -> Inspector
             "c2": second_cluster.superuser_url("tenantpool"),
         }
     )
+
+
+@pytest.fixture
+def statement_logging(
+    pg_cluster: LocalCluster, tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> Iterator[None]:
+    """Tenant A's new connections log every message they send (log_statement = all)."""
+    role = role_name(tenant_a.id)
+    superuser = psycopg2.connect(pg_cluster.superuser_url("tenantpool"))
+    superuser.autocommit = True
+    with superuser.cursor() as cursor:
+        cursor.execute(f"ALTER ROLE \"{role}\" SET log_statement = 'all'")
+    tenancy.forget(tenant_a.id, "test")  # new connections pick the role setting up
+    yield
+    with superuser.cursor() as cursor:
+        cursor.execute(f'ALTER ROLE "{role}" RESET log_statement')
+    superuser.close()

@@ -305,3 +305,15 @@ class FakeClock:
 def lazy_engine(tenant_id: uuid.UUID) -> sa.Engine:
     """An engine that would connect to nothing; creating it opens no socket."""
     return sa.create_engine("postgresql+psycopg2://u:p@127.0.0.1:1/x", pool_size=1)
+
+
+def logged_since(pg_cluster: LocalCluster, offset: int) -> list[str]:
+    """The statements the server logged after byte ``offset`` of its log, one per message."""
+    time.sleep(0.2)  # the logger writes asynchronously to the file
+    with pg_cluster.log_path.open(errors="replace") as handle:
+        handle.seek(offset)
+        return [
+            line.split(" statement: ", 1)[1].rstrip("\n")
+            for line in handle
+            if " statement: " in line
+        ]

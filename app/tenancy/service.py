@@ -63,8 +63,11 @@ class Tenancy:
             raise TenantSuspended("this tenant is suspended")
         return record
 
-    def open_session(self, tenant_id: uuid.UUID) -> TenantSession:
+    def open_session(self, tenant_id: uuid.UUID, *, read_only: bool = False) -> TenantSession:
         """A session on a connection of the tenant's own engine; the caller closes it.
+
+        ``read_only``: every statement is its own read-only transaction, one round trip
+        each (see ``app.tenancy.session``); for requests that must not write.
 
         The connection is checked out here, not at the view's first query, so that every
         connection failure surfaces in one place. If PostgreSQL rejects the tenant's
@@ -75,19 +78,19 @@ class Tenancy:
         (database unreachable).
         """
         try:
-            return self._connected_session(tenant_id)
+            return self._connected_session(tenant_id, read_only)
         except sa.exc.OperationalError as error:
             if not is_auth_failure(error):
                 raise
         self.registry.evict(tenant_id, "auth")
         try:
-            return self._connected_session(tenant_id)
+            return self._connected_session(tenant_id, read_only)
         except sa.exc.OperationalError as error:
             if not is_auth_failure(error):
                 raise
             raise self.backoff.unavailable(tenant_id) from None
 
-    def _connected_session(self, tenant_id: uuid.UUID) -> TenantSession:
+    def _connected_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         entry = self.registry.get(tenant_id)
         try:
             connection = entry.engine.connect()
@@ -96,7 +99,7 @@ class Tenancy:
                 # A new connection of a cached engine; the factory counts its own.
                 self.observer.login_rejected()
             raise
-        return entry.sessionmaker(tenant_id=tenant_id, bind=connection)
+        return entry.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
 
     def forget(self, tenant_id: uuid.UUID, reason: str) -> None:
         """Drop what this worker holds of the tenant: cached record and engine."""

@@ -16,6 +16,16 @@ autocommit mode, with the transaction spelled out in SQL, so that ``BEGIN``, the
 setting and the transaction's first statement travel to the server as one simple-query
 message (psycopg2 would otherwise send its implicit ``BEGIN`` alone, then the setting
 alone, then the statement: three round trips for one).
+
+A read-only session (``read_only=True``: requests with a safe HTTP method) needs no
+``BEGIN``, ``COMMIT`` or ``ROLLBACK`` at all. The statements of one simple-query message
+run as one implicit transaction, so each statement travels as
+``SELECT set_config('app.tenant_id', ...), set_config('transaction_read_only', 'on', true),
+tenant_move_gate(); <statement>``: the tenant setting, read-only mode and the move gate
+last exactly as long as the statement, and the server is idle again when the answer
+arrives. One round trip per statement, nothing at the end. Under READ COMMITTED every
+statement reads its own snapshot anyway, so reads lose no consistency; a write fails
+(read-only transaction) instead of committing on its own.
 """
 
 from __future__ import annotations
@@ -51,10 +61,13 @@ class TenantSession(orm.Session):
     gives that connection back to the tenant's pool, so a closed session is not reused.
     """
 
-    def __init__(self, *args: Any, tenant_id: uuid.UUID, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, tenant_id: uuid.UUID, read_only: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         # str(UUID) is hex digits and hyphens only: safe to embed as a literal below.
         self.info["tenant_id"] = str(tenant_id)
+        self.info["read_only"] = read_only
 
     def close(self) -> None:
         """End the session and return its connection, if it was given one, to the pool."""
@@ -73,6 +86,7 @@ def _set_tenant(session: orm.Session, transaction: object, connection: sa.Connec
     connection.info[_TENANT_OF_TRANSACTION] = (
         connection.get_transaction(),
         session.info["tenant_id"],
+        session.info["read_only"],
     )
 
 
@@ -165,6 +179,9 @@ class TenantDialect(PGDialect_psycopg2):
     ) -> None:
         # psycopg2 repeats an executemany statement per row: open the transaction first.
         opening = _opening(cursor, context)
+        if opening and not opening.startswith("BEGIN"):
+            # Each row would be a transaction of its own, without the tenant setting.
+            raise sa.exc.InvalidRequestError("a read-only tenant session cannot executemany")
         if opening:
             cursor.execute(opening)
         super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
@@ -178,11 +195,15 @@ def _opening(cursor: Any, context: Any) -> str:
     if connection is None or not connection.in_transaction():
         return ""  # e.g. the dialect's own start-up queries, run outside any transaction
     tenant = connection.info.get(_TENANT_OF_TRANSACTION)
-    if tenant is not None and tenant[0] is connection.get_transaction():
+    if tenant is None or tenant[0] is not connection.get_transaction():
+        return "BEGIN; "
+    _, tenant_id, read_only = tenant
+    if read_only:  # one implicit transaction per message: see the module docstring
         return (
-            f"BEGIN; SELECT set_config('app.tenant_id', '{tenant[1]}', true), tenant_move_gate(); "
+            f"SELECT set_config('app.tenant_id', '{tenant_id}', true), "
+            "set_config('transaction_read_only', 'on', true), tenant_move_gate(); "
         )
-    return "BEGIN; "
+    return f"BEGIN; SELECT set_config('app.tenant_id', '{tenant_id}', true), tenant_move_gate(); "
 
 
 def _end_transaction(dbapi_connection: Any, command: str) -> None:

@@ -1,10 +1,9 @@
 """Tenant sessions on a real cluster: the tenant setting rides with BEGIN and the first
-statement (one message), is applied to every transaction, and never outlives one."""
+statement (one message), is applied to every transaction, and never outlives one; a
+read-only session sends one message per statement and nothing else; a pooled connection
+the server closed is replaced at checkout, without a ping."""
 
 from __future__ import annotations
-
-import time
-from collections.abc import Iterator
 
 import psycopg2
 import pytest
@@ -14,33 +13,10 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from app.devcluster import LocalCluster
 from app.models import User
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant, role_name
+from app.tenancy.provisioning import ProvisionedTenant
+from tests.support import logged_since
 
 CURRENT_TENANT = sa.text("SELECT current_setting('app.tenant_id', true)")
-
-
-@pytest.fixture
-def statement_logging(
-    pg_cluster: LocalCluster, tenancy: Tenancy, tenant_a: ProvisionedTenant
-) -> Iterator[None]:
-    """Tenant A's new connections log every message they send (log_statement = all)."""
-    role = role_name(tenant_a.id)
-    superuser = psycopg2.connect(pg_cluster.superuser_url("tenantpool"))
-    superuser.autocommit = True
-    with superuser.cursor() as cursor:
-        cursor.execute(f"ALTER ROLE \"{role}\" SET log_statement = 'all'")
-    tenancy.forget(tenant_a.id, "test")  # new connections pick the role setting up
-    yield
-    with superuser.cursor() as cursor:
-        cursor.execute(f'ALTER ROLE "{role}" RESET log_statement')
-    superuser.close()
-
-
-def _logged(pg_cluster: LocalCluster, offset: int) -> list[str]:
-    time.sleep(0.2)  # the logger writes asynchronously to the file
-    with pg_cluster.log_path.open(errors="replace") as handle:
-        handle.seek(offset)
-        return [line.split(" statement: ", 1)[1] for line in handle if " statement: " in line]
 
 
 def test_session_tenant_setting_travels_with_begin_and_first_statement(
@@ -58,8 +34,8 @@ def test_session_tenant_setting_travels_with_begin_and_first_statement(
     session.scalar(sa.text("SELECT 2"))
     session.commit()
     session.close()
-    logged = [line for line in _logged(pg_cluster, offset) if line.strip() != "SELECT 1"]
-    assert len(logged) == 3, logged  # pool pre-ping aside: one message per statement + COMMIT
+    logged = logged_since(pg_cluster, offset)
+    assert len(logged) == 3, logged  # one message per statement + COMMIT; no ping
     first, second, third = logged
     assert first.startswith(
         f"BEGIN; SELECT set_config('app.tenant_id', '{tenant_a.id}', true), "
@@ -148,7 +124,7 @@ def test_session_new_engine_does_not_ask_what_the_server_already_told(
         assert session.scalar(CURRENT_TENANT) == str(tenant_a.id)
     finally:
         session.close()
-    logged = _logged(pg_cluster, offset)
+    logged = logged_since(pg_cluster, offset)
     assert not [line for line in logged if "version()" in line or "show " in line.lower()], logged
 
 
@@ -161,3 +137,89 @@ def test_session_engine_refuses_a_dbapi_isolation_level(
         pytest.raises(NotImplementedError, match="SET TRANSACTION"),
     ):
         connection.execution_options(isolation_level="SERIALIZABLE")
+
+
+def test_read_only_session_sends_one_message_per_statement_and_nothing_else(
+    pg_cluster: LocalCluster,
+    tenancy: Tenancy,
+    tenant_a: ProvisionedTenant,
+    statement_logging: None,
+) -> None:
+    session = tenancy.open_session(tenant_a.id, read_only=True)
+    session.close()  # the engine and a pooled connection exist
+    offset = pg_cluster.log_path.stat().st_size
+    session = tenancy.open_session(tenant_a.id, read_only=True)
+    try:
+        assert session.scalar(CURRENT_TENANT) == str(tenant_a.id)
+        assert session.scalar(sa.text("SHOW transaction_read_only")) == "on"
+        session.commit()
+    finally:
+        session.close()
+    logged = logged_since(pg_cluster, offset)
+    opening = (
+        f"SELECT set_config('app.tenant_id', '{tenant_a.id}', true), "
+        "set_config('transaction_read_only', 'on', true), tenant_move_gate(); "
+    )
+    assert logged == [
+        opening + "SELECT current_setting('app.tenant_id', true)",
+        opening + "SHOW transaction_read_only",
+    ]
+
+
+def test_read_only_session_cannot_write_and_leaves_nothing_behind(
+    tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    session = tenancy.open_session(tenant_a.id, read_only=True)
+    try:
+        with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+            session.execute(sa.insert(User).values(first_name="No", last_name="Write"))
+        session.rollback()
+        with pytest.raises(sa.exc.InvalidRequestError, match="read-only"):
+            # Several parameter sets: a DB-API executemany, one transaction per row here.
+            session.execute(sa.text("SELECT :n"), [{"n": 1}, {"n": 2}])
+        session.rollback()
+        assert session.scalar(sa.select(sa.func.count()).select_from(User)) == 0
+    finally:
+        session.close()
+    engine = tenancy.registry.get(tenant_a.id).engine
+    with engine.connect() as connection:  # the same pooled connection, outside any session
+        assert connection.scalar(CURRENT_TENANT) in ("", None)
+        assert connection.scalar(sa.text("SHOW transaction_read_only")) == "off"
+
+
+def test_read_only_session_sees_only_its_tenant(
+    tenancy: Tenancy, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant
+) -> None:
+    writer = tenancy.open_session(tenant_b.id)
+    try:
+        writer.execute(sa.insert(User).values(first_name="Bea", last_name="B"))
+        writer.commit()
+    finally:
+        writer.close()
+    for tenant, expected in ((tenant_a, 0), (tenant_b, 1)):
+        session = tenancy.open_session(tenant.id, read_only=True)
+        try:
+            assert session.scalar(sa.select(sa.func.count()).select_from(User)) == expected
+        finally:
+            session.close()
+
+
+def test_pooled_connection_closed_by_the_server_is_replaced_without_an_error(
+    pg_cluster: LocalCluster, tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    session = tenancy.open_session(tenant_a.id, read_only=True)
+    first_pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+    session.close()
+    superuser = psycopg2.connect(pg_cluster.superuser_url("tenantpool"))
+    try:
+        superuser.autocommit = True
+        with superuser.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", (first_pid,))
+    finally:
+        superuser.close()
+    session = tenancy.open_session(tenant_a.id, read_only=True)
+    try:
+        second_pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+    finally:
+        session.close()
+    assert second_pid != first_pid

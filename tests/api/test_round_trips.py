@@ -1,0 +1,39 @@
+"""What a request sends to PostgreSQL: a read is one message, a write two, never a ping."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from app.devcluster import LocalCluster
+from app.tenancy.provisioning import ProvisionedTenant
+from tests.support import auth_headers, logged_since
+
+
+def test_reads_are_one_read_only_message_and_writes_two(
+    pg_cluster: LocalCluster,
+    client: FlaskClient,
+    tenant_a: ProvisionedTenant,
+    statement_logging: None,
+) -> None:
+    headers = auth_headers(tenant_a)
+    created = client.post("/v1/users", json={"first_name": "A", "last_name": "B"}, headers=headers)
+    assert created.status_code == 201  # the engine and a pooled connection exist now
+    user = created.json["id"]  # type: ignore[index]
+    steps = [
+        ("GET", "/v1/users?page_size=20", None, 200, 1),
+        ("GET", f"/v1/users/{user}", None, 200, 1),
+        ("POST", "/v1/users", {"first_name": "C", "last_name": "D"}, 201, 2),
+        ("PATCH", f"/v1/users/{user}", {"first_name": "E"}, 200, 2),
+        ("DELETE", f"/v1/users/{user}", None, 204, 2),
+    ]
+    for method, path, body, status, messages in steps:
+        offset = pg_cluster.log_path.stat().st_size
+        response = client.open(path, method=method, json=body, headers=headers)
+        assert response.status_code == status, (method, path, response.json)
+        logged = logged_since(pg_cluster, offset)
+        assert len(logged) == messages, (method, path, logged)
+        read_only = "set_config('transaction_read_only', 'on', true)" in logged[0]
+        assert read_only == (method == "GET"), logged
+        assert logged[0].startswith("SELECT set_config" if method == "GET" else "BEGIN; ")
+        if messages == 2:
+            assert logged[1] == "COMMIT"
