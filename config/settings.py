@@ -37,8 +37,8 @@ class Settings:
     bind: str = "127.0.0.1:8080"
     workers: int = 2
     threads: int = 4
-    tenant_pool_size: int = 2
-    tenant_max_overflow: int = 2
+    tenant_pool_size: int = 4  # threads, see load_settings
+    tenant_max_overflow: int = 0
     max_engines: int = 200
     connection_budget: int = 6  # threads + BUDGET_HEADROOM, see load_settings
     pool_timeout: float = 5.0
@@ -101,8 +101,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         bind=reader.get("APP_BIND", "127.0.0.1:8080", _bind),
         workers=reader.get("APP_WORKERS", _default_workers(), _int_between(1, 256)),
         threads=threads,
-        tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", 2, _int_between(1, 100)),
-        tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 2, _int_between(0, 100)),
+        # A tenant uses at most one connection per request thread; an overflow connection
+        # is closed when it comes back, so each burst above the pool size would log in again.
+        tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", threads, _int_between(1, 100)),
+        tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 0, _int_between(0, 100)),
         max_engines=reader.get("APP_MAX_ENGINES", 200, _int_between(1, 100_000)),
         connection_budget=reader.get(
             "APP_CONNECTION_BUDGET", threads + BUDGET_HEADROOM, _int_between(1, 10_000)
