@@ -13,7 +13,6 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, url_for
 from marshmallow import Schema
-from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from app.api.body import json_object, page_response, query_args
 from app.errors import NotFound
@@ -50,33 +49,22 @@ def make_blueprint(resource: Resource) -> Blueprint:
     table = sa.inspect(model).local_table
     id_column = model.id
     dump = dumper(resource.output)
-    # Listing reads plain rows of the output's columns: no ORM objects to build per row.
-    output_columns = [table.c[name] for name in resource.output.dump_fields]
+    statements = ListStatements(table, [table.c[name] for name in resource.output.dump_fields])
 
     @bp.get("")
     def list_records() -> Response:
         params = query_args(resource.query)
-        conditions = _conditions(table.c, resource, params)
-        session = tenant_session()
-        sort = table.c[params["sort_column"]]
-        descending = params["sort_direction"] in ("descending", "desc")
-        # The id breaks ties, so pages never overlap or skip rows with equal sort keys.
-        order = [sort.desc(), id_column.desc()] if descending else [sort.asc(), id_column.asc()]
         page, size = params["page"], params["page_size"]
-        # The total rides on every row (a window count): one query instead of COUNT + SELECT.
-        rows = session.execute(
-            sa.select(*output_columns, sa.func.count().over().label(_TOTAL))
-            .where(*conditions)
-            .order_by(*order)
-            .limit(size)
-            .offset((page - 1) * size)
-        ).all()
+        shape = ListShape.of(resource, params)
+        values = shape.values(params, limit=size, offset=(page - 1) * size)
+        session = tenant_session()
+        rows = session.execute(statements.page(shape), values).all()
         if rows:
             total = rows[0][-1]
         elif page == 1:
             total = 0
         else:  # past the end: no row carries the total, so count
-            total = session.scalar(sa.select(sa.func.count()).select_from(table).where(*conditions))
+            total = session.scalar(statements.count(shape), values)
         records = [dump(row) for row in rows]
         return page_response(records, page=page, page_size=size, total=total or 0)
 
@@ -127,22 +115,121 @@ def make_blueprint(resource: Resource) -> Blueprint:
     return bp
 
 
-def _conditions(
-    columns: ReadOnlyColumnCollection[str, Any], resource: Resource, params: dict[str, Any]
-) -> list[sa.ColumnElement[bool]]:
-    """WHERE conditions from whitelisted, already validated parameters; all bound."""
-    conditions: list[sa.ColumnElement[bool]] = []
-    if "search" in params:
-        searched = params.get("search_columns") or resource.query.SEARCHABLE
-        # autoescape: %, _ and \ in the search text match literally.
-        conditions.append(
-            sa.or_(
-                *(columns[name].icontains(params["search"], autoescape=True) for name in searched)
-            )
+_LIKE_ESCAPE = "/"
+
+
+@dataclass(frozen=True)
+class ListShape:
+    """What a list query's SQL depends on; its values travel as bound parameters.
+
+    A handful of shapes serve every request, so each shape's statement is built (and its
+    SQLAlchemy cache key computed) once per worker, not once per request.
+    """
+
+    sort_column: str
+    descending: bool
+    search_columns: tuple[str, ...]  # empty: no search
+    date_after: bool
+    date_before: bool
+    filters: tuple[str, ...]
+
+    @classmethod
+    def of(cls, resource: Resource, params: dict[str, Any]) -> ListShape:
+        """The shape of already validated, whitelisted ``params``."""
+        searched: tuple[str, ...] = ()
+        if "search" in params:
+            searched = tuple(params.get("search_columns") or resource.query.SEARCHABLE)
+        return cls(
+            sort_column=params["sort_column"],
+            descending=params["sort_direction"] in ("descending", "desc"),
+            search_columns=searched,
+            date_after="date_after" in params,
+            date_before="date_before" in params,
+            filters=tuple(name for name in resource.filters if name in params),
         )
-    if "date_after" in params:
-        conditions.append(columns.created_at > params["date_after"])
-    if "date_before" in params:
-        conditions.append(columns.created_at < params["date_before"])
-    conditions.extend(columns[name] == params[name] for name in resource.filters if name in params)
-    return conditions
+
+    def values(self, params: dict[str, Any], *, limit: int, offset: int) -> dict[str, Any]:
+        """The bound parameters of this shape's statements."""
+        values: dict[str, Any] = {"limit": limit, "offset": offset}
+        if self.search_columns:
+            # %, _ and the escape character in the search text match literally.
+            text = params["search"]
+            for char in (_LIKE_ESCAPE, "%", "_"):
+                text = text.replace(char, _LIKE_ESCAPE + char)
+            values["search"] = text
+        for name in ("date_after", "date_before", *self.filters):
+            if name in params:
+                values[name] = params[name]
+        return values
+
+
+class ListStatements:
+    """The page and count statements of one table, per :class:`ListShape`, built once."""
+
+    def __init__(self, table: sa.Table, output_columns: list[sa.Column[Any]]) -> None:
+        self._table = table
+        self._output = output_columns
+        self._pages: dict[ListShape, sa.Select[Any]] = {}
+        self._counts: dict[ListShape, sa.Select[int]] = {}
+
+    def page(self, shape: ListShape) -> sa.Select[Any]:
+        """One page of rows, each carrying the total (a window count): one query, not two."""
+        statement = self._pages.get(shape)
+        if statement is None:
+            columns = self._table.c
+            sort = columns[shape.sort_column]
+            # The id breaks ties, so pages never overlap or skip rows with equal sort keys.
+            if shape.descending:
+                order = [sort.desc(), columns.id.desc()]
+            else:
+                order = [sort.asc(), columns.id.asc()]
+            selected: list[sa.ColumnElement[Any]] = [
+                *self._output,
+                sa.func.count().over().label(_TOTAL),
+            ]
+            statement = (
+                sa.select(*selected)
+                .where(*self._conditions(shape))
+                .order_by(*order)
+                .limit(sa.bindparam("limit", type_=sa.Integer))
+                .offset(sa.bindparam("offset", type_=sa.Integer))
+            )
+            self._pages[shape] = statement  # a race builds the same statement twice
+        return statement
+
+    def count(self, shape: ListShape) -> sa.Select[int]:
+        """The number of rows matching the shape's conditions."""
+        statement = self._counts.get(shape)
+        if statement is None:
+            statement = (
+                sa.select(sa.func.count()).select_from(self._table).where(*self._conditions(shape))
+            )
+            self._counts[shape] = statement
+        return statement
+
+    def _conditions(self, shape: ListShape) -> list[sa.ColumnElement[bool]]:
+        """WHERE conditions of whitelisted columns; every value is a bound parameter."""
+        columns = self._table.c
+        conditions: list[sa.ColumnElement[bool]] = []
+        if shape.search_columns:
+            search = sa.bindparam("search", type_=sa.String)
+            conditions.append(
+                sa.or_(
+                    *(
+                        columns[name].icontains(search, escape=_LIKE_ESCAPE)
+                        for name in shape.search_columns
+                    )
+                )
+            )
+        if shape.date_after:
+            conditions.append(
+                columns.created_at > sa.bindparam("date_after", type_=columns.created_at.type)
+            )
+        if shape.date_before:
+            conditions.append(
+                columns.created_at < sa.bindparam("date_before", type_=columns.created_at.type)
+            )
+        conditions.extend(
+            columns[name] == sa.bindparam(name, type_=columns[name].type) for name in shape.filters
+        )
+        return conditions
