@@ -3,7 +3,7 @@
 libpq bounds the connection handshake (``connect_timeout``) and the server bounds each
 statement (the role's ``statement_timeout``), but nothing bounds a wait on an established
 connection whose peer went silent: a hung server or proxy, a black-holed network. A
-pooled connection's pre-ping or query then blocks its thread for good, and gunicorn's
+pooled connection's query then blocks its thread for good, and gunicorn's
 gthread worker keeps heartbeating from its main thread, so nothing ever kills it. TCP
 keepalives and ``tcp_user_timeout`` do not help while anything on the path still
 acknowledges packets: measured with a proxy that stops forwarding, a query with
@@ -11,8 +11,8 @@ acknowledges packets: measured with a proxy that stops forwarding, a query with
 
 So psycopg2 runs in its "green" mode (:func:`install`): every blocking libpq wait goes
 through :func:`wait`, which gives a connection handshake its ``connect_timeout`` and, on
-connections made by :func:`connect_args`, each round trip (query, commit, rollback,
-pre-ping) ``io_timeout`` seconds. When a bound is hit psycopg2 closes the connection,
+connections made by :func:`connect_args`, each round trip (query, commit, rollback)
+``io_timeout`` seconds. When a bound is hit psycopg2 closes the connection,
 SQLAlchemy sees a disconnect and drops it from its pool, and the request gets a 503.
 Other connections wait as long as libpq would. Green mode rules out COPY and large
 objects, which this service does not use.

@@ -19,9 +19,13 @@ class Scenario:
     distribution: str  # uniform | zipf
 
 
+SERVICE, BASELINE, SERVICE_DEFAULT = "service", "baseline", "service (default budget)"
+"""The targets: the service sized for the bench cluster, the baseline, the service as shipped."""
+
+
 @dataclass(frozen=True)
 class Run:
-    """One wrk run against one target (``service`` or ``baseline``)."""
+    """One wrk run against one target (``SERVICE``, ``BASELINE`` or ``SERVICE_DEFAULT``)."""
 
     scenario: str
     target: str
@@ -45,7 +49,8 @@ class Figures:
     seed_seconds: float = 0.0
     seed_tenants: int = 0
     seed_users: int = 0
-    round_trips: dict[str, float] = field(default_factory=dict)  # request -> messages sent
+    # request -> (service, baseline) messages sent to PostgreSQL per warm request
+    round_trips: dict[str, tuple[float, float]] = field(default_factory=dict)
     machine: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
     command: str = "make bench"
@@ -54,15 +59,22 @@ class Figures:
 
 @dataclass(frozen=True)
 class Summary:
-    """Service and baseline over the rounds of one scenario (means of the rounds)."""
+    """The targets over the rounds of one scenario (means of the rounds)."""
 
     scenario: Scenario
     service: Run
     baseline: Run
+    default: Run | None = None  # SERVICE_DEFAULT, where it ran
 
     @property
     def ratio(self) -> float:
         return self.service.rps / self.baseline.rps if self.baseline.rps else 0.0
+
+    @property
+    def default_ratio(self) -> float | None:
+        if self.default is None or not self.baseline.rps:
+            return None
+        return self.default.rps / self.baseline.rps
 
     @property
     def p99_ratio(self) -> float:
@@ -90,11 +102,17 @@ def summarise(figures: Figures) -> list[Summary]:
     for scenario in figures.scenarios:
         by_target = {
             target: [r for r in figures.runs if r.scenario == scenario.key and r.target == target]
-            for target in ("service", "baseline")
+            for target in (SERVICE, BASELINE, SERVICE_DEFAULT)
         }
-        if by_target["service"] and by_target["baseline"]:
+        if by_target[SERVICE] and by_target[BASELINE]:
+            default = by_target[SERVICE_DEFAULT]
             out.append(
-                Summary(scenario, _mean_run(by_target["service"]), _mean_run(by_target["baseline"]))
+                Summary(
+                    scenario,
+                    _mean_run(by_target[SERVICE]),
+                    _mean_run(by_target[BASELINE]),
+                    _mean_run(default) if default else None,
+                )
             )
     return out
 
@@ -130,7 +148,10 @@ def targets(figures: Figures) -> list[tuple[str, str, bool]]:
             out.append(
                 (f"{s.scenario.title}: p99 <= 2x baseline", f"{s.p99_ratio:.2f}x", s.p99_ratio <= 2)
             )
-    errors = sum(s.service.errors + s.baseline.errors for s in summaries.values())
+    errors = sum(
+        s.service.errors + s.baseline.errors + (s.default.errors if s.default else 0)
+        for s in summaries.values()
+    )
     out.append(("0 errors in every scenario (503 included)", str(errors), errors == 0))
     if figures.cold_ms:
         p50 = percentile(figures.cold_ms, 0.5)
@@ -149,6 +170,11 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
         "one role, the same query and JSON shape, no tenancy) run under the same gunicorn "
         "settings on the same PostgreSQL cluster, interleaved service / baseline / service / "
         "baseline, so machine noise hits both alike: read the ratios, not the absolute numbers.",
+        "",
+        "`service` is configured for the bench cluster as [operations](operations.md#sizing) "
+        "says (a connection budget and engine bound that hold the active tenants); `service "
+        "(default budget)` is the same service with every `APP_*` setting at its default, "
+        "run where the difference shows.",
         "",
         "## Machine",
         "",
@@ -174,6 +200,7 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
                 "baseline p50 / p99 ms",
                 "errors (service / baseline)",
                 "peak connections (service / baseline)",
+                "default budget: req/s, ratio, connections",
             ],
             [
                 [
@@ -185,6 +212,10 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
                     f"{s.baseline.p50_ms:.1f} / {s.baseline.p99_ms:.1f}",
                     f"{s.service.errors} / {s.baseline.errors}",
                     f"{s.service.peak_connections} / {s.baseline.peak_connections}",
+                    "-"
+                    if s.default is None
+                    else f"{s.default.rps:.0f}, {s.default_ratio:.2f}, "
+                    f"{s.default.peak_connections}",
                 ]
                 for s in summaries
             ],
@@ -254,12 +285,16 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
         parts += [
             "## Round trips per request",
             "",
-            "Messages the tenant's connection sends to PostgreSQL per warm request (counted "
-            "with `log_statement = all` on one tenant role; pool pre-ping included).",
+            "Messages each app's connection sends to PostgreSQL per warm request, counted with "
+            "`log_statement = all` on one tenant role and on the baseline's role. The service "
+            "sends a read as one message (tenant setting, read-only mode and the query: one "
+            "implicit transaction) and checks a pooled connection without a ping; the "
+            "baseline is plain SQLAlchemy with `pool_pre_ping`, whose psycopg2 connection "
+            "sends `BEGIN` on its own and `ROLLBACK` when the connection goes back to the pool.",
             "",
             _table(
-                ["request", "round trips"],
-                [[k, f"{v:g}"] for k, v in figures.round_trips.items()],
+                ["request", "service", "baseline"],
+                [[k, f"{v[0]:g}", f"{v[1]:g}"] for k, v in figures.round_trips.items()],
             ),
             "",
         ]
@@ -309,18 +344,27 @@ def plot(figures: Figures, directory: Path) -> list[Path]:
     written = []
     for name, label, value in charts:
         figure, axes = plt.subplots(figsize=(6, 4))
-        counts = [s.scenario.tenants for s in summaries]
-        for target in ("service", "baseline"):
+        for target, attribute in (
+            (SERVICE, "service"),
+            (BASELINE, "baseline"),
+            (SERVICE_DEFAULT, "default"),
+        ):
+            runs = [(s.scenario.tenants, getattr(s, attribute)) for s in summaries]
+            shown = [(count, run) for count, run in runs if run is not None]
+            if not shown:
+                continue
             axes.plot(
-                counts, [value(getattr(s, target)) for s in summaries], marker="o", label=target
+                [count for count, _ in shown],
+                [value(run) for _, run in shown],
+                marker="o",
+                label=target,
             )
             for s in zipf:
-                axes.scatter(
-                    [s.scenario.tenants],
-                    [value(getattr(s, target))],
-                    marker="x",
-                    label=f"{target}, Zipf(1.1)",
-                )
+                run = getattr(s, attribute)
+                if run is not None:
+                    axes.scatter(
+                        [s.scenario.tenants], [value(run)], marker="x", label=f"{target}, Zipf(1.1)"
+                    )
         axes.set_xscale("log")
         axes.set_xlabel("tenants (GET /v1/users, page_size=20)")
         axes.set_ylabel(label)

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from app.capacity import LISTENER_CONNECTIONS
+from app.db import CONTROL_POOL_MAX
 from app.tenancy.scram import scram_sha256_verifier
 from config import load_settings
 from tests.bench import baseline_app, load, report, stack
-from tests.bench.report import Figures, Run, Scenario
+from tests.bench.report import BASELINE, SERVICE, SERVICE_DEFAULT, Figures, Run, Scenario
 
 DOCS = stack.REPO_ROOT / "docs"
 WORK = stack.REPO_ROOT / "var" / "bench"
@@ -41,6 +43,11 @@ SCENARIOS = (
 )
 USERS_PER_TENANT = 20
 WORKERS = 4
+DEFAULT_BUDGET_SCENARIOS = ("users_100", "users_1000_zipf")
+"""Where the service also runs with every setting at its default, to show what sizing buys."""
+SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
+BESIDE_THE_SERVICE = 100
+"""Server connections left to what runs beside the service: the baseline, probes, commands."""
 _started = time.monotonic()
 
 
@@ -127,13 +134,30 @@ def scram_connect_times(db: stack.Database, rounds: int) -> dict[int, float]:
     return {int(k): v for k, v in medians.items()}
 
 
+def sized_settings(tenants: int) -> dict[str, str]:
+    """The service's ``APP_*`` for the bench cluster, sized as docs/operations.md says.
+
+    The server's connections, less the superuser reserve and what runs beside the
+    service, shared by the workers; each worker's control-plane pool and listener come
+    out of its share. Enough engines for every tenant.
+    """
+    usable = stack.MAX_CONNECTIONS - SUPERUSER_RESERVED - BESIDE_THE_SERVICE
+    budget = usable // WORKERS - (CONTROL_POOL_MAX + LISTENER_CONNECTIONS)
+    return {"APP_CONNECTION_BUDGET": str(budget), "APP_MAX_ENGINES": str(max(tenants, 200))}
+
+
 def count_round_trips(
-    db: stack.Database, service: stack.Server, tenant: stack.Tenant
-) -> dict[str, float]:
-    """Statements (simple-query messages) the tenant's connections send per warm request."""
-    role = f"t_{tenant.id.replace('-', '')}"
+    db: stack.Database, service: stack.Server, baseline: stack.Server, tenant: stack.Tenant
+) -> dict[str, tuple[float, float]]:
+    """Simple-query messages per warm request: the tenant's connections, the baseline's.
+
+    Runs before any other request to the baseline, so that its pooled connections are
+    opened after the ALTER ROLE and log their statements.
+    """
+    roles = (f"t_{tenant.id.replace('-', '')}", "baseline")
     with db.superuser() as cursor:
-        cursor.execute(f"ALTER ROLE \"{role}\" SET log_statement = 'all'")
+        for role in roles:
+            cursor.execute(f"ALTER ROLE \"{role}\" SET log_statement = 'all'")
     try:
         requests = 20
         out = {}
@@ -141,19 +165,23 @@ def count_round_trips(
             ("GET /v1/users?page_size=20", "GET", LIST_PATH),
             ("POST /v1/users", "POST", "/v1/users"),
         ):
-            # Warm: the engine and a pooled connection (opened after the ALTER) exist in
-            # the worker that serves this keep-alive connection.
-            load.requests_on_one_connection(service.url, tenant, method, path, 3)
-            offset = db.cluster.log_path.stat().st_size
-            load.requests_on_one_connection(service.url, tenant, method, path, requests)
-            time.sleep(0.5)
-            with db.cluster.log_path.open(errors="replace") as handle:
-                handle.seek(offset)
-                logged = sum(1 for line in handle if " statement: " in line)
-            out[label] = logged / requests
+            counts = []
+            for server in (service, baseline):
+                # Warm: the engine and a pooled connection (opened after the ALTER) exist
+                # in the worker that serves this keep-alive connection.
+                load.requests_on_one_connection(server.url, tenant, method, path, 3)
+                offset = db.cluster.log_path.stat().st_size
+                load.requests_on_one_connection(server.url, tenant, method, path, requests)
+                time.sleep(0.5)
+                with db.cluster.log_path.open(errors="replace") as handle:
+                    handle.seek(offset)
+                    logged = sum(1 for line in handle if " statement: " in line)
+                counts.append(logged / requests)
+            out[label] = (counts[0], counts[1])
     finally:
         with db.superuser() as cursor:
-            cursor.execute(f'ALTER ROLE "{role}" RESET log_statement')
+            for role in roles:
+                cursor.execute(f'ALTER ROLE "{role}" RESET log_statement')
     return out
 
 
@@ -184,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     figures.machine = machine()
     say("starting a PostgreSQL cluster and applying migrations")
     with stack.database() as db:
-        service_env = {**db.env, "APP_WORKERS": str(WORKERS)}
-        threads = load_settings(service_env).threads
-        service_env["APP_THREADS"] = str(threads)
+        default_env = {**db.env, "APP_WORKERS": str(WORKERS)}
+        threads = load_settings(default_env).threads
+        default_env["APP_THREADS"] = str(threads)
         figures.machine["PostgreSQL"] = _server_version(db)
         say(f"seeding {args.tenants} tenants x {USERS_PER_TENANT} users with flask seed-tenants")
         tenants, figures.seed_seconds = stack.seed(
@@ -201,14 +229,21 @@ def main(argv: list[str] | None = None) -> int:
             tenant_files[count].write_text(load.lua_tenants(tenants[:count]))
         say("measuring connect time at SCRAM iterations 4096 and 64")
         figures.connect_ms = scram_connect_times(db, rounds=60)
+        sized = sized_settings(len(tenants))
+        service_env = {**default_env, **sized}
         figures.settings = {
-            "gunicorn": f"{WORKERS} workers x {threads} threads (gthread), both apps",
+            "gunicorn": f"{WORKERS} workers x {threads} threads (gthread), all apps",
             "wrk": f"{args.wrk_threads} threads, {args.connections} connections, "
             f"{args.seconds:g} s per run, {args.rounds} rounds",
             "data": f"{len(tenants)} tenants x {USERS_PER_TENANT} users; page_size=20",
             "PostgreSQL": f"max_connections={stack.MAX_CONNECTIONS}, "
             + ", ".join(f"{k}={v}" for k, v in stack.SERVER_SETTINGS.items()),
-            "service": "APP_* defaults otherwise (APP_ENV=production)",
+            SERVICE: ", ".join(f"{k}={v}" for k, v in sized.items())
+            + f" (({stack.MAX_CONNECTIONS} - {SUPERUSER_RESERVED} reserved - "
+            f"{BESIDE_THE_SERVICE} for the baseline and tools) / {WORKERS} workers - "
+            f"{CONTROL_POOL_MAX + LISTENER_CONNECTIONS} control-plane and listener); "
+            "APP_ENV=production, defaults otherwise",
+            SERVICE_DEFAULT: "APP_ENV=production, every other APP_* at its default",
         }
         baseline_env = {
             "BASELINE_DATABASE_URL": baseline_url,
@@ -222,41 +257,36 @@ def main(argv: list[str] | None = None) -> int:
             "tests.bench.baseline_app:create_app()",
         ]
         say(f"starting the service and the baseline ({WORKERS} workers x {threads} threads)")
-        with (
-            stack.Server("service", service_args, service_env, WORK / "service.log") as service,
-            stack.Server(
-                "baseline", baseline_args, baseline_env, WORK / "baseline.log"
-            ) as baseline,
-        ):
-            figures.round_trips = count_round_trips(db, service, tenants[0])
-            say(f"round trips per request: {figures.round_trips}")
-            superuser_url = db.cluster.superuser_url()
-            for scenario in scenarios:
-                for round_number in range(1, args.rounds + 1):
-                    for target, server in (("service", service), ("baseline", baseline)):
-                        if round_number == 1:
-                            _wrk(scenario, server, tenant_files, args, seconds=3)  # warm-up
-                        with load.ConnectionSampler(superuser_url) as sampler:
-                            result = _wrk(scenario, server, tenant_files, args, args.seconds)
-                        run = Run(
-                            scenario=scenario.key,
-                            target=target,
-                            round=round_number,
-                            rps=result.rps,
-                            p50_ms=result.p50_ms,
-                            p99_ms=result.p99_ms,
-                            errors=result.errors,
-                            requests=result.requests,
-                            peak_connections=sampler.peak[
-                                "tp" if target == "service" else "baseline"
-                            ],
-                        )
-                        figures.runs.append(run)
-                        say(
-                            f"{scenario.key} round {round_number} {target}: {run.rps:.0f} req/s, "
-                            f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
-                            f"{run.errors} errors, {run.peak_connections} connections"
-                        )
+        with stack.Server(
+            "baseline", baseline_args, baseline_env, WORK / "baseline.log"
+        ) as baseline:
+            with stack.Server(
+                "service", service_args, service_env, WORK / "service.log"
+            ) as service:
+                figures.round_trips = count_round_trips(db, service, baseline, tenants[0])
+                say(f"round trips per request (service, baseline): {figures.round_trips}")
+                _measure(
+                    db,
+                    scenarios,
+                    {SERVICE: service, BASELINE: baseline},
+                    tenant_files,
+                    args,
+                    figures,
+                )
+            default_scenarios = [s for s in scenarios if s.key in DEFAULT_BUDGET_SCENARIOS]
+            if default_scenarios:
+                say("the service again, every setting at its default")
+                with stack.Server(
+                    "service-default", service_args, default_env, WORK / "service-default.log"
+                ) as default_service:
+                    _measure(
+                        db,
+                        default_scenarios,
+                        {SERVICE_DEFAULT: default_service, BASELINE: baseline},
+                        tenant_files,
+                        args,
+                        figures,
+                    )
         if args.cold:
             cold = tenants[: args.cold]
             say(f"cold tenants: first request of {len(cold)} tenants after a fresh start")
@@ -270,6 +300,42 @@ def main(argv: list[str] | None = None) -> int:
             )
     _write(figures, args.no_write)
     return 0
+
+
+def _measure(
+    db: stack.Database,
+    scenarios: list[Scenario],
+    targets: dict[str, stack.Server],
+    tenant_files: dict[int, Path],
+    args: argparse.Namespace,
+    figures: Figures,
+) -> None:
+    """Every scenario, round after round, each round running the targets in turn."""
+    superuser_url = db.cluster.superuser_url()
+    for scenario in scenarios:
+        for round_number in range(1, args.rounds + 1):
+            for target, server in targets.items():
+                if round_number == 1:
+                    _wrk(scenario, server, tenant_files, args, seconds=3)  # warm-up
+                with load.ConnectionSampler(superuser_url) as sampler:
+                    result = _wrk(scenario, server, tenant_files, args, args.seconds)
+                run = Run(
+                    scenario=scenario.key,
+                    target=target,
+                    round=round_number,
+                    rps=result.rps,
+                    p50_ms=result.p50_ms,
+                    p99_ms=result.p99_ms,
+                    errors=result.errors,
+                    requests=result.requests,
+                    peak_connections=sampler.peak["baseline" if target == BASELINE else "tp"],
+                )
+                figures.runs.append(run)
+                say(
+                    f"{scenario.key} round {round_number} {target}: {run.rps:.0f} req/s, "
+                    f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
+                    f"{run.errors} errors, {run.peak_connections} connections"
+                )
 
 
 def _wrk(

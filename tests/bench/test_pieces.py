@@ -9,8 +9,10 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
+from app.capacity import LISTENER_CONNECTIONS
+from app.db import CONTROL_POOL_MAX
 from app.tenancy.provisioning import ProvisionedTenant
-from tests.bench import baseline_app, load, report
+from tests.bench import baseline_app, load, report, run, stack
 from tests.bench.report import Figures, Run, Scenario
 from tests.bench.stack import Tenant
 from tests.support import auth_headers
@@ -53,8 +55,12 @@ def _figures() -> Figures:
     for round_number in (1, 2):
         figures.runs.append(Run("users_100", "service", round_number, 850, 5, 20, 0, 10_000, 40))
         figures.runs.append(Run("users_100", "baseline", round_number, 1000, 4, 12, 0, 12_000, 16))
+        figures.runs.append(
+            Run("users_100", report.SERVICE_DEFAULT, round_number, 200, 9, 40, 0, 2_400, 44)
+        )
     figures.cold_ms = [10.0, 12.0, 30.0]
     figures.connect_ms = {64: 2.5, 4096: 5.0}
+    figures.round_trips = {"GET /v1/users": (1.0, 4.0)}
     return figures
 
 
@@ -62,8 +68,9 @@ def test_report_table_carries_ratio_and_targets() -> None:
     markdown = report.render_markdown(_figures())
     assert (
         "| GET /v1/users, 100 tenants | 850 | 1000 | 0.85 | 5.0 / 20.0 | 4.0 / 12.0 "
-        "| 0 / 0 | 40 / 16 |" in markdown
+        "| 0 / 0 | 40 / 16 | 200, 0.20, 44 |" in markdown
     )
+    assert "| GET /v1/users | 1 | 4 |" in markdown
     assert "4096 iterations cost 2.00x the connect time of 64." in markdown
     met = {target: ok for target, _, ok in report.targets(_figures())}
     assert met["GET /v1/users, 100 tenants: >= 0.80x baseline req/s"]
@@ -132,3 +139,12 @@ def test_baseline_answers_the_service_shape_for_the_same_rows(
 def test_wrk_script_exists_for_load() -> None:
     assert load.WRK_SCRIPT.is_file()
     assert "function done" in load.WRK_SCRIPT.read_text()
+
+
+def test_sized_settings_fit_the_bench_cluster_beside_the_baseline() -> None:
+    sized = run.sized_settings(1000)
+    budget = int(sized["APP_CONNECTION_BUDGET"])
+    per_worker = budget + CONTROL_POOL_MAX + LISTENER_CONNECTIONS
+    usable = stack.MAX_CONNECTIONS - run.SUPERUSER_RESERVED - run.BESIDE_THE_SERVICE
+    assert run.WORKERS * per_worker <= usable < run.WORKERS * (per_worker + 1)
+    assert int(sized["APP_MAX_ENGINES"]) >= 1000

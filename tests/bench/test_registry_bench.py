@@ -29,7 +29,7 @@ def test_bench_registry_get_cached_tenant(
 def test_bench_open_session_cached_tenant(
     benchmark: Any, tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
-    """What a request pays before its first query: registry, checkout (pre-ping), close."""
+    """What a request pays before its first query: registry, checkout (liveness check), close."""
     tenancy.open_session(tenant_a.id).close()
 
     def open_and_close() -> None:
