@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -187,9 +187,17 @@ def connect_times(dsns: dict[str, str], rounds: int) -> dict[str, float]:
 
 
 def requests_on_one_connection(
-    url: str, tenant: Tenant, method: str, path: str, count: int
+    url: str,
+    tenant: Tenant,
+    method: str,
+    path: str,
+    count: int,
+    *,
+    warm: int = 0,
+    after_warm: Callable[[], object] | None = None,
 ) -> None:
-    """``count`` requests by ``tenant`` on one keep-alive connection; each must succeed."""
+    """``warm`` then ``count`` requests by ``tenant`` on one keep-alive connection, so one
+    worker; ``after_warm`` runs in between. Each request must succeed."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     headers = {"X-Tenant-ID": tenant.id, "Authorization": f"Bearer {tenant.api_key}"}
@@ -198,7 +206,9 @@ def requests_on_one_connection(
         headers["Content-Type"] = "application/json"
         body = json.dumps({"first_name": "Round", "last_name": "Trip"})
     try:
-        for _ in range(count):
+        for number in range(warm + count):
+            if number == warm and after_warm is not None:
+                after_warm()
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             response.read()

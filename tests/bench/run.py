@@ -9,6 +9,7 @@ docs/benchmarks/*.png. Progress goes to stderr as it happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -27,7 +28,7 @@ from app.db import CONTROL_POOL_MAX
 from app.tenancy.scram import scram_sha256_verifier
 from config import load_settings
 from tests.bench import baseline_app, load, report, stack
-from tests.bench.report import BASELINE, SERVICE, SERVICE_DEFAULT, Figures, Run, Scenario
+from tests.bench.report import AFFINE, DEFAULTS, SHARED, Figures, Run, Scenario, Setup
 
 DOCS = stack.REPO_ROOT / "docs"
 WORK = stack.REPO_ROOT / "var" / "bench"
@@ -45,6 +46,8 @@ USERS_PER_TENANT = 20
 WORKERS = 4
 DEFAULT_BUDGET_SCENARIOS = ("users_100", "users_1000_zipf")
 """Where the service also runs with every setting at its default, to show what sizing buys."""
+AFFINE_SCENARIOS = ("users_100", "users_1000", "users_1000_zipf")
+"""Where the apps also run tenant-affine (HAProxy over single-worker gunicorns)."""
 SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
 BESIDE_THE_SERVICE = 100
 """Server connections left to what runs beside the service: the baseline, probes, commands."""
@@ -167,11 +170,19 @@ def count_round_trips(
         ):
             counts = []
             for server in (service, baseline):
-                # Warm: the engine and a pooled connection (opened after the ALTER) exist
-                # in the worker that serves this keep-alive connection.
-                load.requests_on_one_connection(server.url, tenant, method, path, 3)
-                offset = db.cluster.log_path.stat().st_size
-                load.requests_on_one_connection(server.url, tenant, method, path, requests)
+                offset = 0
+
+                def mark() -> None:
+                    nonlocal offset
+                    time.sleep(0.5)  # the server log is written asynchronously
+                    offset = db.cluster.log_path.stat().st_size
+
+                # Warm first, on the same keep-alive connection (so the same worker): the
+                # engine and a pooled connection (opened after the ALTER) exist, and what
+                # a worker asks once on its first connect is not counted.
+                load.requests_on_one_connection(
+                    server.url, tenant, method, path, requests, warm=3, after_warm=mark
+                )
                 time.sleep(0.5)
                 with db.cluster.log_path.open(errors="replace") as handle:
                     handle.seek(offset)
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.key in wanted and s.tenants <= args.tenants]
     load.wrk_path()  # fail now, not after seeding
+    stack.haproxy_path()
     WORK.mkdir(parents=True, exist_ok=True)
     figures = Figures(
         scenarios=scenarios,
@@ -238,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
             "data": f"{len(tenants)} tenants x {USERS_PER_TENANT} users; page_size=20",
             "PostgreSQL": f"max_connections={stack.MAX_CONNECTIONS}, "
             + ", ".join(f"{k}={v}" for k, v in stack.SERVER_SETTINGS.items()),
-            SERVICE: ", ".join(f"{k}={v}" for k, v in sized.items())
+            "service": ", ".join(f"{k}={v}" for k, v in sized.items())
             + f" (({stack.MAX_CONNECTIONS} - {SUPERUSER_RESERVED} reserved - "
             f"{BESIDE_THE_SERVICE} for the baseline and tools) / {WORKERS} workers - "
             f"{CONTROL_POOL_MAX + LISTENER_CONNECTIONS} control-plane and listener); "
             "APP_ENV=production, defaults otherwise",
-            SERVICE_DEFAULT: "APP_ENV=production, every other APP_* at its default",
+            "service (defaults)": "APP_ENV=production, every other APP_* at its default",
+            "service (tenant-affine)": "as service, APP_WORKERS=1 in each of the "
+            f"{WORKERS} gunicorns",
         }
         baseline_env = {
             "BASELINE_DATABASE_URL": baseline_url,
@@ -265,28 +279,50 @@ def main(argv: list[str] | None = None) -> int:
             ) as service:
                 figures.round_trips = count_round_trips(db, service, baseline, tenants[0])
                 say(f"round trips per request (service, baseline): {figures.round_trips}")
-                _measure(
-                    db,
-                    scenarios,
-                    {SERVICE: service, BASELINE: baseline},
-                    tenant_files,
-                    args,
-                    figures,
-                )
-            default_scenarios = [s for s in scenarios if s.key in DEFAULT_BUDGET_SCENARIOS]
-            if default_scenarios:
+                _measure(db, scenarios, SHARED, service, baseline, tenant_files, args, figures)
+            chosen = [s for s in scenarios if s.key in DEFAULT_BUDGET_SCENARIOS]
+            if chosen:
                 say("the service again, every setting at its default")
                 with stack.Server(
-                    "service-default", service_args, default_env, WORK / "service-default.log"
-                ) as default_service:
-                    _measure(
-                        db,
-                        default_scenarios,
-                        {SERVICE_DEFAULT: default_service, BASELINE: baseline},
-                        tenant_files,
-                        args,
-                        figures,
+                    "service-defaults", service_args, default_env, WORK / "service-defaults.log"
+                ) as service:
+                    _measure(db, chosen, DEFAULTS, service, baseline, tenant_files, args, figures)
+        chosen = [s for s in scenarios if s.key in AFFINE_SCENARIOS]
+        if chosen:
+            say(f"tenant-affine: HAProxy over {WORKERS} single-worker gunicorns per app")
+            single = {"APP_WORKERS": "1"}
+            with contextlib.ExitStack() as stack_of:
+                services = [
+                    stack_of.enter_context(
+                        stack.Server(
+                            f"service-{n}",
+                            service_args,
+                            {**service_env, **single},
+                            WORK / f"service-affine-{n}.log",
+                        )
                     )
+                    for n in range(WORKERS)
+                ]
+                baselines = [
+                    stack_of.enter_context(
+                        stack.Server(
+                            f"baseline-{n}",
+                            baseline_args,
+                            {**baseline_env, **single},
+                            WORK / f"baseline-affine-{n}.log",
+                        )
+                    )
+                    for n in range(WORKERS)
+                ]
+                service_proxy = stack_of.enter_context(
+                    stack.TenantAffineProxy("service", services, WORK)
+                )
+                baseline_proxy = stack_of.enter_context(
+                    stack.TenantAffineProxy("baseline", baselines, WORK)
+                )
+                _measure(
+                    db, chosen, AFFINE, service_proxy, baseline_proxy, tenant_files, args, figures
+                )
         if args.cold:
             cold = tenants[: args.cold]
             say(f"cold tenants: first request of {len(cold)} tenants after a fresh start")
@@ -305,20 +341,23 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(
     db: stack.Database,
     scenarios: list[Scenario],
-    targets: dict[str, stack.Server],
+    setup: Setup,
+    service: stack.Server | stack.TenantAffineProxy,
+    baseline: stack.Server | stack.TenantAffineProxy,
     tenant_files: dict[int, Path],
     args: argparse.Namespace,
     figures: Figures,
 ) -> None:
-    """Every scenario, round after round, each round running the targets in turn."""
+    """Every scenario, round after round, each round running service then baseline."""
     superuser_url = db.cluster.superuser_url()
+    targets = ((setup.service, service, "tp"), (setup.baseline, baseline, "baseline"))
     for scenario in scenarios:
         for round_number in range(1, args.rounds + 1):
-            for target, server in targets.items():
+            for target, server, backends in targets:
                 if round_number == 1:
-                    _wrk(scenario, server, tenant_files, args, seconds=3)  # warm-up
+                    _wrk(scenario, server.url, tenant_files, args, seconds=3)  # warm-up
                 with load.ConnectionSampler(superuser_url) as sampler:
-                    result = _wrk(scenario, server, tenant_files, args, args.seconds)
+                    result = _wrk(scenario, server.url, tenant_files, args, args.seconds)
                 run = Run(
                     scenario=scenario.key,
                     target=target,
@@ -328,7 +367,7 @@ def _measure(
                     p99_ms=result.p99_ms,
                     errors=result.errors,
                     requests=result.requests,
-                    peak_connections=sampler.peak["baseline" if target == BASELINE else "tp"],
+                    peak_connections=sampler.peak[backends],
                 )
                 figures.runs.append(run)
                 say(
@@ -340,13 +379,13 @@ def _measure(
 
 def _wrk(
     scenario: Scenario,
-    server: stack.Server,
+    url: str,
     files: dict[int, Path],
     args: argparse.Namespace,
     seconds: float,
 ) -> load.WrkResult:
     return load.run_wrk(
-        server.url,
+        url,
         files[scenario.tenants],
         distribution=scenario.distribution,
         method=scenario.method,

@@ -180,3 +180,78 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TenantAffineProxy:
+    """HAProxy sending each tenant's requests to one of ``servers``, by a hash of its id.
+
+    ``balance hdr(X-Tenant-ID)`` with ``hash-type consistent``: every request of a tenant
+    reaches the same single-worker gunicorn, so its connections live in one worker only.
+    """
+
+    def __init__(self, name: str, servers: list[Server], work: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = work / f"{name}.haproxy.cfg"
+        config.write_text(haproxy_config(self.port, [s.port for s in servers]))
+        log_path = work / f"{name}.haproxy.log"
+        with log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [haproxy_path(), "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"haproxy exited early; see {log_path}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response,  # noqa: S310
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"haproxy for {name} did not answer in 10 s; see {log_path}")
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+
+    def __enter__(self) -> TenantAffineProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def haproxy_path() -> str:
+    path = shutil.which("haproxy")
+    if path is None:
+        raise RuntimeError("haproxy is not installed: `apt-get install haproxy` (make bench does)")
+    return path
+
+
+def haproxy_config(port: int, server_ports: list[int]) -> str:
+    """Listen on ``port`` on loopback; hash ``X-Tenant-ID`` over the servers, keep-alive."""
+    servers = "".join(
+        f"  server app{number} 127.0.0.1:{server_port}\n"
+        for number, server_port in enumerate(server_ports)
+    )
+    return (
+        "global\n"
+        "  maxconn 4096\n"
+        "defaults\n"
+        "  mode http\n"
+        "  option http-keep-alive\n"
+        "  timeout connect 5s\n"
+        "  timeout client 30s\n"
+        "  timeout server 30s\n"
+        "frontend tenants\n"
+        f"  bind 127.0.0.1:{port}\n"
+        "  default_backend apps\n"
+        "backend apps\n"
+        "  balance hdr(X-Tenant-ID)\n"
+        "  hash-type consistent\n" + servers
+    )

@@ -55,9 +55,11 @@ def _figures() -> Figures:
     for round_number in (1, 2):
         figures.runs.append(Run("users_100", "service", round_number, 850, 5, 20, 0, 10_000, 40))
         figures.runs.append(Run("users_100", "baseline", round_number, 1000, 4, 12, 0, 12_000, 16))
-        figures.runs.append(
-            Run("users_100", report.SERVICE_DEFAULT, round_number, 200, 9, 40, 0, 2_400, 44)
-        )
+        for setup, rps in ((report.DEFAULTS, 200), (report.AFFINE, 900)):
+            figures.runs.append(Run("users_100", setup.service, round_number, rps, 9, 40, 0, 1, 44))
+            figures.runs.append(
+                Run("users_100", setup.baseline, round_number, 1000, 4, 12, 0, 1, 16)
+            )
     figures.cold_ms = [10.0, 12.0, 30.0]
     figures.connect_ms = {64: 2.5, 4096: 5.0}
     figures.round_trips = {"GET /v1/users": (1.0, 4.0)}
@@ -68,14 +70,28 @@ def test_report_table_carries_ratio_and_targets() -> None:
     markdown = report.render_markdown(_figures())
     assert (
         "| GET /v1/users, 100 tenants | 850 | 1000 | 0.85 | 5.0 / 20.0 | 4.0 / 12.0 "
-        "| 0 / 0 | 40 / 16 | 200, 0.20, 44 |" in markdown
+        "| 0 / 0 | 40 / 16 |" in markdown
     )
+    assert "| GET /v1/users, 100 tenants | 200 | 1000 | 0.20 |" in markdown  # defaults
     assert "| GET /v1/users | 1 | 4 |" in markdown
     assert "4096 iterations cost 2.00x the connect time of 64." in markdown
     met = {target: ok for target, _, ok in report.targets(_figures())}
-    assert met["GET /v1/users, 100 tenants: >= 0.80x baseline req/s"]
-    assert met["GET /v1/users, 100 tenants: p99 <= 2x baseline"]
+    shared, affine = report.SHARED.title, report.AFFINE.title
+    assert met[f"{shared}: GET /v1/users, 100 tenants: >= 0.80x baseline req/s"]
+    assert met[f"{shared}: GET /v1/users, 100 tenants: p99 <= 2x baseline"]
+    assert met[f"{affine}: GET /v1/users, 100 tenants: >= 0.80x baseline req/s"]
+    assert not met[f"{affine}: GET /v1/users, 100 tenants: p99 <= 2x baseline"]
+    assert not any(report.DEFAULTS.title in target for target in met)  # shown, not judged
     assert met["cold tenant first request p50 <= 25 ms"]
+
+
+def test_haproxy_config_hashes_the_tenant_header_over_every_server() -> None:
+    config = stack.haproxy_config(8000, [8001, 8002])
+    assert "bind 127.0.0.1:8000" in config
+    assert "balance hdr(X-Tenant-ID)" in config
+    assert "hash-type consistent" in config
+    assert "server app0 127.0.0.1:8001" in config
+    assert "server app1 127.0.0.1:8002" in config
 
 
 def test_report_plots_are_written(tmp_path: Path) -> None:
