@@ -290,36 +290,27 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [s for s in scenarios if s.key in AFFINE_SCENARIOS]
         if chosen:
             say(f"tenant-affine: HAProxy over {WORKERS} single-worker gunicorns per app")
-            single = {"APP_WORKERS": "1"}
-            with contextlib.ExitStack() as stack_of:
-                services = [
-                    stack_of.enter_context(
-                        stack.Server(
-                            f"service-{n}",
-                            service_args,
-                            {**service_env, **single},
-                            WORK / f"service-affine-{n}.log",
+            with contextlib.ExitStack() as running:
+
+                def affine(
+                    name: str, gunicorn_args: list[str], env: dict[str, str]
+                ) -> stack.Server:
+                    """``WORKERS`` single-worker gunicorns behind HAProxy, which is returned."""
+                    servers = [
+                        running.enter_context(
+                            stack.Server(
+                                f"{name}-{n}",
+                                gunicorn_args,
+                                {**env, "APP_WORKERS": "1"},
+                                WORK / f"{name}-affine-{n}.log",
+                            )
                         )
-                    )
-                    for n in range(WORKERS)
-                ]
-                baselines = [
-                    stack_of.enter_context(
-                        stack.Server(
-                            f"baseline-{n}",
-                            baseline_args,
-                            {**baseline_env, **single},
-                            WORK / f"baseline-affine-{n}.log",
-                        )
-                    )
-                    for n in range(WORKERS)
-                ]
-                service_proxy = stack_of.enter_context(
-                    stack.TenantAffineProxy("service", services, WORK)
-                )
-                baseline_proxy = stack_of.enter_context(
-                    stack.TenantAffineProxy("baseline", baselines, WORK)
-                )
+                        for n in range(WORKERS)
+                    ]
+                    return running.enter_context(stack.TenantAffineProxy(name, servers, WORK))
+
+                service_proxy = affine("service", service_args, service_env)
+                baseline_proxy = affine("baseline", baseline_args, baseline_env)
                 _measure(
                     db, chosen, AFFINE, service_proxy, baseline_proxy, tenant_files, args, figures
                 )
@@ -342,8 +333,8 @@ def _measure(
     db: stack.Database,
     scenarios: list[Scenario],
     setup: Setup,
-    service: stack.Server | stack.TenantAffineProxy,
-    baseline: stack.Server | stack.TenantAffineProxy,
+    service: stack.Server,
+    baseline: stack.Server,
     tenant_files: dict[int, Path],
     args: argparse.Namespace,
     figures: Figures,

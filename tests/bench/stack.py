@@ -132,7 +132,7 @@ def seed(
 
 
 class Server:
-    """One gunicorn master and its workers, started in the background."""
+    """One gunicorn master and its workers, started in the background on a free port."""
 
     def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
@@ -141,7 +141,7 @@ class Server:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", *args],
+                self._command(args),
                 cwd=REPO_ROOT,
                 env={**os.environ, **env, "APP_BIND": f"127.0.0.1:{self.port}"},
                 stdout=log,
@@ -149,6 +149,9 @@ class Server:
             )
         self.log_path = log_path
         self._wait_ready()
+
+    def _command(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", *args]
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -182,7 +185,7 @@ class Server:
         self.stop()
 
 
-class TenantAffineProxy:
+class TenantAffineProxy(Server):
     """HAProxy sending each tenant's requests to one of ``servers``, by a hash of its id.
 
     ``balance hdr(X-Tenant-ID)`` with ``hash-type consistent``: every request of a tenant
@@ -190,40 +193,13 @@ class TenantAffineProxy:
     """
 
     def __init__(self, name: str, servers: list[Server], work: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = work / f"{name}.haproxy.cfg"
-        config.write_text(haproxy_config(self.port, [s.port for s in servers]))
-        log_path = work / f"{name}.haproxy.log"
-        with log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [haproxy_path(), "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"haproxy exited early; see {log_path}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response,  # noqa: S310
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"haproxy for {name} did not answer in 10 s; see {log_path}")
+        self._servers = servers
+        self._config = work / f"{name}.haproxy.cfg"
+        super().__init__(f"haproxy for {name}", [], {}, work / f"{name}.haproxy.log")
 
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-
-    def __enter__(self) -> TenantAffineProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _command(self, args: list[str]) -> list[str]:
+        self._config.write_text(haproxy_config(self.port, [s.port for s in self._servers]))
+        return [haproxy_path(), "-f", str(self._config)]
 
 
 def haproxy_path() -> str:
