@@ -49,7 +49,9 @@ def make_blueprint(resource: Resource) -> Blueprint:
     table = sa.inspect(model).local_table
     id_column = model.id
     dump = dumper(resource.output)
-    statements = ListStatements(table, [table.c[name] for name in resource.output.dump_fields])
+    # Reads and creates return plain rows of the output's columns: no ORM object to build.
+    output_columns = [table.c[name] for name in resource.output.dump_fields]
+    statements = ListStatements(table, output_columns)
 
     @bp.get("")
     def list_records() -> Response:
@@ -72,7 +74,7 @@ def make_blueprint(resource: Resource) -> Blueprint:
     def create_record() -> tuple[Response, int, dict[str, str]]:
         values = resource.create.load(json_object())
         session = tenant_session()
-        record = session.scalars(sa.insert(model).values(**values).returning(model)).one()
+        record = session.execute(sa.insert(table).values(**values).returning(*output_columns)).one()
         session.commit()
         location = url_for(".get_record", record_id=record.id)
         return jsonify(dump(record)), 201, {"Location": location}
