@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         figures.settings = {
             "gunicorn": f"{WORKERS} workers x {threads} threads (gthread), all apps",
             "wrk": f"{args.wrk_threads} threads, {args.connections} connections, "
-            f"{args.seconds:g} s per run, {args.rounds} rounds",
+            f"{args.seconds:g} s per run, {args.rounds} rounds, after a warm-up of "
+            "max(3 s, tenants / 100 s) per target",
             "data": f"{len(tenants)} tenants x {USERS_PER_TENANT} users; page_size=20",
             "PostgreSQL": f"max_connections={stack.MAX_CONNECTIONS}, "
             + ", ".join(f"{k}={v}" for k, v in stack.SERVER_SETTINGS.items()),
@@ -346,7 +347,7 @@ def _measure(
         for round_number in range(1, args.rounds + 1):
             for target, server, backends in targets:
                 if round_number == 1:
-                    _wrk(scenario, server.url, tenant_files, args, seconds=3)  # warm-up
+                    _wrk(scenario, server.url, tenant_files, args, warm_up_seconds(scenario))
                 with load.ConnectionSampler(superuser_url) as sampler:
                     result = _wrk(scenario, server.url, tenant_files, args, args.seconds)
                 run = Run(
@@ -366,6 +367,15 @@ def _measure(
                     f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
                     f"{run.errors} errors, {run.peak_connections} connections"
                 )
+
+
+def warm_up_seconds(scenario: Scenario) -> float:
+    """Load before a scenario's first round: longer with more tenants to log in.
+
+    The rounds measure the steady state; what a tenant's first request costs is measured
+    apart (cold tenants).
+    """
+    return max(3.0, scenario.tenants / 100)
 
 
 def _wrk(
