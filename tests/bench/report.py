@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -97,6 +99,21 @@ class Figures:
     settings: dict[str, str] = field(default_factory=dict)
     command: str = "make bench"
     date: str = ""
+
+
+def save(figures: Figures, path: Path) -> None:
+    """Write everything measured to ``path`` (JSON), so the page can be rendered again."""
+    path.write_text(json.dumps(dataclasses.asdict(figures), indent=1))
+
+
+def load(path: Path) -> Figures:
+    """The figures :func:`save` wrote."""
+    data = json.loads(path.read_text())
+    data["scenarios"] = [Scenario(**item) for item in data["scenarios"]]
+    data["runs"] = [Run(**item) for item in data["runs"]]
+    data["connect_ms"] = {int(k): v for k, v in data["connect_ms"].items()}
+    data["round_trips"] = {k: (v[0], v[1]) for k, v in data["round_trips"].items()}
+    return Figures(**data)
 
 
 @dataclass(frozen=True)
@@ -359,7 +376,12 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
 
 
 def plot(figures: Figures, directory: Path) -> list[Path]:
-    """Req/s, p99 and peak connections against tenant count (uniform GET scenarios)."""
+    """Req/s, p99 and peak connections against tenant count, per setup.
+
+    Each setup's service is a solid line and the baseline runs interleaved with it a dashed
+    line of the same colour (setups differ in what stands in front of the apps, so each is
+    read against its own baseline); Zipf scenarios are crosses.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -374,38 +396,39 @@ def plot(figures: Figures, directory: Path) -> list[Path]:
         ("connections", "peak server connections", lambda run: run.peak_connections),
     ]
     written = []
-    for name, label, value in charts:
-        figure, axes = plt.subplots(figsize=(6, 4))
-        lines = [(setup.service, summarise(figures, setup)) for setup in SETUPS]
-        lines.append((SHARED.baseline, summarise(figures, SHARED)))
-        for label, setup_summaries in lines:
-            uniform = [
-                s
-                for s in setup_summaries
-                if s.scenario.method == "GET" and s.scenario.distribution == "uniform"
-            ]
-            which = "baseline" if label.startswith("baseline") else "service"
-            if uniform:
-                axes.plot(
-                    [s.scenario.tenants for s in uniform],
-                    [value(getattr(s, which)) for s in uniform],
-                    marker="o",
-                    label=label,
-                )
-            for s in setup_summaries:
-                if s.scenario.distribution == "zipf":
+    for name, ylabel, value in charts:
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for colour, setup in zip(("C0", "C1", "C2"), SETUPS, strict=True):
+            summaries = [s for s in summarise(figures, setup) if s.scenario.method == "GET"]
+            for which, style, target in (
+                ("service", "-", setup.service),
+                ("baseline", "--", setup.baseline),
+            ):
+                uniform = [s for s in summaries if s.scenario.distribution == "uniform"]
+                if uniform:
+                    axes.plot(
+                        [s.scenario.tenants for s in uniform],
+                        [value(getattr(s, which)) for s in uniform],
+                        style,
+                        color=colour,
+                        marker="o",
+                        label=target,
+                    )
+                zipf = [s for s in summaries if s.scenario.distribution == "zipf"]
+                if zipf:
                     axes.scatter(
-                        [s.scenario.tenants],
-                        [value(getattr(s, which))],
-                        marker="x",
-                        label=f"{label}, Zipf(1.1)",
+                        [s.scenario.tenants for s in zipf],
+                        [value(getattr(s, which)) for s in zipf],
+                        color=colour,
+                        marker="x" if which == "service" else "+",
+                        label=f"{target}, Zipf(1.1)",
                     )
         axes.set_xscale("log")
         axes.set_xlabel("tenants (GET /v1/users, page_size=20)")
-        axes.set_ylabel(label)
+        axes.set_ylabel(ylabel)
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize="x-small", ncol=2)
         figure.tight_layout()
         path = directory / f"{name}.png"
         figure.savefig(path, dpi=100)

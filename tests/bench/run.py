@@ -32,6 +32,7 @@ from tests.bench.report import AFFINE, DEFAULTS, SHARED, Figures, Run, Scenario,
 
 DOCS = stack.REPO_ROOT / "docs"
 WORK = stack.REPO_ROOT / "var" / "bench"
+FIGURES_FILE = WORK / "figures.json"
 LIST_PATH = "/v1/users?page=1&page_size=20"
 SCENARIOS = (
     Scenario("users_1", "GET /v1/users, 1 tenant", "GET", LIST_PATH, 1, "uniform"),
@@ -208,8 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default=",".join(s.key for s in SCENARIOS), help="comma-separated keys"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="FIGURES",
+        help=f"measure nothing: write docs/ from a saved run (each run saves {FIGURES_FILE})",
+    )
     args_given = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(args_given)
+    if args.render is not None:
+        _write(report.load(args.render), args.no_write)
+        return 0
     wanted = args.scenarios.split(",")
     scenarios = [s for s in SCENARIOS if s.key in wanted and s.tenants <= args.tenants]
     load.wrk_path()  # fail now, not after seeding
@@ -326,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"cold p50 {report.percentile(figures.cold_ms, 0.5):.1f} ms, "
                 f"p99 {report.percentile(figures.cold_ms, 0.99):.1f} ms"
             )
+    report.save(figures, FIGURES_FILE)
+    say(f"saved the figures to {FIGURES_FILE}")
     _write(figures, args.no_write)
     return 0
 

@@ -164,3 +164,11 @@ def test_sized_settings_fit_the_bench_cluster_beside_the_baseline() -> None:
     usable = stack.MAX_CONNECTIONS - run.SUPERUSER_RESERVED - run.BESIDE_THE_SERVICE
     assert run.WORKERS * per_worker <= usable < run.WORKERS * (per_worker + 1)
     assert int(sized["APP_MAX_ENGINES"]) >= 1000
+
+
+def test_saved_figures_render_the_same_page(tmp_path: Path) -> None:
+    figures = _figures()
+    report.save(figures, tmp_path / "figures.json")
+    again = report.load(tmp_path / "figures.json")
+    assert again == figures
+    assert report.render_markdown(again) == report.render_markdown(figures)
