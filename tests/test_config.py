@@ -34,6 +34,14 @@ def test_config_connection_budget_defaults_to_threads_plus_two() -> None:
     assert load_settings(explicit).connection_budget == 3
 
 
+def test_config_tenant_pool_defaults_to_one_per_thread_without_overflow() -> None:
+    settings = load_settings({**VALID, "APP_THREADS": "8"})
+    assert (settings.tenant_pool_size, settings.tenant_max_overflow) == (8, 0)
+    explicit = {**VALID, "APP_TENANT_POOL_SIZE": "2", "APP_TENANT_MAX_OVERFLOW": "1"}
+    settings = load_settings(explicit)
+    assert (settings.tenant_pool_size, settings.tenant_max_overflow) == (2, 1)
+
+
 def test_config_io_timeout_defaults_to_statement_timeout_plus_5s() -> None:
     settings = load_settings({**VALID, "APP_TENANT_STATEMENT_TIMEOUT_MS": "2500"})
     assert settings.database_io_timeout == 7.5
