@@ -178,17 +178,17 @@ class TenantDialect(PGDialect_psycopg2):
         self, cursor: Any, statement: str, parameters: Any, context: Any = None
     ) -> None:
         # psycopg2 repeats an executemany statement per row: open the transaction first.
-        opening = _opening(cursor, context)
-        if opening and not opening.startswith("BEGIN"):
-            # Each row would be a transaction of its own, without the tenant setting.
-            raise sa.exc.InvalidRequestError("a read-only tenant session cannot executemany")
+        opening = _opening(cursor, context, many=True)
         if opening:
             cursor.execute(opening)
         super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
 
 
-def _opening(cursor: Any, context: Any) -> str:
-    """What must precede the statement: BEGIN (and the tenant) if no transaction is open."""
+def _opening(cursor: Any, context: Any, *, many: bool = False) -> str:
+    """What must precede the statement: BEGIN (and the tenant) if no transaction is open.
+
+    ``many``: the statement is an executemany, which psycopg2 sends once per row.
+    """
     if cursor.connection.get_transaction_status() != TRANSACTION_STATUS_IDLE:
         return ""
     connection: sa.Connection | None = getattr(context, "root_connection", None)
@@ -199,6 +199,8 @@ def _opening(cursor: Any, context: Any) -> str:
         return "BEGIN; "
     _, tenant_id, read_only = tenant
     if read_only:  # one implicit transaction per message: see the module docstring
+        if many:  # each row would be a transaction of its own, without the tenant setting
+            raise sa.exc.InvalidRequestError("a read-only tenant session cannot executemany")
         return (
             f"SELECT set_config('app.tenant_id', '{tenant_id}', true), "
             "set_config('transaction_read_only', 'on', true), tenant_move_gate(); "
