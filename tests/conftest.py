@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -33,9 +30,8 @@ from app.hooks import tenancy_of
 from app.tenancy import Tenancy
 from app.tenancy.provisioning import ProvisionedTenant, create_tenant, role_name
 from config import Settings, load_settings, psycopg2_url
-from tests.support import Inspector, MakePlaced
+from tests.support import Inspector, MakePlaced, flask_or_fail
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Durability buys nothing for a cluster deleted at the end of the run.
 _FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
@@ -168,20 +164,7 @@ def two_clusters_env(
 
 def upgrade_database(app_env: Mapping[str, str]) -> None:
     """Run the real ``flask db upgrade`` with ``app_env``; fail the test with its output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        env={**os.environ, **app_env},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"flask db upgrade failed (exit {result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}",
-            pytrace=False,
-        )
+    flask_or_fail(app_env, "db", "upgrade")
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,11 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,33 @@ INIT_SCRIPT = REPO_ROOT / "docker" / "postgres" / "initdb" / "10-tenantpool.sh"
 
 MakePlaced = Callable[[str], ProvisionedTenant]
 """The ``make_placed`` fixture: a fresh tenant on the named cluster."""
+
+
+def run_flask(
+    env: Mapping[str, str], *args: str, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``flask --app wsgi ARGS`` in a child process, ``env`` over ours."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def flask_or_fail(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """:func:`run_flask`; a non-zero exit fails the test with the command's output."""
+    result = run_flask(env, *args)
+    if result.returncode != 0:
+        pytest.fail(
+            f"flask {' '.join(args)} failed (exit {result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}",
+            pytrace=False,
+        )
+    return result
 
 
 def auth_headers(tenant: ProvisionedTenant) -> dict[str, str]:

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from config import ConfigError, load_settings
+from tests.support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKER = REPO_ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"

@@ -29,9 +29,10 @@ from app.tenancy.scram import scram_sha256_verifier
 from config import load_settings
 from tests.bench import baseline_app, load, report, stack
 from tests.bench.report import AFFINE, DEFAULTS, SHARED, Figures, Run, Scenario, Setup
+from tests.support import REPO_ROOT
 
-DOCS = stack.REPO_ROOT / "docs"
-WORK = stack.REPO_ROOT / "var" / "bench"
+DOCS = REPO_ROOT / "docs"
+WORK = REPO_ROOT / "var" / "bench"
 FIGURES_FILE = WORK / "figures.json"
 LIST_PATH = "/v1/users?page=1&page_size=20"
 SCENARIOS = (

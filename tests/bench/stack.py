@@ -26,8 +26,8 @@ from pathlib import Path
 import psycopg2
 
 from app.devcluster import LocalCluster, free_port
+from tests.support import REPO_ROOT, run_flask
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 OWNER = "tenantpool"
 DATABASE = "tenantpool"
 # The bench cluster is thrown away at the end: durability buys nothing. max_connections is
@@ -90,14 +90,7 @@ def database(max_connections: int = MAX_CONNECTIONS) -> Iterator[Database]:
 
 def flask(env: Mapping[str, str], *args: str) -> str:
     """Run ``flask --app wsgi ARGS`` with ``env``; its stdout, or RuntimeError with stderr."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_flask(env, *args)
     if result.returncode != 0:
         raise RuntimeError(f"flask {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result.stdout
@@ -198,6 +191,7 @@ class TenantAffineProxy(Server):
         super().__init__(f"haproxy for {name}", [], {}, work / f"{name}.haproxy.log")
 
     def _command(self, args: list[str]) -> list[str]:
+        # The config names the port Server.__init__ picked just before starting us.
         self._config.write_text(haproxy_config(self.port, [s.port for s in self._servers]))
         return [haproxy_path(), "-f", str(self._config)]
 

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from app.devcluster import LocalCluster, free_port
+from tests.support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 

@@ -31,9 +31,9 @@ import sqlalchemy as sa
 from app.devcluster import LocalCluster
 from app.tenancy.events import EventKind, TenantEvent, notify
 from config import psycopg2_url
-from tests.conftest import REPO_ROOT, throwaway_cluster, upgrade_database
+from tests.conftest import throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
-from tests.support import eventually, failed_logins, set_role_password
+from tests.support import REPO_ROOT, eventually, failed_logins, set_role_password
 
 pytestmark = pytest.mark.e2e
 

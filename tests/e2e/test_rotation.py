@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,8 +26,8 @@ import sqlalchemy as sa
 from app.crypto import Keyring
 from app.models import Tenant
 from tests.conftest import FreshDatabase
-from tests.e2e.conftest import REPO_ROOT, SeededTenant, Service, seed, start_service, stop_service
-from tests.support import connect_as, stored_password
+from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
+from tests.support import connect_as, run_flask, stored_password
 
 pytestmark = pytest.mark.e2e
 
@@ -138,14 +136,7 @@ def test_rotation_under_load_loses_no_request(
         assert response.status_code == 200, response.text
 
     def crypto_rotate() -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "crypto", "rotate"],
-            cwd=REPO_ROOT,
-            env={**os.environ, **service.env},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_flask(service.env, "crypto", "rotate")
         assert result.returncode == 0, result.stderr
 
     keys["k2"] = secrets.token_hex(32)

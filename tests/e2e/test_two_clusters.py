@@ -8,22 +8,19 @@ the endpoint and isolation tests of test_service.py run again with this module's
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import REPO_ROOT, SeededTenant, Service, seed, start_service, stop_service
+from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
 from tests.e2e.test_service import (  # noqa: F401  (collected again, across two clusters)
     test_service_every_endpoint_for_both_tenants,
     test_service_tenant_never_reaches_another_tenants_rows,
 )
 from tests.faults.ledger import Ledger, MixedLoad, assert_answered
-from tests.support import Inspector
+from tests.support import Inspector, run_flask
 
 pytestmark = pytest.mark.e2e
 
@@ -82,15 +79,7 @@ def test_clusters_move_under_write_load_loses_no_acknowledged_write(
     ) as load:
         load.wait_until(lambda _: _acknowledged_writes(load) >= 10, 60, "10 writes")
         move = ["tenants", "move", mover.id, "--to", "c2", "--batch-size", "5"]
-        moved = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", *move],
-            cwd=REPO_ROOT,
-            env={**os.environ, **two_clusters_env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        moved = run_flask(two_clusters_env, *move, timeout=120)
         assert moved.returncode == 0, moved.stderr
         # Writes go on, to the new cluster, once every worker has dropped the old engine.
         after_move = _acknowledged_writes(load) + 10

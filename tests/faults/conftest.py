@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,20 +42,6 @@ StartService = Callable[..., Service]
 def through(url: str, proxy: FaultProxy) -> str:
     """``url`` with its port replaced by the proxy's."""
     return make_url(url).set(port=proxy.port).render_as_string(hide_password=False)
-
-
-def flask_command(env: dict[str, str], *args: str) -> None:
-    """Run ``flask --app wsgi ARGS`` with ``env``; fail the test with its output if it fails."""
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-        env={**os.environ, **env},
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"flask {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from tests.faults.conftest import (
     FAULT_SETTINGS,
     REQUEST_TIMEOUT,
     StartService,
-    flask_command,
     through,
 )
 from tests.faults.ledger import Ledger, MixedLoad, Outcome, assert_answered
 from tests.faults.proxy import FaultProxy
+from tests.support import flask_or_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,7 @@ def test_restart_fast_under_load_recovers_within_10s(
     cluster = cluster_factory(max_connections=60)
     owner_url = cluster.bootstrap_owner("tenantpool", secrets.token_urlsafe(24), "tenantpool")
     env = {**app_env, **FAULT_SETTINGS, "APP_DATABASE_URL": owner_url}
-    flask_command(env, "db", "upgrade")
+    flask_or_fail(env, "db", "upgrade")
     tenants = seed(env, tmp_path / "tenants.json", count=2, prefix="restart")
     # The service reaches the server through a proxy, so the server may come back on
     # another port (if its own was taken meanwhile) without the service knowing.
