@@ -32,7 +32,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@touch $@
 
 run: $(STAMP)
-	$(PY) -m app.devserver
+	$(PY) -m app.dev.server
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -78,5 +78,5 @@ loadtest: $(LOAD_STAMP)
 
 # Stops a cluster left running in var/pg first, so no server outlives its directory.
 clean:
-	@if [ -x $(PY) ] && [ -f var/pg/postmaster.pid ]; then $(PY) -m app.devcluster stop var/pg; fi
+	@if [ -x $(PY) ] && [ -f var/pg/postmaster.pid ]; then $(PY) -m app.dev.cluster stop var/pg; fi
 	rm -rf var $(VENV)

@@ -38,7 +38,7 @@ from prometheus_client import multiprocess  # noqa: E402 - must follow the varia
 
 from app.capacity import CapacityError, check_capacity  # noqa: E402
 from app.logs import gunicorn_logconfig  # noqa: E402
-from app.tenancy.reaper import process_reaper, shutdown_process  # noqa: E402
+from app.tenancy.serving.reaper import process_reaper, shutdown_process  # noqa: E402
 
 bind = _settings.bind
 workers = _settings.workers

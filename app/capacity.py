@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.db import CONTROL_POOL_MAX
+from app.tenancy.control.clusters import cluster_urls
 from config import Settings
 
 __all__ = ["CapacityError", "ServerSlots", "check_capacity", "demand_per_worker", "server_slots"]
@@ -80,8 +81,7 @@ def check_capacity(settings: Settings) -> None:
     servers: dict[tuple[str | None, int | None], tuple[sa.URL, bool]] = {
         _server_key(control): (control, True)
     }
-    for name in settings.clusters:
-        url = settings.cluster_url(name)
+    for url in cluster_urls(control, settings.clusters).values():
         if url.username is None:
             url = url.set(username=control.username, password=control.password)
         servers.setdefault(_server_key(url), (url, False))

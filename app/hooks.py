@@ -11,30 +11,18 @@ import logging
 
 from flask import Blueprint, Flask, current_app, g, request
 
-from app.tenancy import Tenancy
-from app.tenancy.resolve import parse_bearer, parse_tenant_id
-from app.tenancy.session import TenantSession
+from app.tenancy import Tenancy, attach, tenancy_of
+from app.tenancy.serving.resolve import parse_bearer, parse_tenant_id
+from app.tenancy.serving.session import TenantSession
 
-EXTENSION = "tenantpool"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask, tenancy: Tenancy) -> None:
     """Attach the worker's tenancy to ``app``; refuse a second one."""
-    if EXTENSION in app.extensions:
-        raise RuntimeError("tenancy is already initialised on this app; call init_app once")
-    app.extensions[EXTENSION] = tenancy
+    attach(app, tenancy)
     app.teardown_request(_close_session)
-
-
-def tenancy_of(app: Flask) -> Tenancy:
-    """The app's tenancy; raises with what to do if ``init_app`` was not called."""
-    try:
-        tenancy: Tenancy = app.extensions[EXTENSION]
-    except KeyError:
-        raise RuntimeError("tenancy is not initialised; did you forget to call init_app?") from None
-    return tenancy
 
 
 def require_tenant(bp: Blueprint) -> None:
@@ -54,6 +42,7 @@ def _bind_tenant() -> None:
     tenant_id = parse_tenant_id(request.headers.getlist("X-Tenant-ID"))
     api_key = parse_bearer(request.headers.getlist("Authorization"))
     tenancy = tenancy_of(current_app)
+    tenancy.start_background()
     tenancy.authenticate(tenant_id, api_key)
     g.tenant_id = tenant_id
     # Safe methods must not write: their statements run as read-only transactions of one

@@ -27,7 +27,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from app.tenancy.observer import Observer
+from app.tenancy.serving.observer import Observer
 
 __all__ = ["TenancyMetrics", "count_capacity_rejection", "observe_request", "render"]
 

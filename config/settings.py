@@ -1,4 +1,9 @@
-"""Typed settings and their loading from the environment (DESIGN section 9)."""
+"""Typed settings and their loading from the environment (DESIGN section 9).
+
+Our own small reader rather than pydantic-settings: it keeps the ``APP_<NAME>_FILE``
+convention (Docker secrets, re-read on reload) and one-line errors naming the variable,
+which pydantic's multi-line validation reports would need a layer of their own to give.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 ENVIRONMENTS = ("development", "testing", "production")
@@ -26,42 +31,38 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the service is configured with. Immutable once loaded."""
+    """Everything the service is configured with. Immutable once loaded.
 
+    Fields have no defaults here: :func:`load_settings` states each default once, beside the
+    variable it belongs to (several derive from others, like the pool size from threads).
+    """
+
+    env: str
     database_url: str
     encryption_keys: Mapping[str, bytes]
     encryption_active_key: str
-    env: str = "development"
-    admin_token: str | None = None
-    clusters: Mapping[str, str] = field(default_factory=dict)
-    bind: str = "127.0.0.1:8080"
-    workers: int = 2
-    threads: int = 4
-    tenant_pool_size: int = 4  # threads, see load_settings
-    tenant_max_overflow: int = 0
-    max_engines: int = 200
-    connection_budget: int = 6  # threads + BUDGET_HEADROOM, see load_settings
-    pool_timeout: float = 5.0
-    idle_ttl: float = 300.0
-    reaper_interval: float = 5.0
-    tenant_cache_ttl: float = 60.0
-    tenant_connection_limit: int = 20
-    tenant_statement_timeout_ms: int = 5000
-    connect_timeout: int = 5
-    database_io_timeout: float = 10.0
-    scram_iterations: int = 64
-    max_content_length: int = 1024 * 1024
-    trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    trusted_proxies: int = 0
-    log_level: str = "INFO"
-
-    def cluster_url(self, name: str) -> URL:
-        """The DSN of a named cluster; ``default`` is the control-plane server itself."""
-        if name in self.clusters:
-            return make_url(self.clusters[name])
-        if name == "default":
-            return make_url(self.database_url)
-        raise ConfigError(f"APP_CLUSTERS: no cluster named {name!r}; add it to APP_CLUSTERS")
+    admin_token: str | None
+    clusters: Mapping[str, str]
+    bind: str
+    workers: int
+    threads: int
+    tenant_pool_size: int
+    tenant_max_overflow: int
+    max_engines: int
+    connection_budget: int
+    pool_timeout: float
+    idle_ttl: float
+    reaper_interval: float
+    tenant_cache_ttl: float
+    tenant_connection_limit: int
+    tenant_statement_timeout_ms: int
+    connect_timeout: int
+    database_io_timeout: float
+    scram_iterations: int
+    max_content_length: int
+    trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    trusted_proxies: int
+    log_level: str
 
 
 BUDGET_HEADROOM = 2

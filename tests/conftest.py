@@ -25,10 +25,9 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.cli.db import alembic_config
-from app.devcluster import LocalCluster
-from app.hooks import tenancy_of
-from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant, create_tenant, role_name
+from app.dev.cluster import LocalCluster
+from app.tenancy import Tenancy, tenancy_of
+from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant, role_name
 from config import Settings, load_settings, psycopg2_url
 from tests.support import Inspector, MakePlaced, flask_or_fail
 

@@ -26,11 +26,11 @@ from flask import Flask
 
 from app import create_app
 from app.crypto import Keyring, tenant_aad
-from app.devcluster import LocalCluster
-from app.hooks import tenancy_of
+from app.dev.cluster import LocalCluster
 from app.models import Tenant
-from app.tenancy.provisioning import ProvisionedTenant, role_name
-from app.tenancy.scram import generate_password, scram_sha256_verifier
+from app.tenancy import tenancy_of
+from app.tenancy.control.provisioning import ProvisionedTenant, role_name
+from app.tenancy.control.scram import generate_password, scram_sha256_verifier
 from config import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

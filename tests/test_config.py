@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from app.tenancy.control.clusters import Clusters, cluster_urls
+from app.tenancy.errors import UnknownCluster
 from config import ConfigError, load_settings
 
 KEY = "a" * 64
@@ -71,20 +74,23 @@ def test_config_keyring_with_several_keys() -> None:
 
 def test_config_clusters_are_parsed() -> None:
     settings = load_settings({**VALID, "APP_CLUSTERS": '{"eu1": "postgresql://o:p@h:5432/db"}'})
-    assert settings.cluster_url("eu1").host == "h"
-    assert settings.cluster_url("default").database == "tenantpool"
+    urls = cluster_urls(settings.database_url, settings.clusters)
+    assert urls["eu1"].host == "h"
+    assert urls["default"].database == "tenantpool"
 
 
 def test_config_default_cluster_may_only_route_tenants() -> None:
     """Without credentials, default's owner work goes through APP_DATABASE_URL (compose)."""
     clusters = '{"default": "postgresql://pgbouncer:5432/tenantpool"}'
     settings = load_settings({**VALID, "APP_CLUSTERS": clusters})
-    assert settings.cluster_url("default").host == "pgbouncer"
+    assert cluster_urls(settings.database_url, settings.clusters)["default"].host == "pgbouncer"
 
 
 def test_config_unknown_cluster_names_what_to_do() -> None:
-    with pytest.raises(ConfigError, match="APP_CLUSTERS"):
-        load_settings(VALID).cluster_url("nowhere")
+    settings = load_settings(VALID)
+    clusters = Clusters.configured(sa.create_engine(settings.database_url), settings.clusters)
+    with pytest.raises(UnknownCluster, match="APP_CLUSTERS"):
+        clusters.url("nowhere")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 
 from app import dbwait
 from app.db import create_control_engine
-from app.devcluster import LocalCluster
+from app.dev.cluster import LocalCluster
 from tests.faults.proxy import FaultProxy
 
 SLACK = 3.0  # seconds a loaded machine may add to a bound

@@ -23,10 +23,10 @@ from psycopg2 import errors
 
 from app.crypto import Keyring
 from app.db import create_control_engine
-from app.devcluster import LocalCluster
-from app.devpgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
-from app.tenancy.clusters import Clusters
-from app.tenancy.provisioning import RoleLimits, create_tenant, role_name
+from app.dev.cluster import LocalCluster
+from app.dev.pgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
+from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.provisioning import RoleLimits, create_tenant, role_name
 from config import load_settings
 from tests.conftest import throwaway_cluster, upgrade_database
 from tests.support import compose_pgbouncer, run_compose_init_script, tenant_passwords

@@ -13,8 +13,8 @@ from alembic.migration import MigrationContext
 
 from app.cli.db import alembic_config
 from app.db import Base
-from app.devcluster import LocalCluster
-from app.tenancy.ddl import tenant_scoped_ddl
+from app.dev.cluster import LocalCluster
+from app.tenancy.control.ddl import tenant_scoped_ddl
 from config import psycopg2_url
 
 

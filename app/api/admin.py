@@ -26,17 +26,17 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.api.body import json_object, page_response, query_args
 from app.errors import Forbidden, Unauthorized, ValidationFailed
-from app.hooks import tenancy_of
 from app.schemas.tenants import (
     TenantCreateSchema,
     TenantListQuerySchema,
     TenantSchema,
     TenantWithKeySchema,
 )
-from app.tenancy import provisioning
-from app.tenancy.clusters import DEFAULT_CLUSTER, Clusters
-from app.tenancy.events import EventKind, TenantEvent
-from app.tenancy.provisioning import TenantInfo
+from app.tenancy import tenancy_of
+from app.tenancy.control import provisioning
+from app.tenancy.control.clusters import DEFAULT_CLUSTER, Clusters
+from app.tenancy.control.provisioning import TenantInfo
+from app.tenancy.serving.events import EventKind, TenantEvent
 from config import Settings
 
 EXTENSION = "tenantpool.admin"

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify
 
 from app.errors import ServiceUnavailable
-from app.hooks import tenancy_of
+from app.tenancy import tenancy_of
 
 bp = Blueprint("health", __name__)
 

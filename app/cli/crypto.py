@@ -14,8 +14,8 @@ from flask import current_app
 
 from app.cli.progress import progress
 from app.crypto import CryptoError, Keyring, generate_key
-from app.hooks import tenancy_of
-from app.tenancy.rekey import count_stale, reencrypt_all
+from app.tenancy import tenancy_of
+from app.tenancy.control.rekey import count_stale, reencrypt_all
 
 
 @click.group()

@@ -14,9 +14,8 @@ import click
 from alembic import command
 from alembic.config import Config
 from flask import current_app
-from sqlalchemy import make_url
 
-from config import Settings
+from app.tenancy import tenancy_of
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -29,18 +28,14 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def databases(settings: Settings) -> list[tuple[str, str]]:
+def databases() -> list[tuple[str, str]]:
     """(label, owner DSN) of every database to migrate, the control plane's first."""
-    found = [("control plane", settings.database_url)]
-    for name, url in sorted(settings.clusters.items()):
-        if url != settings.database_url and make_url(url).username:
-            found.append((f"cluster {name}", url))
-    return found
+    found = tenancy_of(current_app).clusters.owner_databases()
+    return [(label, url.render_as_string(hide_password=False)) for label, url in found]
 
 
 def _each_database() -> list[tuple[str, Config]]:
-    settings: Settings = current_app.config["SETTINGS"]
-    return [(label, alembic_config(url)) for label, url in databases(settings)]
+    return [(label, alembic_config(url)) for label, url in databases()]
 
 
 @click.group()

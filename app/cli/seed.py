@@ -13,12 +13,11 @@ from flask import current_app
 
 from app.cli.progress import progress
 from app.cli.tenants import known_cluster
-from app.hooks import tenancy_of
 from app.models import Tenant, User
-from app.tenancy import Tenancy
-from app.tenancy.audit import cli_actor
-from app.tenancy.clusters import DEFAULT_CLUSTER
-from app.tenancy.provisioning import ProvisionedTenant, create_tenants, rotate_api_key
+from app.tenancy import Tenancy, tenancy_of
+from app.tenancy.control.audit import cli_actor
+from app.tenancy.control.clusters import DEFAULT_CLUSTER
+from app.tenancy.control.provisioning import ProvisionedTenant, create_tenants, rotate_api_key
 
 FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken")
 LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson")

@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.cli.db import databases
-from app.hooks import tenancy_of
-from app.tenancy.checks import check_isolation
+from app.tenancy import tenancy_of
+from app.tenancy.control.checks import check_isolation
 
 
 @click.group()
@@ -23,7 +23,7 @@ def check() -> None:
     On the control plane's database and on every other cluster of ``APP_CLUSTERS``.
     """
     tenancy = tenancy_of(current_app)
-    targets = databases(current_app.config["SETTINGS"])
+    targets = databases()
     problems: list[str] = []
     tables = roles = 0
     for position, (label, url) in enumerate(targets):

@@ -1,6 +1,6 @@
 """``flask tenants create|list|rotate|suspend|resume|delete|move``: the admin API, from a shell.
 
-Same functions as the admin API (``app.tenancy.provisioning``), same events and audit
+Same functions as the admin API (``app.tenancy.control.provisioning``), same events and audit
 lines; the actor is ``cli:<user>@<host>``. A tenant is named by its id or its name.
 """
 
@@ -14,11 +14,13 @@ import sqlalchemy as sa
 from flask import current_app
 
 from app.cli.progress import Progress, progress
-from app.hooks import tenancy_of
 from app.schemas.tenants import STATUSES
-from app.tenancy import Tenancy, provisioning
-from app.tenancy.audit import cli_actor
-from app.tenancy.clusters import DEFAULT_CLUSTER
+from app.tenancy import Tenancy, tenancy_of
+from app.tenancy.control import provisioning
+from app.tenancy.control.audit import cli_actor
+from app.tenancy.control.clusters import DEFAULT_CLUSTER
+from app.tenancy.control.moving import move_tenant
+from app.tenancy.control.provisioning import TenantInfo
 from app.tenancy.errors import (
     InvalidTenantHeader,
     TenancyError,
@@ -26,9 +28,7 @@ from app.tenancy.errors import (
     TenantNotFound,
     UnknownCluster,
 )
-from app.tenancy.moving import move_tenant
-from app.tenancy.provisioning import TenantInfo
-from app.tenancy.resolve import parse_tenant_id
+from app.tenancy.serving.resolve import parse_tenant_id
 
 
 @click.group()
@@ -167,7 +167,7 @@ def move(tenant: str, target: str, batch_size: int) -> None:
     try:
         report = move_tenant(
             tenancy.clusters,
-            tenancy.keyring,
+            tenancy.engines,
             tenancy.limits,
             tenant_id,
             target,

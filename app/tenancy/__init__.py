@@ -20,6 +20,6 @@ Lifecycle of a tenant request (``app.hooks`` is the only caller from Flask):
    ``TenantEventListener``, forgets a tenant the moment a change event names it.
 """
 
-from app.tenancy.service import Tenancy
+from app.tenancy.service import Tenancy, attach, tenancy_of
 
-__all__ = ["Tenancy"]
+__all__ = ["Tenancy", "attach", "tenancy_of"]

@@ -1,25 +1,33 @@
-"""The worker's tenancy: control-plane engine, tenant directory, engine registry, keyring."""
+"""The worker's tenancy: control-plane engine, tenant directory, engine registry, keyring.
+
+``attach(app, tenancy)`` stores it on a web app and ``tenancy_of(app)`` finds it again, for
+the request hooks, the API and the command line alike. Neither needs Flask: any object with
+an ``extensions`` dict will do.
+"""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from app.crypto import Keyring
-from app.tenancy.backoff import LoginBackoff, is_auth_failure
-from app.tenancy.budget import ConnectionBudget
-from app.tenancy.clusters import Clusters
-from app.tenancy.directory import TenantDirectory, TenantRecord
+from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.provisioning import RoleLimits
 from app.tenancy.errors import AuthenticationFailed, TenantSuspended
-from app.tenancy.events import EventKind, TenantEvent
-from app.tenancy.listener import TenantEventListener
-from app.tenancy.observer import Observer
-from app.tenancy.provisioning import RoleLimits
-from app.tenancy.registry import EngineRegistry
-from app.tenancy.resolve import check_api_key
-from app.tenancy.session import TenantSession
+from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
+from app.tenancy.serving.budget import ConnectionBudget
+from app.tenancy.serving.directory import TenantDirectory, TenantRecord
+from app.tenancy.serving.engines import TenantEngineFactory
+from app.tenancy.serving.events import EventKind, TenantEvent
+from app.tenancy.serving.listener import TenantEventListener
+from app.tenancy.serving.observer import Observer
+from app.tenancy.serving.reaper import Reaper
+from app.tenancy.serving.registry import EngineRegistry
+from app.tenancy.serving.resolve import check_api_key
+from app.tenancy.serving.session import TenantSession
 
 # Events after which the tenant's engine is stale (its password, its status or its server
 # changed); the others only change what the directory caches.
@@ -46,8 +54,24 @@ class Tenancy:
     budget: ConnectionBudget
     backoff: LoginBackoff
     clusters: Clusters
+    engines: TenantEngineFactory
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
+    # The process's reaper, watching this registry and listener; started by
+    # ``start_background`` (gunicorn's post_fork starts it earlier), never by building.
+    reaper: Reaper | None = None
+    _background_started: bool = field(default=False, init=False, repr=False)
+
+    def start_background(self) -> None:
+        """Start the reaper thread, once; a tenant request's first act outside gunicorn.
+
+        Short-lived commands (``flask tenancy check``) never serve a tenant request, so
+        they start no thread and open no LISTEN connection.
+        """
+        if self._background_started or self.reaper is None:
+            return
+        self.reaper.start()
+        self._background_started = True
 
     def authenticate(self, tenant_id: uuid.UUID, api_key: str) -> TenantRecord:
         """The tenant, if ``api_key`` is its key and it is active.
@@ -67,7 +91,7 @@ class Tenancy:
         """A session on a connection of the tenant's own engine; the caller closes it.
 
         ``read_only``: every statement is its own read-only transaction, one round trip
-        each (see ``app.tenancy.session``); for requests that must not write.
+        each (see ``app.tenancy.serving.session``); for requests that must not write.
 
         The connection is checked out here, not at the view's first query, so that every
         connection failure surfaces in one place. If PostgreSQL rejects the tenant's
@@ -126,3 +150,29 @@ class Tenancy:
         self.registry.dispose_all()
         self.clusters.dispose()
         self.control_engine.dispose()
+
+
+EXTENSION = "tenantpool"
+"""The key of the tenancy in ``app.extensions``."""
+
+
+class HasExtensions(Protocol):
+    """A web app: Flask's ``app.extensions`` is such a dict."""
+
+    extensions: dict[str, Any]
+
+
+def attach(app: HasExtensions, tenancy: Tenancy) -> None:
+    """Store the worker's tenancy on ``app``; refuse a second one."""
+    if EXTENSION in app.extensions:
+        raise RuntimeError("tenancy is already initialised on this app; call init_app once")
+    app.extensions[EXTENSION] = tenancy
+
+
+def tenancy_of(app: HasExtensions) -> Tenancy:
+    """The app's tenancy; raises with what to do if none was attached."""
+    try:
+        tenancy: Tenancy = app.extensions[EXTENSION]
+    except KeyError:
+        raise RuntimeError("tenancy is not initialised; did you forget to call init_app?") from None
+    return tenancy

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from app.tenancy.ddl import TENANT_BASE_ROLE, make_tenant_scoped
+from app.tenancy.control.ddl import TENANT_BASE_ROLE, make_tenant_scoped
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from app.tenancy.ddl import TENANT_BASE_ROLE
+from app.tenancy.control.ddl import TENANT_BASE_ROLE
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -16,9 +16,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app import create_app
-from app.hooks import tenancy_of
-from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant
+from app.tenancy import Tenancy, tenancy_of
+from app.tenancy.control.provisioning import ProvisionedTenant
 from config import Settings
 from tests.support import auth_headers, stored_password
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-from app.tenancy.provisioning import ProvisionedTenant
+from app.tenancy.control.provisioning import ProvisionedTenant
 from tests.support import auth_headers
 
 

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from flask import Blueprint, Flask, request
 
 from app import create_app
-from app.hooks import require_tenant, tenancy_of, tenant_session
-from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant, create_tenant
+from app.hooks import require_tenant, tenant_session
+from app.tenancy import Tenancy, tenancy_of
+from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
 from config import Settings
 from tests.support import auth_headers
 

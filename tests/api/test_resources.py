@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from app.tenancy.provisioning import ProvisionedTenant
+from app.tenancy.control.provisioning import ProvisionedTenant
 from tests.support import auth_headers
 
 RESOURCES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {

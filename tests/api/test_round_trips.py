@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from app.devcluster import LocalCluster
-from app.tenancy.provisioning import ProvisionedTenant
+from app.dev.cluster import LocalCluster
+from app.tenancy.control.provisioning import ProvisionedTenant
 from tests.support import auth_headers, logged_since
 
 

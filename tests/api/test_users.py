@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from app.tenancy.provisioning import ProvisionedTenant
+from app.tenancy.control.provisioning import ProvisionedTenant
 from tests.support import auth_headers
 
 PEOPLE = [

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from app.capacity import LISTENER_CONNECTIONS
 from app.db import CONTROL_POOL_MAX
-from app.tenancy.scram import scram_sha256_verifier
+from app.tenancy.control.scram import scram_sha256_verifier
 from config import load_settings
 from tests.bench import baseline_app, load, report, stack
 from tests.bench.report import AFFINE, DEFAULTS, SHARED, Figures, Run, Scenario, Setup

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from app.capacity import LISTENER_CONNECTIONS
 from app.db import CONTROL_POOL_MAX
-from app.tenancy.provisioning import ProvisionedTenant
+from app.tenancy.control.provisioning import ProvisionedTenant
 from tests.bench import baseline_app, load, report, run, stack
 from tests.bench.report import Figures, Run, Scenario
 from tests.bench.stack import Tenant

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import ProvisionedTenant
+from app.tenancy.control.provisioning import ProvisionedTenant
 
 
 def test_bench_registry_get_cached_tenant(

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app.devcluster import LocalCluster
+from app.dev.cluster import LocalCluster
 from app.models import Tenant, User
 from app.tenancy import Tenancy
 from tests.conftest import FreshDatabase

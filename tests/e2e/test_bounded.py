@@ -28,8 +28,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from app.devcluster import LocalCluster
-from app.tenancy.events import EventKind, TenantEvent, notify
+from app.dev.cluster import LocalCluster
+from app.tenancy.serving.events import EventKind, TenantEvent, notify
 from config import psycopg2_url
 from tests.conftest import throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service

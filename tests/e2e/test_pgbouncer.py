@@ -25,8 +25,8 @@ import psycopg2
 import pytest
 import requests
 
-from app.devcluster import LocalCluster
-from app.devpgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
+from app.dev.cluster import LocalCluster
+from app.dev.pgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
 from tests.conftest import throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
 from tests.e2e.test_service import (  # noqa: F401  (collected again, through PgBouncer)

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from app.devcluster import LocalCluster
+from app.dev.cluster import LocalCluster
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import RoleLimits, create_tenant
+from app.tenancy.control.provisioning import RoleLimits, create_tenant
 from tests.e2e.conftest import SeededTenant, Service, start_service, stop_service
 from tests.faults.proxy import FaultProxy
 

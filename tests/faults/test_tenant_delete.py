@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import DEFAULT_DELETE_GRACE, delete_tenant
+from app.tenancy.control.provisioning import DEFAULT_DELETE_GRACE, delete_tenant
 from tests.faults.conftest import REQUEST_TIMEOUT, StartService, backends_of, new_tenant
 from tests.faults.ledger import Ledger, MixedLoad, Outcome, request
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.tenancy import Tenancy
-from app.tenancy.provisioning import create_tenant
+from app.tenancy.control.provisioning import create_tenant
 from tests.e2e.conftest import SeededTenant, Service, start_service, stop_service
 
 pytestmark = pytest.mark.e2e

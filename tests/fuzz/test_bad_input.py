@@ -18,7 +18,7 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from app.devcluster import LocalCluster
+from app.dev.cluster import LocalCluster
 from tests.e2e.conftest import SeededTenant, Service
 from tests.support import child_pids
 

@@ -10,16 +10,16 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from app.devcluster import LocalCluster
+from app.dev.cluster import LocalCluster
 from app.tenancy import Tenancy
-from app.tenancy.errors import TenantUnavailable
-from app.tenancy.events import EventKind, TenantEvent, notify
-from app.tenancy.provisioning import (
+from app.tenancy.control.provisioning import (
     ProvisionedTenant,
     create_tenant,
     role_limits,
     set_role_limits,
 )
+from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.events import EventKind, TenantEvent, notify
 from tests.support import eventually, failed_logins, set_role_password
 
 

@@ -1,0 +1,174 @@
+"""Building a tenant's engine: read its credentials, decrypt, connect as its own role.
+
+Called by the registry outside its lock; may be slow (a query, a decryption, a TCP and
+SCRAM handshake) and may raise. Every engine's pool draws on the worker's connection
+budget; a tenant whose credentials keep being rejected backs off (``LoginBackoff``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from app import dbwait
+from app.crypto import CryptoError, Keyring, tenant_aad
+from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
+from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
+from app.tenancy.serving.budget import ConnectionBudget
+from app.tenancy.serving.directory import TenantCredentials, TenantDirectory
+from app.tenancy.serving.observer import Observer
+from app.tenancy.serving.session import TENANT_DRIVER, translate_moving
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Per-tenant pool bounds, from config."""
+
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    connect_timeout: int
+    io_timeout: float
+
+
+class TenantEngineFactory:
+    """Callable ``tenant_id -> Engine`` connecting as the tenant's own LOGIN role.
+
+    Raises TenantUnavailable while the tenant backs off after rejected logins (no login is
+    tried then), CapacityExhausted when the budget has no slot for the first connection,
+    and the SQLAlchemy error of a failed first connect (a rejection is recorded first).
+    """
+
+    def __init__(
+        self,
+        directory: TenantDirectory,
+        keyring: Keyring,
+        cluster_url: Callable[[str], sa.URL],
+        pool: PoolSettings,
+        *,
+        budget: ConnectionBudget,
+        backoff: LoginBackoff,
+        observer: Observer | None = None,
+    ) -> None:
+        self._directory = directory
+        self._keyring = keyring
+        self._cluster_url = cluster_url
+        self._pool = pool
+        self._budget = budget
+        self._backoff = backoff
+        self._observer = observer or Observer()
+
+    def __call__(self, tenant_id: uuid.UUID) -> sa.Engine:
+        self._backoff.check(tenant_id)
+        credentials = self._directory.credentials(tenant_id)
+        if credentials is None:
+            # Deleted between authentication and now: answer as for an unknown tenant.
+            raise AuthenticationFailed("tenant no longer exists")
+        try:
+            cluster_url = self._cluster_url(credentials.cluster)
+        except UnknownCluster:
+            logger.error("tenant %s is placed on an unconfigured cluster", tenant_id)
+            raise TenantUnavailable(
+                "the tenant's cluster is not configured", code="cluster_unknown"
+            ) from None
+        engine = self.engine_for(credentials, cluster_url)
+        # First connect here, outside the registry lock, so a bad password fails now and
+        # the pool starts warm.
+        try:
+            with engine.connect():
+                pass
+        except BaseException as error:
+            engine.dispose()
+            if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
+                self._observer.login_rejected()
+                self._backoff.failed(tenant_id)
+            raise
+        self._backoff.succeeded(tenant_id)
+        return engine
+
+    def engine_for(
+        self, credentials: TenantCredentials, cluster_url: sa.URL, *, pooled: bool = True
+    ) -> sa.Engine:
+        """An engine of the tenant's own role on the cluster at ``cluster_url``; not connected.
+
+        ``pooled``: a ``TenantDialect`` engine pooled on the worker's connection budget, for
+        serving requests. A move (``control.moving``) asks for ``pooled=False``: plain
+        psycopg2 without a pool, outside the budget, because a copy needs isolation levels
+        and server-side cursors that TenantDialect's autocommit mode rules out. Raises
+        TenantUnavailable if the password cannot be decrypted.
+        """
+        url = cluster_url.set(username=credentials.db_user, password=self.password(credentials))
+        pool_args: dict[str, Any] = {"poolclass": NullPool}
+        if pooled:
+            url = url.set(drivername=TENANT_DRIVER)
+            pool_args = {
+                "poolclass": self._budget.pool_class,
+                "pool_size": self._pool.pool_size,
+                "max_overflow": self._pool.max_overflow,
+                "pool_timeout": self._pool.pool_timeout,
+            }
+        engine = sa.create_engine(
+            url,
+            **pool_args,
+            connect_args={
+                "application_name": application_name(credentials.id),
+                # No wait on the server longer than these bounds (see app.dbwait).
+                **dbwait.connect_args(
+                    connect_timeout=self._pool.connect_timeout, io_timeout=self._pool.io_timeout
+                ),
+            },
+        )
+        sa.event.listen(engine, "handle_error", translate_moving)
+        if pooled:
+            sa.event.listen(engine, "checkout", discard_if_closed_by_server)
+        return engine
+
+    def password(self, credentials: TenantCredentials) -> str:
+        """The tenant role's password; raises TenantUnavailable if it cannot be decrypted."""
+        return decrypt_password(self._keyring, credentials)
+
+
+def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` hook: a connection the server has closed is replaced, unused.
+
+    The zero-round-trip equivalent of ``pool_pre_ping``. A pooled connection is idle, so
+    the server has nothing to say on it: if its socket is readable (end of file, or the
+    FATAL message a server sends when it shuts down or terminates the backend), the server
+    is gone. SQLAlchemy then discards the connection and checks out another, up to three
+    times, so a restarted server costs only the requests that were in flight. A server
+    that went silent without closing anything is caught by ``APP_DATABASE_IO_TIMEOUT`` on
+    the first query, as a ping would have been.
+    """
+    if dbapi_connection.closed:
+        raise sa.exc.DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):  # readable, hung up or failed
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+def decrypt_password(keyring: Keyring, credentials: TenantCredentials) -> str:
+    """The tenant role's password; raises TenantUnavailable if it cannot be decrypted."""
+    try:
+        return keyring.decrypt_str(
+            credentials.db_password_encrypted, tenant_aad(credentials.id, credentials.db_user)
+        )
+    except CryptoError:
+        raise TenantUnavailable(
+            "the tenant's database credentials cannot be decrypted", code="credentials"
+        ) from None
+
+
+def application_name(tenant_id: uuid.UUID) -> str:
+    """``tp:<tenant>:<pid>``: every backend says which tenant and which process it serves."""
+    return f"tp:{tenant_id}:{os.getpid()}"

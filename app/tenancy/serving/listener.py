@@ -1,0 +1,209 @@
+"""The listening side of tenant change events: a dedicated control-plane connection.
+
+Every worker of every node holds one ``LISTEN`` connection per control plane and hands
+each event to a callback (``Tenancy.on_event``: forget the tenant's engine and cached
+record). The worker's reaper thread drives it: it waits in ``select()`` on ``fileno()``
+(so an event is handled as soon as it arrives, not on the next tick) and calls
+``pump()``. A lost connection is noticed there and replaced, with an exponential,
+jittered back-off; since events sent meanwhile are lost, ``on_reconnect`` runs after
+every successful (re)connect so the caller can drop what it cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import sqlalchemy as sa
+
+from app.tenancy.serving.events import CHANNEL, TenantEvent
+
+__all__ = ["TenantEventListener", "connector"]
+
+logger = logging.getLogger(__name__)
+
+Connect = Callable[[], psycopg2.extensions.connection]
+"""Opens a new DB-API connection to the control plane; may raise psycopg2.Error."""
+
+
+def connector(url: str | sa.URL, *, connect_timeout: int) -> Connect:
+    """A ``Connect`` for the DSN of ``url``, naming itself ``tp:listener:<pid>``."""
+    # libpq reads a postgresql:// URI itself, query options (sslmode...) included.
+    dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def connect() -> psycopg2.extensions.connection:
+        return psycopg2.connect(
+            dsn,
+            application_name=f"tp:listener:{os.getpid()}",
+            connect_timeout=connect_timeout,
+            # TCP keepalives notice a peer gone without closing (a partition, a dead host):
+            # the socket then turns readable with an error, and pump() reconnects.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+        )
+
+    return connect
+
+
+class TenantEventListener:
+    """One LISTEN connection and its reconnection schedule. Thread safe.
+
+    ``self._lock`` guards the connection and the schedule; held while connecting and
+    reading notifications (I/O on this connection only), never while calling back.
+    ``pump()`` never raises: a broken connection is closed and retried later, a bad
+    payload or a failing callback is logged and skipped.
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        on_event: Callable[[TenantEvent], object],
+        *,
+        on_reconnect: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_delay: float = 0.2,
+        max_delay: float = 10.0,
+    ) -> None:
+        self._connect = connect
+        self._on_event = on_event
+        self._on_reconnect = on_reconnect
+        self._clock = clock
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self._lock = threading.Lock()
+        self._conn: psycopg2.extensions.connection | None = None
+        self._delay = min_delay
+        self._next_attempt = 0.0
+        self._closed = False
+        self.connects = 0
+        self.failures = 0
+        _LIVE_LISTENERS.add(self)
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._conn is not None
+
+    def fileno(self) -> int | None:
+        """The socket to wait on, or None while disconnected."""
+        with self._lock:
+            return None if self._conn is None else self._conn.fileno()
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next connection attempt; None while connected or closed."""
+        with self._lock:
+            if self._conn is not None or self._closed:
+                return None
+            return max(0.0, self._next_attempt - self._clock())
+
+    def pump(self) -> int:
+        """Connect if due, then deliver every notification received; the number delivered."""
+        with self._lock:
+            if self._closed:
+                return 0
+            reconnected = False
+            if self._conn is None:
+                if self._clock() < self._next_attempt:
+                    return 0
+                reconnected = self._connect_locked()
+                if not reconnected:
+                    return 0
+            payloads = self._drain_locked()
+        if reconnected and self._on_reconnect is not None:
+            self._call(self._on_reconnect)
+        delivered = 0
+        for payload in payloads:
+            try:
+                event = TenantEvent.from_payload(payload)
+            except ValueError:
+                logger.warning("ignored a malformed tenant event on %s", CHANNEL)
+                continue
+            delivered += 1
+            self._call(self._on_event, event)
+        return delivered
+
+    def close(self) -> None:
+        """Close the connection for good."""
+        with self._lock:
+            self._closed = True
+            self._drop_locked(retry_at=self._clock())
+
+    def _connect_locked(self) -> bool:
+        try:
+            conn = self._connect()
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(f"LISTEN {CHANNEL}")  # a constant identifier, no input
+        except (psycopg2.Error, OSError) as error:
+            self.failures += 1
+            delay = self._delay * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+            self._next_attempt = self._clock() + delay
+            self._delay = min(self.max_delay, self._delay * 2)
+            logger.warning(
+                "tenant event listener cannot connect (%s); retrying in %.1fs",
+                type(error).__name__,
+                delay,
+            )
+            return False
+        self._conn = conn
+        self._delay = self.min_delay
+        self.connects += 1
+        if self.connects > 1:
+            logger.info("tenant event listener reconnected")
+        return True
+
+    def _drain_locked(self) -> list[str]:
+        conn = self._conn
+        if conn is None:  # pragma: no cover - callers connect first
+            return []
+        try:
+            conn.poll()
+        except psycopg2.Error as error:
+            logger.warning("tenant event listener lost its connection (%s)", type(error).__name__)
+            self._drop_locked(retry_at=self._clock())
+            return []
+        payloads = [notify.payload for notify in conn.notifies if notify.channel == CHANNEL]
+        conn.notifies.clear()
+        return payloads
+
+    def _drop_locked(self, *, retry_at: float) -> None:
+        conn, self._conn = self._conn, None
+        self._next_attempt = retry_at
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg2.Error:
+                logger.debug("closing a broken listener connection failed", exc_info=True)
+
+    def _call(self, callback: Callable[..., object], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("tenant event callback %r failed", callback)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the connection is the parent's; forget it, never close it."""
+        self._lock = threading.Lock()
+        self._conn = None
+        self._delay = self.min_delay
+        self._next_attempt = 0.0
+
+
+_LIVE_LISTENERS: weakref.WeakSet[TenantEventListener] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_LIVE_LISTENERS):
+        listener._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,404 @@
+"""The per-worker registry of tenant engines: one dict, one lock, per-tenant creations.
+
+Engines are created on a tenant's first request, kept while used, and disposed when idle
+for ``idle_ttl`` (``reap_idle``, called by the reaper thread), when the registry holds
+more than ``max_engines`` (least recently used first), when a tenant change event
+arrives (``evict``), at worker exit (``dispose_all``) and after a fork (in the child).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic
+
+import sqlalchemy as sa
+from sqlalchemy import event, orm
+
+# typing_extensions (a hard dependency of SQLAlchemy) for a TypeVar default: a bare
+# ``EngineRegistry`` means ``EngineRegistry[orm.Session]``.
+from typing_extensions import TypeVar
+
+from app.tenancy.serving.observer import Observer
+
+__all__ = ["Clock", "EngineEntry", "EngineFactory", "EngineRegistry", "SessionFactory"]
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[uuid.UUID], sa.Engine]
+"""Builds a tenant's engine: decryption and first connect; may be slow and may raise."""
+
+Clock = Callable[[], float]
+"""Seconds from an arbitrary origin; ``time.monotonic`` unless a test fakes it."""
+
+S = TypeVar("S", bound=orm.Session, default=orm.Session)
+
+SessionFactory = Callable[[sa.Engine], orm.sessionmaker[S]]
+"""Builds the sessionmaker of a newly created engine; cheap, no I/O."""
+
+
+@dataclass(eq=False)
+class EngineEntry(Generic[S]):
+    """One tenant's engine and sessionmaker.
+
+    ``last_used`` is written under the registry lock. ``retired`` becomes True once the
+    registry has let go of the engine: whoever still holds the entry may finish its work,
+    but every connection checked in after that is closed instead of pooled.
+    """
+
+    tenant_id: uuid.UUID
+    engine: sa.Engine
+    sessionmaker: orm.sessionmaker[S]
+    last_used: float
+    retired: bool = field(default=False, repr=False)
+
+
+@dataclass(eq=False)
+class _Creation:
+    """One tenant's engine creation in progress, run by the thread that registered it."""
+
+    # Set when the attempt is over, whatever its outcome; the other callers wait on it.
+    done: threading.Event = field(default_factory=threading.Event)
+    # The factory's exception: the callers that waited for this attempt re-raise it
+    # rather than each calling the factory again (one broken tenant must not turn 50
+    # concurrent requests into 50 sequential login attempts).
+    error: BaseException | None = None
+    # Set by evict() while the factory runs: what it fetched may be stale (credentials
+    # rotated, tenant suspended or deleted), so the creator fetches again.
+    invalidated: bool = False
+
+
+_MAX_CREATE_ATTEMPTS = 3
+"""Factory calls per creation while change events keep invalidating what was fetched."""
+
+
+class EngineRegistry(Generic[S]):
+    """Per-worker map of tenant id -> engine, bounded, thread safe.
+
+    ``self._lock`` (one ``threading.Lock``) guards ``_entries`` (an OrderedDict kept in
+    least-recently-used order, so ``last_used`` grows from front to back), ``_creating``
+    (tenant id -> creation in progress) and the counters. Held only for dict operations,
+    timestamp writes and reading pool counters. NEVER done while holding it: network I/O,
+    decryption, connecting (the engine factory), disposing an engine, logging, telling the
+    observer (metrics may write files). Engines are popped under the lock and disposed
+    after it is released.
+
+    Creation runs outside ``self._lock``. The first caller for a tenant registers a
+    ``_Creation`` in ``_creating`` (the per-tenant creation lock: an Event the tenant's
+    other callers wait on, removed when the attempt ends) and runs the factory; the
+    others wait, then read the entry again under the lock. So concurrent first requests
+    of a tenant create one engine, and a slow tenant delays neither other tenants' hot
+    path nor their creation. If the factory raises, the exception (the same object)
+    reaches the caller that ran it and every caller already waiting for that attempt
+    (they do not call the factory again); nothing is cached, and the next call tries
+    again. Nothing here bounds the wait for a factory: its own timeouts must.
+
+    Counters (for inspection and tests; metrics get the same facts through the observer;
+    written under the lock): ``created``,
+    ``evicted_by_reason`` (``idle``, ``lru``, ``event`` or the reason given to ``evict``,
+    ``shutdown``, ``fork``) and ``over_capacity`` (inserts that left more than
+    ``max_engines`` engines because all the others had connections checked out).
+    """
+
+    def __init__(
+        self,
+        engine_factory: EngineFactory,
+        *,
+        session_factory: SessionFactory[S],
+        max_engines: int,
+        idle_ttl: float,
+        clock: Clock = time.monotonic,
+        observer: Observer | None = None,
+    ) -> None:
+        if max_engines < 1:
+            raise ValueError(f"max_engines must be at least 1, got {max_engines}")
+        if idle_ttl <= 0:
+            raise ValueError(f"idle_ttl must be positive seconds, got {idle_ttl}")
+        self._engine_factory = engine_factory
+        self._session_factory = session_factory
+        self.max_engines = max_engines
+        self.idle_ttl = idle_ttl
+        self._clock = clock
+        self._observer = observer or Observer()
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[uuid.UUID, EngineEntry[S]] = OrderedDict()
+        self._creating: dict[uuid.UUID, _Creation] = {}
+        self.created = 0
+        self.evicted_by_reason: dict[str, int] = {}
+        self.over_capacity = 0
+        _LIVE_REGISTRIES.add(self)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __contains__(self, tenant_id: object) -> bool:
+        """Whether the tenant has an engine; does not count as a use."""
+        with self._lock:
+            return tenant_id in self._entries
+
+    def get(self, tenant_id: uuid.UUID) -> EngineEntry[S]:
+        """The tenant's entry, creating its engine on first use.
+
+        Raises whatever the engine factory or the session factory raise; nothing is
+        cached then. Blocks while another thread creates this tenant's engine (the
+        factory's own timeouts bound that wait), never while another tenant's is created.
+        """
+        while True:
+            with self._lock:
+                entry = self._touch_locked(tenant_id)
+                if entry is not None:
+                    return entry
+                creation = self._creating.get(tenant_id)
+                if creation is None:
+                    creation = self._creating[tenant_id] = _Creation()
+                    leader = True
+                else:
+                    leader = False
+            if leader:
+                return self._create(tenant_id, creation)
+            creation.done.wait()
+            if creation.error is not None:
+                raise creation.error
+            # Created: loop to read it under the lock (second check). If it was evicted
+            # in the meantime, the next pass starts a new creation.
+
+    def evict(self, tenant_id: uuid.UUID, reason: str = "event") -> bool:
+        """Dispose the tenant's engine; True if it had one.
+
+        A creation in progress for the tenant is told to fetch again, so an engine built
+        from credentials read before the event is not cached after it.
+        """
+        with self._lock:
+            entry = self._entries.pop(tenant_id, None)
+            creation = self._creating.get(tenant_id)
+            if creation is not None:
+                creation.invalidated = True
+            if entry is not None:
+                self._count_locked(reason, 1)
+        if entry is None:
+            return False
+        self._observer.engines_evicted(reason, 1)
+        _retire(entry, close=True)
+        logger.info("disposed engine of tenant %s (%s)", tenant_id, reason)
+        return True
+
+    def reap_idle(self, now: float | None = None) -> list[uuid.UUID]:
+        """Dispose engines unused for more than ``idle_ttl`` with nothing checked out.
+
+        Returns the tenant ids whose engines were disposed, least recently used first.
+        """
+        victims: list[EngineEntry[S]] = []
+        with self._lock:
+            now = self._clock() if now is None else now
+            for entry in self._entries.values():
+                if now - entry.last_used <= self.idle_ttl:
+                    break  # LRU order: every later entry is more recent still
+                if _checked_out(entry.engine) == 0:
+                    victims.append(entry)
+            for entry in victims:
+                del self._entries[entry.tenant_id]
+            self._count_locked("idle", len(victims))
+        if victims:
+            self._observer.engines_evicted("idle", len(victims))
+        for entry in victims:
+            _retire(entry, close=True)
+        if victims:
+            logger.info("disposed %d idle tenant engine(s)", len(victims))
+        return [entry.tenant_id for entry in victims]
+
+    def dispose_all(self, *, close: bool = True) -> None:
+        """Dispose every engine and forget them.
+
+        ``close=True`` at worker exit closes the pooled connections. ``close=False`` in a
+        child process after a fork drops the parent's pools without touching their
+        connections, which still belong to the parent (SQLAlchemy's documented pattern);
+        the at-fork hook of this module does that by itself.
+        """
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+            self._count_locked("shutdown" if close else "fork", len(entries))
+        if close and entries:
+            # Not after a fork: the parent counted those engines, and still has them.
+            self._observer.engines_evicted("shutdown", len(entries))
+        for entry in entries:
+            _retire(entry, close=close)
+
+    def _touch_locked(self, tenant_id: uuid.UUID) -> EngineEntry[S] | None:
+        entry = self._entries.get(tenant_id)
+        if entry is not None:
+            # The timestamp is taken under the lock so that dict order and last_used
+            # agree, which lets reap_idle stop at the first recent entry.
+            entry.last_used = self._clock()
+            self._entries.move_to_end(tenant_id)
+        return entry
+
+    def _create(self, tenant_id: uuid.UUID, creation: _Creation) -> EngineEntry[S]:
+        """Build, insert and publish the outcome; always ends the creation."""
+        try:
+            entry = self._build(tenant_id, creation)
+        except BaseException as exc:
+            creation.error = exc
+            with self._lock:
+                self._creating.pop(tenant_id, None)
+            creation.done.set()
+            raise
+        try:
+            return self._insert(entry)
+        finally:
+            creation.done.set()
+
+    def _build(self, tenant_id: uuid.UUID, creation: _Creation) -> EngineEntry[S]:
+        """Run the factories, outside the registry lock; fetch again if evicted meanwhile."""
+        for attempt in range(1, _MAX_CREATE_ATTEMPTS + 1):
+            with self._lock:
+                creation.invalidated = False
+            engine = self._engine_factory(tenant_id)
+            try:
+                entry = EngineEntry(
+                    tenant_id=tenant_id,
+                    engine=engine,
+                    sessionmaker=self._session_factory(engine),
+                    last_used=self._clock(),
+                )
+                _close_retired_on_checkin(entry)
+            except BaseException:
+                engine.dispose()
+                raise
+            with self._lock:
+                stale = creation.invalidated
+            if not stale:
+                break
+            if attempt == _MAX_CREATE_ATTEMPTS:
+                # Events keep coming; this engine was fetched after all but the last, and
+                # the next one evicts it again.
+                logger.warning("tenant %s keeps changing; caching its engine anyway", tenant_id)
+                break
+            logger.info("tenant %s changed while its engine was created; fetching again", tenant_id)
+            _retire(entry, close=True)
+        return entry
+
+    def _insert(self, entry: EngineEntry[S]) -> EngineEntry[S]:
+        """Publish a new entry and pop LRU victims in one critical section; dispose after."""
+        tenant_id = entry.tenant_id
+        with self._lock:
+            self._creating.pop(tenant_id, None)
+            entry.last_used = self._clock()
+            self._entries[tenant_id] = entry
+            self.created += 1
+            victims = self._pop_lru_locked(keep=tenant_id)
+            self._count_locked("lru", len(victims))
+            over = len(self._entries) - self.max_engines
+            if over > 0:
+                self.over_capacity += 1
+        self._observer.engine_created()
+        if victims:
+            self._observer.engines_evicted("lru", len(victims))
+        for victim in victims:
+            _retire(victim, close=True)
+        if victims:
+            logger.info("disposed %d least recently used tenant engine(s)", len(victims))
+        if over > 0:
+            # Allowed on purpose: failing the request would be worse, and the per-engine
+            # pools and the connection budget still bound the connections. The next insert
+            # or reaper pass brings the count down once some engine goes idle.
+            logger.warning(
+                "%d tenant engines, over max_engines=%d: all the others have connections "
+                "checked out; raise APP_MAX_ENGINES if this persists",
+                self.max_engines + over,
+                self.max_engines,
+            )
+        return entry
+
+    def _pop_lru_locked(self, keep: uuid.UUID) -> list[EngineEntry[S]]:
+        excess = len(self._entries) - self.max_engines
+        if excess <= 0:
+            return []
+        victims: list[EngineEntry[S]] = []
+        for tenant_id, entry in self._entries.items():
+            if len(victims) == excess:
+                break
+            if tenant_id != keep and _checked_out(entry.engine) == 0:
+                victims.append(entry)
+        for entry in victims:
+            del self._entries[entry.tenant_id]
+        return victims
+
+    def _count_locked(self, reason: str, count: int) -> None:
+        if count:
+            self.evicted_by_reason[reason] = self.evicted_by_reason.get(reason, 0) + count
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: drop the parent's engines, locks and creations.
+
+        Runs single threaded, without taking the lock: a parent thread may have held it
+        at fork time, and that thread does not exist here to release it.
+        """
+        entries = list(self._entries.values())
+        self._lock = threading.Lock()
+        self._entries = OrderedDict()
+        self._creating = {}
+        self._count_locked("fork", len(entries))
+        for entry in entries:
+            entry.retired = True
+            # close=False: the connections are the parent's; only forget them. When the
+            # child garbage collects them psycopg2 leaves them open, as it only closes a
+            # connection in the process that opened it (checked on PostgreSQL 15).
+            entry.engine.dispose(close=False)
+
+
+def _checked_out(engine: sa.Engine) -> int:
+    """Connections checked out of the engine's pool; 0 for pools that do not count."""
+    checkedout: Callable[[], int] | None = getattr(engine.pool, "checkedout", None)
+    return 0 if checkedout is None else checkedout()
+
+
+def _close_retired_on_checkin(entry: EngineEntry[Any]) -> None:
+    """Make the entry's engine close, not pool, connections returned after retirement.
+
+    Why: ``Engine.dispose()`` only closes connections checked in at that moment. One
+    checked out then goes back, on return, into the queue of the old, orphaned pool and
+    stays open until that pool is garbage collected (checked in SQLAlchemy 2.1:
+    ``QueuePool.dispose`` empties the queue, ``_ConnectionRecord.checkin`` puts the
+    record back into its own pool). The listener is added before the engine is shared,
+    never to a pool in use, and ``dispose()`` carries pool listeners over to the new pool,
+    so connections a late holder opens on a retired engine are closed on return too.
+    Never in a forked child: there the connections are the parent's.
+    """
+    owner_pid = os.getpid()
+
+    def close_if_retired(dbapi_connection: Any, record: Any) -> None:
+        if entry.retired and os.getpid() == owner_pid:
+            record.close()
+
+    event.listen(entry.engine.pool, "checkin", close_if_retired)
+
+
+def _retire(entry: EngineEntry[Any], *, close: bool) -> None:
+    """Dispose a popped entry's engine. Never call with the registry lock held."""
+    entry.retired = True
+    try:
+        entry.engine.dispose(close=close)
+    except Exception:
+        # One broken connection must not stop the others from being disposed.
+        logger.exception("disposing the engine of tenant %s failed", entry.tenant_id)
+
+
+_LIVE_REGISTRIES: weakref.WeakSet[EngineRegistry[Any]] = weakref.WeakSet()
+"""Every registry of this process, weakly: the at-fork hook must not keep them alive."""
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_LIVE_REGISTRIES):
+        registry._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,113 @@
+"""From settings to the worker's tenancy: the one place where config meets the tenancy layer.
+
+The tenancy layer takes plain values and callables (STYLE.md), so something has to read
+``Settings`` and build its parts; that is this module. Nothing here connects: engines
+connect lazily, the reaper is only told what to watch (it starts with the first tenant
+request, or in gunicorn's ``post_fork``), so building is safe before a fork and costs a
+short-lived ``flask`` command no thread.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app import dbwait
+from app.crypto import Keyring
+from app.db import create_control_engine
+from app.metrics import TenancyMetrics
+from app.tenancy import Tenancy
+from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.provisioning import RoleLimits
+from app.tenancy.serving.backoff import LoginBackoff
+from app.tenancy.serving.budget import ConnectionBudget
+from app.tenancy.serving.directory import TenantDirectory
+from app.tenancy.serving.engines import PoolSettings, TenantEngineFactory
+from app.tenancy.serving.listener import TenantEventListener, connector
+from app.tenancy.serving.reaper import process_reaper
+from app.tenancy.serving.registry import EngineRegistry
+from app.tenancy.serving.session import tenant_sessionmaker
+from config import Settings
+
+
+def build_tenancy(settings: Settings) -> Tenancy:
+    """Wire the worker's tenancy from settings; connects to nothing yet."""
+    dbwait.install()
+    control_engine = create_control_engine(
+        settings.database_url,
+        connect_timeout=settings.connect_timeout,
+        io_timeout=settings.database_io_timeout,
+    )
+    observer = TenancyMetrics()
+    directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
+    clusters = Clusters.configured(control_engine, settings.clusters)
+    budget = ConnectionBudget(
+        settings.connection_budget, timeout=settings.pool_timeout, observer=observer
+    )
+    backoff = LoginBackoff()
+    keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
+    engines = _engine_factory(settings, directory, keyring, clusters, budget, backoff, observer)
+    registry = EngineRegistry(
+        engines,
+        session_factory=tenant_sessionmaker,
+        max_engines=settings.max_engines,
+        idle_ttl=settings.idle_ttl,
+        observer=observer,
+    )
+    tenancy = Tenancy(
+        control_engine,
+        directory,
+        registry,
+        keyring,
+        role_limits(settings),
+        budget,
+        backoff,
+        clusters,
+        engines,
+        observer=observer,
+    )
+    _attach_background(tenancy, settings, control_engine)
+    return tenancy
+
+
+def role_limits(settings: Settings) -> RoleLimits:
+    """The limits new tenant roles get."""
+    return RoleLimits(
+        connection_limit=settings.tenant_connection_limit,
+        statement_timeout_ms=settings.tenant_statement_timeout_ms,
+        scram_iterations=settings.scram_iterations,
+    )
+
+
+def _engine_factory(
+    settings: Settings,
+    directory: TenantDirectory,
+    keyring: Keyring,
+    clusters: Clusters,
+    budget: ConnectionBudget,
+    backoff: LoginBackoff,
+    observer: TenancyMetrics,
+) -> TenantEngineFactory:
+    pool = PoolSettings(
+        pool_size=settings.tenant_pool_size,
+        max_overflow=settings.tenant_max_overflow,
+        pool_timeout=settings.pool_timeout,
+        connect_timeout=settings.connect_timeout,
+        io_timeout=settings.database_io_timeout,
+    )
+    return TenantEngineFactory(
+        directory, keyring, clusters.url, pool, budget=budget, backoff=backoff, observer=observer
+    )
+
+
+def _attach_background(tenancy: Tenancy, settings: Settings, control_engine: sa.Engine) -> None:
+    """The change-event listener, and the process's reaper told to watch; nothing started."""
+    tenancy.listener = TenantEventListener(
+        connector(control_engine.url, connect_timeout=settings.connect_timeout),
+        tenancy.on_event,
+        on_reconnect=tenancy.on_listener_reconnect,
+    )
+    reaper = process_reaper()
+    reaper.configure(interval=settings.reaper_interval)
+    reaper.watch(tenancy.registry)
+    reaper.listen(tenancy.listener)
+    tenancy.reaper = reaper

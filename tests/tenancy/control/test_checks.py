@@ -1,0 +1,272 @@
+"""``flask tenancy check`` on databases of their own, each broken in one way on purpose.
+
+Per-database objects (tables, policies, grants, functions, views) are broken inside a
+transaction that the check then reads and that is rolled back. Role attributes are
+cluster-wide, so those tests use a cluster of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+from click.testing import Result
+
+from app.crypto import Keyring
+from app.dev.cluster import LocalCluster
+from app.tenancy.control.checks import CheckResult, check_isolation
+from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.ddl import tenant_scoped_ddl
+from app.tenancy.control.provisioning import RoleLimits, create_tenant, role_name
+from config import load_settings
+from tests.conftest import ClusterFactory, FreshDatabase
+from tests.support import app_for, invoke
+
+LIMITS = RoleLimits(connection_limit=5, statement_timeout_ms=5000, scram_iterations=64)
+
+
+@pytest.fixture(scope="module")
+def fresh_engine(fresh_database: FreshDatabase) -> Iterator[sa.Engine]:
+    """The owner's engine on a new, migrated database of the suite's cluster.
+
+    Shared by the module: every test's changes are rolled back.
+    """
+    engine = sa.create_engine(fresh_database()["APP_DATABASE_URL"])
+    yield engine
+    engine.dispose()
+
+
+def _check_after(engine: sa.Engine, *statements: str) -> CheckResult:
+    """The check's findings with ``statements`` applied, then rolled back."""
+    with engine.connect() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+        result = check_isolation(connection)
+        connection.rollback()
+    return result
+
+
+def test_checks_pass_on_a_fresh_install(fresh_engine: sa.Engine) -> None:
+    result = _check_after(fresh_engine)
+    assert result.problems == []
+    assert result.tenant_tables == 2
+
+
+def test_checks_pass_for_a_table_made_tenant_scoped_by_the_helper(fresh_engine: sa.Engine) -> None:
+    result = _check_after(
+        fresh_engine,
+        "CREATE TABLE invoices (id int PRIMARY KEY, created_at timestamptz)",
+        *tenant_scoped_ddl("invoices"),
+    )
+    assert result.problems == []
+    assert result.tenant_tables == 3
+
+
+def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa.Engine) -> None:
+    result = _check_after(
+        fresh_engine,
+        "CREATE TABLE invoices (id int, tenant_id uuid NOT NULL "
+        "REFERENCES tenant_placements ON DELETE CASCADE)",
+        "GRANT SELECT ON invoices TO tenant_base",
+    )
+    assert result.problems == [
+        "table invoices: row level security is not enabled",
+        "table invoices: row level security is not forced (the owner would bypass it)",
+        "table invoices: has no tenant_isolation policy",
+        "table invoices: no index starts with tenant_id",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statements", "problem"),
+    [
+        (
+            [
+                "DROP POLICY tenant_isolation ON users",
+                "CREATE POLICY tenant_isolation ON users TO tenant_base "
+                "USING (tenant_id = (SELECT current_tenant_id()))",
+            ],
+            "table users: policy tenant_isolation USING does not reference 'app.tenant_id'\n"
+            "table users: policy tenant_isolation WITH CHECK does not reference 'app.tenant_id'",
+        ),
+        (
+            [
+                "DROP POLICY tenant_isolation ON users",
+                "CREATE POLICY tenant_isolation ON users TO tenant_base "
+                "USING (tenant_id = (SELECT current_tenant_id()) AND tenant_id = "
+                "NULLIF(current_setting('app.tenant_id', true), '')::uuid) "
+                "WITH CHECK (tenant_id IS NOT NULL)",
+            ],
+            "table users: policy tenant_isolation WITH CHECK does not reference "
+            "current_tenant_id() and 'app.tenant_id'",
+        ),
+        (
+            ["CREATE POLICY everyone ON users TO tenant_base USING (true)"],
+            "table users: permissive policy everyone widens tenant_isolation "
+            "(make it RESTRICTIVE or drop it)",
+        ),
+        (
+            ["ALTER TABLE products NO FORCE ROW LEVEL SECURITY"],
+            "table products: row level security is not forced (the owner would bypass it)",
+        ),
+        (
+            ["REVOKE SELECT ON products FROM tenant_base"],
+            "table products: tenant_base has no SELECT on it",
+        ),
+        (
+            ["GRANT TRUNCATE ON users TO tenant_base"],
+            "table users: tenant_base has TRUNCATE on it, which row level security does not cover",
+        ),
+        (["GRANT SELECT ON users TO PUBLIC"], "table users: PUBLIC has SELECT on it"),
+        (["GRANT SELECT ON tenants TO tenant_base"], "role tenant_base: has SELECT on tenants"),
+        (
+            [
+                "CREATE FUNCTION leak() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+                "AS 'SELECT count(*) FROM users'",
+                "REVOKE EXECUTE ON FUNCTION leak() FROM PUBLIC",
+            ],
+            "SECURITY DEFINER function leak(): search_path is not pinned",
+        ),
+        (
+            [
+                "CREATE FUNCTION leak() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+                "SET search_path = pg_catalog, public AS 'SELECT count(*) FROM public.users'"
+            ],
+            "SECURITY DEFINER function leak(): PUBLIC may execute it",
+        ),
+        (
+            [
+                "CREATE VIEW all_users AS SELECT id FROM users",
+                "CREATE VIEW all_users_again WITH (security_invoker) AS SELECT * FROM all_users",
+            ],
+            "view all_users: reads tenant tables without security_invoker (it would run with "
+            "its owner's rights)",
+        ),
+        (
+            ["CREATE MATERIALIZED VIEW user_count AS SELECT count(*) FROM users"],
+            "materialized view user_count: holds tenant rows where row level security cannot "
+            "protect them",
+        ),
+    ],
+    ids=[
+        "using-misses-request",
+        "with-check-misses-both",
+        "extra-permissive-policy",
+        "not-forced",
+        "no-grant",
+        "truncate",
+        "public-grant",
+        "tenants-readable",
+        "definer-search-path",
+        "definer-public",
+        "view-not-invoker",
+        "materialized-view",
+    ],
+)
+def test_checks_name_each_broken_rule(
+    fresh_engine: sa.Engine, statements: list[str], problem: str
+) -> None:
+    assert _check_after(fresh_engine, *statements).problems == problem.split("\n")
+
+
+def test_checks_accept_views_with_security_invoker(fresh_engine: sa.Engine) -> None:
+    result = _check_after(
+        fresh_engine,
+        "CREATE VIEW my_users WITH (security_invoker = on) AS SELECT id FROM users",
+        "CREATE VIEW my_users_again WITH (security_invoker) AS SELECT * FROM my_users",
+    )
+    assert result.problems == []
+
+
+def _tenant_in(env: dict[str, str], name: str) -> tuple[sa.Engine, str]:
+    settings = load_settings(env)
+    engine = sa.create_engine(settings.database_url)
+    keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
+    tenant = create_tenant(Clusters.single(engine), keyring, name, LIMITS)
+    return engine, role_name(tenant.id)
+
+
+def _as_superuser(cluster: LocalCluster, env: dict[str, str], *statements: str) -> None:
+    database = sa.make_url(env["APP_DATABASE_URL"]).database
+    connection = psycopg2.connect(cluster.superuser_url(database or "postgres"))
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+ROLE_BREAKS = [
+    ('ALTER ROLE "{role}" BYPASSRLS', "tenant role {role}: has BYPASSRLS"),
+    ('ALTER ROLE "{role}" SUPERUSER', "tenant role {role}: is SUPERUSER"),
+    ('ALTER ROLE "{role}" CREATEROLE', "tenant role {role}: has CREATEROLE"),
+    ('REVOKE tenant_base FROM "{role}"', "tenant role {role}: is not a member of tenant_base"),
+    ('GRANT "{owner}" TO "{role}"', "tenant role {role}: is a member of {owner}"),
+    ('ALTER TABLE users OWNER TO "{role}"', "tenant role {role}: owns objects"),
+]
+
+
+def test_checks_name_every_privileged_tenant_role(
+    cluster_factory: ClusterFactory, fresh_database: FreshDatabase
+) -> None:
+    # Roles are cluster-wide: these are changed on a cluster of this test's own.
+    cluster = cluster_factory()
+    env = fresh_database(cluster)
+    owner = sa.make_url(env["APP_DATABASE_URL"]).username
+    engine, _ = _tenant_in(env, "innocent")
+    try:
+        assert _check_after(engine).problems == []
+        expected = ["role tenant_base: BYPASSRLS"]
+        statements = ["ALTER ROLE tenant_base BYPASSRLS"]
+        for number, (statement, problem) in enumerate(ROLE_BREAKS):
+            _, role = _tenant_in(env, f"broken-{number}")
+            statements.append(statement.format(role=role, owner=owner))
+            expected.append(problem.format(role=role, owner=owner))
+        _as_superuser(cluster, env, *statements)
+        assert sorted(_check_after(engine).problems) == sorted(expected)
+    finally:
+        engine.dispose()
+
+
+def _cli(env: dict[str, str], *args: str) -> Result:
+    with app_for(env) as app:
+        return invoke(app, *args)
+
+
+def test_checks_command_exits_zero_on_a_fresh_install(fresh_database: FreshDatabase) -> None:
+    result = _cli(fresh_database(), "tenancy", "check")
+    assert result.exit_code == 0, result.output
+    assert "tenant isolation check passed: 2 tenant table(s)" in result.output
+
+
+def test_checks_command_lists_problems_and_exits_non_zero(
+    fresh_database: FreshDatabase,
+) -> None:
+    env = fresh_database()
+    engine = sa.create_engine(env["APP_DATABASE_URL"])
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE notes (tenant_id uuid)")
+    finally:
+        engine.dispose()
+    result = _cli(env, "tenancy", "check")
+    assert result.exit_code == 1
+    assert "table notes: has no tenant_isolation policy" in result.output
+    assert "tenant isolation check failed" in result.output
+
+
+def test_checks_command_fails_for_a_bypassrls_tenant_role(
+    cluster_factory: ClusterFactory, fresh_database: FreshDatabase
+) -> None:
+    cluster = cluster_factory()
+    env = fresh_database(cluster)
+    engine, role = _tenant_in(env, "bypassing")
+    engine.dispose()
+    _as_superuser(cluster, env, f'ALTER ROLE "{role}" BYPASSRLS')
+    result = _cli(env, "tenancy", "check")
+    assert result.exit_code == 1
+    assert f"tenant role {role}: has BYPASSRLS" in result.output
