@@ -17,7 +17,7 @@ from app.db import create_control_engine
 from app.metrics import TenancyMetrics
 from app.tenancy import Tenancy
 from app.tenancy.control.clusters import Clusters
-from app.tenancy.control.provisioning import RoleLimits
+from app.tenancy.control.roles import RoleLimits
 from app.tenancy.serving.backoff import LoginBackoff
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory

@@ -27,7 +27,8 @@ from app import create_app
 from app.cli.db import alembic_config
 from app.dev.cluster import LocalCluster
 from app.tenancy import Tenancy, tenancy_of
-from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant, role_name
+from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
+from app.tenancy.control.roles import role_name
 from config import Settings, load_settings, psycopg2_url
 from tests.support import Inspector, MakePlaced, flask_or_fail
 

@@ -29,7 +29,8 @@ from app.crypto import Keyring, tenant_aad
 from app.dev.cluster import LocalCluster
 from app.models import Tenant
 from app.tenancy import tenancy_of
-from app.tenancy.control.provisioning import ProvisionedTenant, role_name
+from app.tenancy.control.provisioning import ProvisionedTenant
+from app.tenancy.control.roles import role_name
 from app.tenancy.control.scram import generate_password, scram_sha256_verifier
 from config import Settings, load_settings
 

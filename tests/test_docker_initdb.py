@@ -26,7 +26,8 @@ from app.db import create_control_engine
 from app.dev.cluster import LocalCluster
 from app.dev.pgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
 from app.tenancy.control.clusters import Clusters
-from app.tenancy.control.provisioning import RoleLimits, create_tenant, role_name
+from app.tenancy.control.provisioning import create_tenant
+from app.tenancy.control.roles import RoleLimits, role_name
 from config import load_settings
 from tests.conftest import throwaway_cluster, upgrade_database
 from tests.support import compose_pgbouncer, run_compose_init_script, tenant_passwords

@@ -83,7 +83,7 @@ def test_layout_docker_image_leaves_the_dev_tooling_out() -> None:
 @pytest.mark.parametrize(
     "statement",
     [
-        "from app.tenancy.control.provisioning import role_name",
+        "from app.tenancy.control.roles import role_name",
         "from app.tenancy.control import moving",
         "from app.tenancy import control",
         "import app.tenancy.control.checks",

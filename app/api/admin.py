@@ -33,9 +33,9 @@ from app.schemas.tenants import (
     TenantWithKeySchema,
 )
 from app.tenancy import tenancy_of
-from app.tenancy.control import provisioning
+from app.tenancy.control import provisioning, queries
 from app.tenancy.control.clusters import DEFAULT_CLUSTER, Clusters
-from app.tenancy.control.provisioning import TenantInfo
+from app.tenancy.control.queries import TenantInfo
 from app.tenancy.serving.events import EventKind, TenantEvent
 from config import Settings
 
@@ -113,7 +113,7 @@ def _authorize() -> None:
 def list_tenants() -> Response:
     params = query_args(_LIST_QUERY)
     page, size = params["page"], params["page_size"]
-    records, total = provisioning.list_tenants(
+    records, total = queries.list_tenants(
         _engine(), page=page, page_size=size, status=params.get("status")
     )
     return page_response(_TENANT.dump(records, many=True), page=page, page_size=size, total=total)
@@ -135,13 +135,13 @@ def create_tenant() -> tuple[Response, int, dict[str, str]]:
         cluster=cluster,
         actor=_actor(),
     )
-    body = _with_key(provisioning.get_tenant(_engine(), created.id), created.api_key)
+    body = _with_key(queries.get_tenant(_engine(), created.id), created.api_key)
     return body, 201, {"Location": url_for(".get_tenant", tenant_id=created.id)}
 
 
 @bp.get("/tenants/<uuid:tenant_id>")
 def get_tenant(tenant_id: uuid.UUID) -> Response:
-    return jsonify(_TENANT.dump(provisioning.get_tenant(_engine(), tenant_id)))
+    return jsonify(_TENANT.dump(queries.get_tenant(_engine(), tenant_id)))
 
 
 @bp.post("/tenants/<uuid:tenant_id>/rotate-credentials")
@@ -161,7 +161,7 @@ def rotate_credentials(tenant_id: uuid.UUID) -> Response:
 def rotate_api_key(tenant_id: uuid.UUID) -> Response:
     api_key = provisioning.rotate_api_key(_engine(), tenant_id, actor=_actor())
     _apply_here(EventKind.API_KEY_ROTATED, tenant_id)
-    return _with_key(provisioning.get_tenant(_engine(), tenant_id), api_key)
+    return _with_key(queries.get_tenant(_engine(), tenant_id), api_key)
 
 
 @bp.post("/tenants/<uuid:tenant_id>/suspend")

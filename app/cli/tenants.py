@@ -16,11 +16,11 @@ from flask import current_app
 from app.cli.progress import Progress, progress
 from app.schemas.tenants import STATUSES
 from app.tenancy import Tenancy, tenancy_of
-from app.tenancy.control import provisioning
+from app.tenancy.control import provisioning, queries
 from app.tenancy.control.audit import cli_actor
 from app.tenancy.control.clusters import DEFAULT_CLUSTER
 from app.tenancy.control.moving import move_tenant
-from app.tenancy.control.provisioning import TenantInfo
+from app.tenancy.control.queries import TenantInfo
 from app.tenancy.errors import (
     InvalidTenantHeader,
     TenancyError,
@@ -80,7 +80,7 @@ def list_(status: str | None) -> None:
     page, shown = 1, 0
     click.echo(f"{'id':36}  {'status':9}  {'key':8}  {'created':19}  name")
     while True:
-        records, total = provisioning.list_tenants(engine, page=page, page_size=100, status=status)
+        records, total = queries.list_tenants(engine, page=page, page_size=100, status=status)
         for info in records:
             created = info.created_at.strftime("%Y-%m-%d %H:%M:%S")
             click.echo(
@@ -212,10 +212,10 @@ def _tenancy() -> Tenancy:
 def _find(tenancy: Tenancy, tenant: str) -> TenantInfo:
     """The tenant whose id or name is ``tenant``; a usage error if there is none."""
     try:
-        return provisioning.get_tenant(tenancy.control_engine, parse_tenant_id([tenant]))
+        return queries.get_tenant(tenancy.control_engine, parse_tenant_id([tenant]))
     except (InvalidTenantHeader, TenantNotFound):
         pass  # not an id, or no tenant has it: try it as a name
-    info = provisioning.find_tenant_by_name(tenancy.control_engine, tenant)
+    info = queries.find_tenant_by_name(tenancy.control_engine, tenant)
     if info is None:
         raise click.ClickException(f"no tenant with id or name {tenant!r}")
     return info

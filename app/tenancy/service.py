@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from app.crypto import Keyring
 from app.tenancy.control.clusters import Clusters
-from app.tenancy.control.provisioning import RoleLimits
+from app.tenancy.control.roles import RoleLimits
 from app.tenancy.errors import AuthenticationFailed, TenantSuspended
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget

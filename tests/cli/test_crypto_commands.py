@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app.models import Tenant
-from app.tenancy.control.provisioning import RoleLimits
+from app.tenancy.control.roles import RoleLimits
 from config import load_settings
 from tests.conftest import FreshDatabase
 from tests.support import app_for, invoke

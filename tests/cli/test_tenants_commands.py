@@ -11,7 +11,8 @@ from flask import Flask
 
 from app.models import Tenant
 from app.tenancy import Tenancy
-from app.tenancy.control.provisioning import ProvisionedTenant, find_tenant_by_name, get_tenant
+from app.tenancy.control.provisioning import ProvisionedTenant
+from app.tenancy.control.queries import find_tenant_by_name, get_tenant
 from app.tenancy.serving.resolve import hash_api_key
 from tests.support import invoke, stored_password
 

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from app.crypto import DecryptError, tenant_aad
 from app.models import Tenant, User
 from app.tenancy import Tenancy
-from app.tenancy.control.provisioning import ProvisionedTenant, remove_placement, role_name
+from app.tenancy.control.provisioning import ProvisionedTenant
+from app.tenancy.control.roles import remove_placement, role_name
 
 SET_TENANT = "SELECT set_config('app.tenant_id', %(tid)s, false)"
 

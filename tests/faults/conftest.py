@@ -13,7 +13,8 @@ from sqlalchemy.engine import make_url
 
 from app.dev.cluster import LocalCluster
 from app.tenancy import Tenancy
-from app.tenancy.control.provisioning import RoleLimits, create_tenant
+from app.tenancy.control.provisioning import create_tenant
+from app.tenancy.control.roles import RoleLimits
 from tests.e2e.conftest import SeededTenant, Service, start_service, stop_service
 from tests.faults.proxy import FaultProxy
 

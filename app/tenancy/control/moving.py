@@ -27,11 +27,8 @@ after it leaves the old copy (its role unable to log in); running the move again
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -40,8 +37,8 @@ from app.models.placement import TenantPlacement
 from app.models.tenant import Tenant, TenantStatus
 from app.tenancy.control.audit import audit
 from app.tenancy.control.clusters import Clusters, DatabaseIdentity, database_identity
-from app.tenancy.control.ddl import PLACEMENTS_TABLE
-from app.tenancy.control.provisioning import (
+from app.tenancy.control.copying import MoveError, Progress, copy_rows, end_other_sessions
+from app.tenancy.control.roles import (
     RoleLimits,
     limits_of_role,
     place_tenant,
@@ -58,15 +55,6 @@ from app.tenancy.serving.events import EventKind, TenantEvent, notify
 __all__ = ["MoveError", "MoveIncomplete", "MoveReport", "Progress", "move_tenant"]
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
-"""Called as ``progress(table, rows_copied, rows_total)`` after every batch."""
-
-_SET_TENANT = "SELECT set_config('app.tenant_id', %(tenant_id)s, true)"
-
-
-class MoveError(TenancyError):
-    """The move did not happen; the tenant is where it was. The message says why."""
 
 
 class MoveIncomplete(TenancyError):
@@ -215,8 +203,8 @@ class _Move:
                 _set_login(self.source_owner, role, allowed=False)
                 if not self.active:  # it stays suspended where it lands
                     _set_login(self.target_owner, role, allowed=False)
-                _end_other_sessions(source)
-                return _copy(source, dest, self.tenant.id, progress, batch_size)
+                end_other_sessions(source)
+                return copy_rows(source, dest, self.tenant.id, progress, batch_size)
         except BaseException:
             self._undo()
             raise
@@ -339,78 +327,6 @@ def _describe(owner: sa.Engine) -> tuple[DatabaseIdentity, str]:
 def _set_login(owner: sa.Engine, role: str, *, allowed: bool) -> None:
     with owner.begin() as connection:
         set_login(connection, role, allowed=allowed)
-
-
-def _end_other_sessions(source: sa.Connection, *, settle: float = 0.1, rounds: int = 50) -> None:
-    """End every other session of the connected tenant role, until two scans find none.
-
-    A backend that passed its login check just before NOLOGIN may not be listed yet, so
-    the scan repeats after a pause; it could do nothing meanwhile (the move lock is held).
-    """
-    end_others = sa.text(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE usename = current_user AND pid <> pg_backend_pid()"
-    )
-    quiet = 0
-    for _ in range(rounds):
-        with source.begin():
-            ended = source.execute(end_others).scalar_one()
-        quiet = quiet + 1 if ended == 0 else 0
-        if quiet == 2:
-            return
-        time.sleep(settle)
-    raise MoveError("the tenant's sessions on the source kept coming back; try again")
-
-
-def _tenant_tables(connection: sa.Connection) -> list[sa.Table]:
-    """Every table whose rows belong to a tenant, parents before children."""
-    names = connection.execute(
-        sa.text(
-            "SELECT conrelid::regclass::text FROM pg_constraint "
-            "WHERE contype = 'f' AND confrelid = CAST(:parent AS regclass)"
-        ),
-        {"parent": PLACEMENTS_TABLE},
-    ).scalars()
-    metadata = sa.MetaData()
-    metadata.reflect(connection, only=list(names))
-    return [table for table in metadata.sorted_tables if table.name != PLACEMENTS_TABLE]
-
-
-@contextlib.contextmanager
-def _tenant_transaction(connection: sa.Connection, tenant_id: uuid.UUID) -> Iterator[None]:
-    with connection.begin():
-        connection.exec_driver_sql(_SET_TENANT, {"tenant_id": str(tenant_id)})
-        yield
-
-
-def _copy(
-    source: sa.Connection,
-    dest: sa.Connection,
-    tenant_id: uuid.UUID,
-    progress: Progress,
-    batch_size: int,
-) -> dict[str, int]:
-    """Copy every tenant table in one snapshot of the source, in one target transaction."""
-    source = source.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-    counts: dict[str, int] = {}
-    with _tenant_transaction(source, tenant_id), _tenant_transaction(dest, tenant_id):
-        for table in _tenant_tables(source):
-            total = source.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-            copied = 0
-            progress(table.name, copied, total)
-            result = source.execute(sa.select(table).execution_options(yield_per=batch_size))
-            for batch in result.partitions():
-                dest.execute(table.insert(), [row._asdict() for row in batch])
-                copied += len(batch)
-                progress(table.name, copied, total)
-            landed = dest.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-            if not copied == total == landed:
-                raise MoveError(
-                    f"{table.name}: {total} rows on the source, {copied} read, {landed} on the "
-                    "target; nothing was switched"
-                )
-            counts[table.name] = total
-    return counts
 
 
 def _switch(control: sa.Connection, tenant_id: uuid.UUID, source: str, target: str) -> None:

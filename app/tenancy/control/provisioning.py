@@ -31,8 +31,6 @@ PostgreSQL 15; from 16 on, the creator of a role holds ADMIN OPTION on it, which
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -41,32 +39,29 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.crypto import Keyring, tenant_aad
-from app.models.placement import TenantPlacement
 from app.models.tenant import Tenant, TenantStatus
 from app.tenancy.control.audit import audit
 from app.tenancy.control.clusters import DEFAULT_CLUSTER, Clusters
-from app.tenancy.control.ddl import TENANT_BASE_ROLE, TENANT_ROLE_PATTERN
-from app.tenancy.control.scram import generate_password, is_scram_verifier, scram_sha256_verifier
-from app.tenancy.errors import TenantNameTaken, TenantNotFound, TenantUnavailable
+from app.tenancy.control.queries import INFO_COLUMNS, TenantInfo, get_tenant
+from app.tenancy.control.roles import (
+    ROLE,
+    RoleLimits,
+    end_sessions_of,
+    limits_of_role,
+    place_tenants,
+    remove_placement_in,
+    role_name,
+    role_verifier,
+    set_login,
+    statement_timeout_sql,
+)
+from app.tenancy.control.scram import generate_password
+from app.tenancy.errors import TenantNameTaken, TenantNotFound
 from app.tenancy.serving.events import EventKind, TenantEvent, notify
 from app.tenancy.serving.resolve import generate_api_key, hash_api_key
 
 DEFAULT_DELETE_GRACE = 2.0
 """Seconds a deleted tenant's running queries get to finish before their sessions end."""
-
-_TERMINATE_WAIT_MS = 5000
-_DRAIN_POLL = 0.05
-# fullmatch, so a trailing newline (which $ alone would allow) is refused.
-_ROLE = re.compile(TENANT_ROLE_PATTERN)
-
-
-@dataclass(frozen=True)
-class RoleLimits:
-    """Per-tenant role limits so one tenant cannot starve the others."""
-
-    connection_limit: int
-    statement_timeout_ms: int
-    scram_iterations: int
 
 
 @dataclass(frozen=True)
@@ -76,71 +71,6 @@ class ProvisionedTenant:
     id: uuid.UUID
     name: str
     api_key: str
-
-
-@dataclass(frozen=True)
-class TenantInfo:
-    """What an administrator may see of a tenant: no password, ciphertext or key hash."""
-
-    id: uuid.UUID
-    name: str
-    status: str
-    cluster: str
-    db_user: str
-    key_id: str
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
-_INFO_COLUMNS = (
-    Tenant.id,
-    Tenant.name,
-    Tenant.status,
-    Tenant.cluster,
-    Tenant.db_user,
-    Tenant.key_id,
-    Tenant.created_at,
-    Tenant.updated_at,
-)
-
-
-def role_name(tenant_id: uuid.UUID) -> str:
-    """The tenant's role: ``t_`` + 32 hex digits; ``current_tenant_id()`` parses it back."""
-    return f"t_{tenant_id.hex}"
-
-
-def get_tenant(control_engine: sa.Engine, tenant_id: uuid.UUID) -> TenantInfo:
-    """The tenant; raises TenantNotFound."""
-    with control_engine.connect() as connection:
-        row = connection.execute(
-            sa.select(*_INFO_COLUMNS).where(Tenant.id == tenant_id)
-        ).one_or_none()
-    if row is None:
-        raise TenantNotFound(f"no tenant {tenant_id}")
-    return TenantInfo(**row._mapping)
-
-
-def find_tenant_by_name(control_engine: sa.Engine, name: str) -> TenantInfo | None:
-    with control_engine.connect() as connection:
-        row = connection.execute(sa.select(*_INFO_COLUMNS).where(Tenant.name == name)).one_or_none()
-    return None if row is None else TenantInfo(**row._mapping)
-
-
-def list_tenants(
-    control_engine: sa.Engine, *, page: int, page_size: int, status: str | None = None
-) -> tuple[list[TenantInfo], int]:
-    """One page of tenants, oldest first, and the total count."""
-    conditions = [] if status is None else [Tenant.status == status]
-    with control_engine.connect() as connection:
-        total = connection.scalar(sa.select(sa.func.count()).select_from(Tenant).where(*conditions))
-        rows = connection.execute(
-            sa.select(*_INFO_COLUMNS)
-            .where(*conditions)
-            .order_by(Tenant.created_at, Tenant.id)
-            .limit(page_size)
-            .offset((page - 1) * page_size)
-        ).all()
-    return [TenantInfo(**row._mapping) for row in rows], total or 0
 
 
 def create_tenant(
@@ -176,23 +106,7 @@ def create_tenants(
     tenants = [ProvisionedTenant(uuid.uuid4(), name, generate_api_key()) for name in names]
     if not tenants:
         return []
-    verifiers: dict[uuid.UUID, str] = {}
-    rows = []
-    for tenant in tenants:
-        role = role_name(tenant.id)
-        password = generate_password()
-        verifiers[tenant.id] = _verifier(password, limits.scram_iterations)
-        rows.append(
-            {
-                "id": tenant.id,
-                "name": tenant.name,
-                "db_user": role,
-                "db_password_encrypted": keyring.encrypt(password, tenant_aad(tenant.id, role)),
-                "key_id": keyring.active_key_id,
-                "api_key_hash": hash_api_key(tenant.api_key),
-                "cluster": cluster,
-            }
-        )
+    rows, verifiers = _new_secrets(tenants, keyring, limits, cluster)
     placed_on: sa.Engine | None = None
     try:
         with clusters.control.begin() as control:
@@ -221,76 +135,6 @@ def create_tenants(
     return tenants
 
 
-def place_tenant(
-    connection: sa.Connection, tenant_id: uuid.UUID, verifier: str, limits: RoleLimits
-) -> None:
-    """On ``connection``'s cluster: the role (logging in with ``verifier``) and the placement."""
-    place_tenants(connection, {tenant_id: verifier}, limits)
-
-
-def place_tenants(
-    connection: sa.Connection, verifiers: dict[uuid.UUID, str], limits: RoleLimits
-) -> None:
-    """:func:`place_tenant` for several tenants: one message of role statements, one INSERT.
-
-    The owner runs it; each role gets the limits, ``tenant_base`` and nothing else.
-    """
-    statements = []
-    for tenant_id, verifier in verifiers.items():
-        role = role_name(tenant_id)
-        # DDL takes no bind parameters; the verifier is embedded, so its alphabet is checked.
-        if not is_scram_verifier(verifier):
-            raise ValueError("refusing to embed a malformed SCRAM verifier")
-        statements.append(
-            f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
-            f"INHERIT CONNECTION LIMIT {int(limits.connection_limit)} "
-            f"PASSWORD '{verifier}' IN ROLE {TENANT_BASE_ROLE}; "
-            + _statement_timeout_sql(role, limits.statement_timeout_ms)
-        )
-    connection.exec_driver_sql("; ".join(statements))
-    connection.execute(
-        sa.insert(TenantPlacement).values([{"tenant_id": tenant_id} for tenant_id in verifiers])
-    )
-
-
-def remove_placement(
-    data_engine: sa.Engine, tenant_id: uuid.UUID, *, drop_role: bool = True
-) -> bool:
-    """Remove the tenant from ``data_engine``'s cluster: its rows (by cascade) and its role.
-
-    Idempotent; True if the cluster held the tenant. Sessions of the role are not ended
-    here: callers make sure none is left (a dropped role's session fails oddly).
-    ``drop_role=False`` when another database of the same server holds the tenant.
-    """
-    with data_engine.begin() as connection:
-        return remove_placement_in(connection, tenant_id, drop_role=drop_role)
-
-
-def remove_placement_in(
-    connection: sa.Connection, tenant_id: uuid.UUID, *, drop_role: bool = True
-) -> bool:
-    """:func:`remove_placement` inside the caller's owner transaction."""
-    # The owner cannot read tenant rows (FORCE RLS), but the cascade is not subject to it.
-    removed = connection.execute(
-        sa.delete(TenantPlacement).where(TenantPlacement.tenant_id == tenant_id)
-    ).rowcount
-    if drop_role:
-        connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role_name(tenant_id)}"')
-    return bool(removed)
-
-
-def set_login(connection: sa.Connection, role: str, *, allowed: bool) -> bool:
-    """LOGIN or NOLOGIN for ``role`` on ``connection``'s cluster; False if it has no such role."""
-    if not _ROLE.fullmatch(role):
-        raise ValueError("refusing to embed a malformed role name")
-    exists = connection.execute(
-        sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
-    ).scalar()
-    if exists:
-        connection.exec_driver_sql(f'ALTER ROLE "{role}" {"LOGIN" if allowed else "NOLOGIN"}')
-    return bool(exists)
-
-
 def set_role_limits(
     clusters: Clusters,
     tenant_id: uuid.UUID,
@@ -308,7 +152,7 @@ def set_role_limits(
         with _on_cluster(clusters, cluster, control) as data:
             data.exec_driver_sql(
                 f'ALTER ROLE "{role}" CONNECTION LIMIT {int(connection_limit)}; '
-                + _statement_timeout_sql(role, statement_timeout_ms)
+                + statement_timeout_sql(role, statement_timeout_ms)
             )
         notify(control, TenantEvent(EventKind.LIMITS_CHANGED, tenant_id))
 
@@ -323,20 +167,32 @@ def role_limits(clusters: Clusters, tenant_id: uuid.UUID) -> tuple[int, int | No
     return limits
 
 
-def limits_of_role(connection: sa.Connection, role: str) -> tuple[int, int | None] | None:
-    """``role``'s CONNECTION LIMIT and statement_timeout in ms on ``connection``'s cluster."""
-    row = connection.execute(
-        sa.text(
-            "SELECT rolconnlimit, "
-            "(SELECT split_part(setting, '=', 2) FROM unnest(rolconfig) AS setting "
-            " WHERE setting LIKE 'statement_timeout=%') AS timeout "
-            "FROM pg_roles WHERE rolname = :role"
-        ),
-        {"role": role},
-    ).one_or_none()
-    if row is None:
-        return None
-    return row.rolconnlimit, None if row.timeout is None else int(row.timeout)
+def _new_secrets(
+    tenants: Sequence[ProvisionedTenant], keyring: Keyring, limits: RoleLimits, cluster: str
+) -> tuple[list[dict[str, object]], dict[uuid.UUID, str]]:
+    """The control-plane rows of new tenants and their roles' SCRAM verifiers.
+
+    Each role gets a random password: encrypted into its row (bound to the tenant and role
+    as associated data), and sent to PostgreSQL only as the verifier.
+    """
+    rows: list[dict[str, object]] = []
+    verifiers: dict[uuid.UUID, str] = {}
+    for tenant in tenants:
+        role = role_name(tenant.id)
+        password = generate_password()
+        verifiers[tenant.id] = role_verifier(password, limits.scram_iterations)
+        rows.append(
+            {
+                "id": tenant.id,
+                "name": tenant.name,
+                "db_user": role,
+                "db_password_encrypted": keyring.encrypt(password, tenant_aad(tenant.id, role)),
+                "key_id": keyring.active_key_id,
+                "api_key_hash": hash_api_key(tenant.api_key),
+                "cluster": cluster,
+            }
+        )
+    return rows, verifiers
 
 
 def rotate_credentials(
@@ -359,7 +215,7 @@ def rotate_credentials(
         role, cluster = _lock_tenant(connection, tenant_id)
         with _on_cluster(clusters, cluster, connection) as data:
             data.exec_driver_sql(
-                f"ALTER ROLE \"{role}\" PASSWORD '{_verifier(password, scram_iterations)}'"
+                f"ALTER ROLE \"{role}\" PASSWORD '{role_verifier(password, scram_iterations)}'"
             )
         info = _update(
             connection,
@@ -429,7 +285,7 @@ def delete_tenant(
                 # Membership lets the owner see and end the role's sessions; see the module
                 # docstring.
                 data.exec_driver_sql(f'GRANT "{role}" TO CURRENT_USER')
-                _end_sessions(data, role, grace=grace, sleep=sleep, clock=clock)
+                end_sessions_of(data, role, grace=grace, sleep=sleep, clock=clock)
                 remove_placement_in(data, tenant_id, drop_role=False)
                 # Objects or grants a tenant role should never have; without them DROP ROLE
                 # fails.
@@ -440,50 +296,6 @@ def delete_tenant(
         control.execute(sa.delete(Tenant).where(Tenant.id == tenant_id))
         notify(control, TenantEvent(EventKind.DELETED, tenant_id))
     audit("deleted", tenant_id, actor=actor, tenant_name=info.name)
-
-
-def _end_sessions(
-    connection: sa.Connection,
-    role: str,
-    *,
-    grace: float,
-    sleep: Callable[[float], object],
-    clock: Callable[[], float],
-) -> None:
-    """Terminate the role's sessions: idle ones now, busy ones once ``grace`` is over.
-
-    Done when two looks in a row, ``_DRAIN_POLL`` apart, find none: a session that passed
-    its login check just before the role became NOLOGIN shows up a moment later.
-    """
-    started = clock()
-    deadline = started + grace + 2 * _TERMINATE_WAIT_MS / 1000
-    empty_looks = 0
-    while True:
-        # pg_stat_activity is a snapshot per transaction unless cleared.
-        connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
-        sessions = connection.execute(
-            sa.text("SELECT pid, state FROM pg_stat_activity WHERE usename = :role"),
-            {"role": role},
-        ).all()
-        if not sessions:
-            empty_looks += 1
-            if empty_looks == 2:
-                return
-        else:
-            empty_looks = 0
-            now = clock()
-            if now > deadline:
-                raise TenantUnavailable(
-                    f"sessions of role {role} did not end; delete the tenant again",
-                    code="delete_incomplete",
-                )
-            ending = [pid for pid, state in sessions if state == "idle" or now - started >= grace]
-            for pid in ending:
-                connection.execute(
-                    sa.text("SELECT pg_terminate_backend(:pid, :wait)"),
-                    {"pid": pid, "wait": _TERMINATE_WAIT_MS},
-                )
-        sleep(_DRAIN_POLL)
 
 
 def _set_status(clusters: Clusters, tenant_id: uuid.UUID, status: TenantStatus) -> TenantInfo:
@@ -515,7 +327,7 @@ def _lock_tenant(connection: sa.Connection, tenant_id: uuid.UUID) -> tuple[str, 
     if row is None:
         raise TenantNotFound(f"no tenant {tenant_id}")
     # DDL takes no bind parameters; the name is embedded, so its form is checked.
-    if not _ROLE.fullmatch(row.db_user):
+    if not ROLE.fullmatch(row.db_user):
         raise ValueError(f"refusing to embed a malformed role name for tenant {tenant_id}")
     return row.db_user, row.cluster
 
@@ -525,23 +337,11 @@ def _update(connection: sa.Connection, tenant_id: uuid.UUID, **values: object) -
         sa.update(Tenant)
         .where(Tenant.id == tenant_id)
         .values(**values, updated_at=sa.func.now())
-        .returning(*_INFO_COLUMNS)
+        .returning(*INFO_COLUMNS)
     ).one_or_none()
     if row is None:
         raise TenantNotFound(f"no tenant {tenant_id}")
     return TenantInfo(**row._mapping)
-
-
-def _verifier(password: str, iterations: int) -> str:
-    verifier = scram_sha256_verifier(password, iterations)
-    # DDL takes no bind parameters; the verifier is embedded, so its alphabet is checked.
-    if not is_scram_verifier(verifier):
-        raise ValueError("refusing to embed a malformed SCRAM verifier")
-    return verifier
-
-
-def _statement_timeout_sql(role: str, timeout_ms: int) -> str:
-    return f'ALTER ROLE "{role}" SET statement_timeout = {int(timeout_ms)}'
 
 
 @contextlib.contextmanager

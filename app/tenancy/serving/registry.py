@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic
 
 import sqlalchemy as sa
-from sqlalchemy import event, orm
+from sqlalchemy import orm
 
-# typing_extensions (a hard dependency of SQLAlchemy) for a TypeVar default: a bare
-# ``EngineRegistry`` means ``EngineRegistry[orm.Session]``.
-from typing_extensions import TypeVar
-
+from app.tenancy.serving.entry import EngineEntry, S, checked_out, close_retired_on_checkin, retire
 from app.tenancy.serving.observer import Observer
 
 __all__ = ["Clock", "EngineEntry", "EngineFactory", "EngineRegistry", "SessionFactory"]
@@ -38,26 +35,9 @@ EngineFactory = Callable[[uuid.UUID], sa.Engine]
 Clock = Callable[[], float]
 """Seconds from an arbitrary origin; ``time.monotonic`` unless a test fakes it."""
 
-S = TypeVar("S", bound=orm.Session, default=orm.Session)
 
 SessionFactory = Callable[[sa.Engine], orm.sessionmaker[S]]
 """Builds the sessionmaker of a newly created engine; cheap, no I/O."""
-
-
-@dataclass(eq=False)
-class EngineEntry(Generic[S]):
-    """One tenant's engine and sessionmaker.
-
-    ``last_used`` is written under the registry lock. ``retired`` becomes True once the
-    registry has let go of the engine: whoever still holds the entry may finish its work,
-    but every connection checked in after that is closed instead of pooled.
-    """
-
-    tenant_id: uuid.UUID
-    engine: sa.Engine
-    sessionmaker: orm.sessionmaker[S]
-    last_used: float
-    retired: bool = field(default=False, repr=False)
 
 
 @dataclass(eq=False)
@@ -186,7 +166,7 @@ class EngineRegistry(Generic[S]):
         if entry is None:
             return False
         self._observer.engines_evicted(reason, 1)
-        _retire(entry, close=True)
+        retire(entry, close=True)
         logger.info("disposed engine of tenant %s (%s)", tenant_id, reason)
         return True
 
@@ -201,7 +181,7 @@ class EngineRegistry(Generic[S]):
             for entry in self._entries.values():
                 if now - entry.last_used <= self.idle_ttl:
                     break  # LRU order: every later entry is more recent still
-                if _checked_out(entry.engine) == 0:
+                if checked_out(entry.engine) == 0:
                     victims.append(entry)
             for entry in victims:
                 del self._entries[entry.tenant_id]
@@ -209,7 +189,7 @@ class EngineRegistry(Generic[S]):
         if victims:
             self._observer.engines_evicted("idle", len(victims))
         for entry in victims:
-            _retire(entry, close=True)
+            retire(entry, close=True)
         if victims:
             logger.info("disposed %d idle tenant engine(s)", len(victims))
         return [entry.tenant_id for entry in victims]
@@ -230,7 +210,7 @@ class EngineRegistry(Generic[S]):
             # Not after a fork: the parent counted those engines, and still has them.
             self._observer.engines_evicted("shutdown", len(entries))
         for entry in entries:
-            _retire(entry, close=close)
+            retire(entry, close=close)
 
     def _touch_locked(self, tenant_id: uuid.UUID) -> EngineEntry[S] | None:
         entry = self._entries.get(tenant_id)
@@ -269,7 +249,7 @@ class EngineRegistry(Generic[S]):
                     sessionmaker=self._session_factory(engine),
                     last_used=self._clock(),
                 )
-                _close_retired_on_checkin(entry)
+                close_retired_on_checkin(entry)
             except BaseException:
                 engine.dispose()
                 raise
@@ -283,7 +263,7 @@ class EngineRegistry(Generic[S]):
                 logger.warning("tenant %s keeps changing; caching its engine anyway", tenant_id)
                 break
             logger.info("tenant %s changed while its engine was created; fetching again", tenant_id)
-            _retire(entry, close=True)
+            retire(entry, close=True)
         return entry
 
     def _insert(self, entry: EngineEntry[S]) -> EngineEntry[S]:
@@ -303,7 +283,7 @@ class EngineRegistry(Generic[S]):
         if victims:
             self._observer.engines_evicted("lru", len(victims))
         for victim in victims:
-            _retire(victim, close=True)
+            retire(victim, close=True)
         if victims:
             logger.info("disposed %d least recently used tenant engine(s)", len(victims))
         if over > 0:
@@ -326,7 +306,7 @@ class EngineRegistry(Generic[S]):
         for tenant_id, entry in self._entries.items():
             if len(victims) == excess:
                 break
-            if tenant_id != keep and _checked_out(entry.engine) == 0:
+            if tenant_id != keep and checked_out(entry.engine) == 0:
                 victims.append(entry)
         for entry in victims:
             del self._entries[entry.tenant_id]
@@ -353,43 +333,6 @@ class EngineRegistry(Generic[S]):
             # child garbage collects them psycopg2 leaves them open, as it only closes a
             # connection in the process that opened it (checked on PostgreSQL 15).
             entry.engine.dispose(close=False)
-
-
-def _checked_out(engine: sa.Engine) -> int:
-    """Connections checked out of the engine's pool; 0 for pools that do not count."""
-    checkedout: Callable[[], int] | None = getattr(engine.pool, "checkedout", None)
-    return 0 if checkedout is None else checkedout()
-
-
-def _close_retired_on_checkin(entry: EngineEntry[Any]) -> None:
-    """Make the entry's engine close, not pool, connections returned after retirement.
-
-    Why: ``Engine.dispose()`` only closes connections checked in at that moment. One
-    checked out then goes back, on return, into the queue of the old, orphaned pool and
-    stays open until that pool is garbage collected (checked in SQLAlchemy 2.1:
-    ``QueuePool.dispose`` empties the queue, ``_ConnectionRecord.checkin`` puts the
-    record back into its own pool). The listener is added before the engine is shared,
-    never to a pool in use, and ``dispose()`` carries pool listeners over to the new pool,
-    so connections a late holder opens on a retired engine are closed on return too.
-    Never in a forked child: there the connections are the parent's.
-    """
-    owner_pid = os.getpid()
-
-    def close_if_retired(dbapi_connection: Any, record: Any) -> None:
-        if entry.retired and os.getpid() == owner_pid:
-            record.close()
-
-    event.listen(entry.engine.pool, "checkin", close_if_retired)
-
-
-def _retire(entry: EngineEntry[Any], *, close: bool) -> None:
-    """Dispose a popped entry's engine. Never call with the registry lock held."""
-    entry.retired = True
-    try:
-        entry.engine.dispose(close=close)
-    except Exception:
-        # One broken connection must not stop the others from being disposed.
-        logger.exception("disposing the engine of tenant %s failed", entry.tenant_id)
 
 
 _LIVE_REGISTRIES: weakref.WeakSet[EngineRegistry[Any]] = weakref.WeakSet()

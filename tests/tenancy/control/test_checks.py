@@ -19,7 +19,8 @@ from app.dev.cluster import LocalCluster
 from app.tenancy.control.checks import CheckResult, check_isolation
 from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.ddl import tenant_scoped_ddl
-from app.tenancy.control.provisioning import RoleLimits, create_tenant, role_name
+from app.tenancy.control.provisioning import create_tenant
+from app.tenancy.control.roles import RoleLimits, role_name
 from config import load_settings
 from tests.conftest import ClusterFactory, FreshDatabase
 from tests.support import app_for, invoke

@@ -18,7 +18,8 @@ from app.models import Tenant
 from app.tenancy import Tenancy
 from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.moving import MoveError, move_tenant
-from app.tenancy.control.provisioning import ProvisionedTenant, place_tenant
+from app.tenancy.control.provisioning import ProvisionedTenant
+from app.tenancy.control.roles import place_tenant
 from app.tenancy.control.scram import generate_password, scram_sha256_verifier
 from config import psycopg2_url
 from tests.support import Inspector, MakePlaced, auth_headers

@@ -15,13 +15,13 @@ from app.tenancy.control.provisioning import (
     ProvisionedTenant,
     create_tenant,
     delete_tenant,
-    remove_placement,
     resume_tenant,
     role_limits,
     rotate_credentials,
     set_role_limits,
     suspend_tenant,
 )
+from app.tenancy.control.roles import remove_placement
 from app.tenancy.errors import TenantNameTaken, UnknownCluster
 from tests.support import Inspector, MakePlaced, auth_headers
 

@@ -23,14 +23,13 @@ from app.tenancy.control.provisioning import (
     create_tenant,
     create_tenants,
     delete_tenant,
-    get_tenant,
-    list_tenants,
     resume_tenant,
-    role_name,
     rotate_api_key,
     rotate_credentials,
     suspend_tenant,
 )
+from app.tenancy.control.queries import get_tenant, list_tenants
+from app.tenancy.control.roles import role_name
 from app.tenancy.errors import TenantNameTaken, TenantNotFound
 from app.tenancy.serving.events import CHANNEL
 from app.tenancy.serving.resolve import hash_api_key

@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from app.crypto import Keyring
 from app.models import Tenant
 from app.tenancy.control.clusters import Clusters
-from app.tenancy.control.provisioning import RoleLimits, create_tenant
+from app.tenancy.control.provisioning import create_tenant
 from app.tenancy.control.rekey import count_stale, reencrypt_all
+from app.tenancy.control.roles import RoleLimits
 from config import load_settings
 from tests.conftest import FreshDatabase
 from tests.support import stored_password
