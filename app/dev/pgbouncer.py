@@ -3,7 +3,7 @@
 TCP on 127.0.0.1 only; the rest of its configuration (pool mode, authentication, pool sizes)
 is the caller's, e.g. docker/compose.yaml's, so tests run PgBouncer as deployed. PgBouncer
 refuses to run as root: when we are root it runs as the same unprivileged account as the
-local PostgreSQL (``devcluster.RunAs``), which must be able to reach its files.
+local PostgreSQL (``app.dev.run_as.RunAs``), which must be able to reach its files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from app.dev.cluster import RunAs, free_port
+from app.dev.ports import free_port
+from app.dev.run_as import RunAs
 
 INSTALL_HINT = "pgbouncer is not installed: `apt-get install pgbouncer` (.ci/run does it when root)"
 TRANSACTION_POOLING = {"auth_type": "scram-sha-256", "pool_mode": "transaction"}
