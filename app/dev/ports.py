@@ -24,8 +24,11 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def answers(port: int) -> bool:
-    """Whether something accepts a TCP connection on ``port`` of 127.0.0.1 (2 s at most)."""
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+def answers(port: int, *, timeout: float = 2) -> bool:
+    """Whether something accepts a TCP connection on ``port`` of 127.0.0.1 within ``timeout``."""
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=timeout),
+    ):
         return True
     return False
