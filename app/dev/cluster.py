@@ -5,6 +5,8 @@ a directory of ours, TCP on 127.0.0.1 only, scram-sha-256 for every connection a
 ``trust`` line anywhere, so that authentication bugs show up locally as they would on a
 managed service.
 
+Not pytest-postgresql: it re-initdbs on every start (make run keeps var/pg), no SCRAM, no root drop.
+
 PostgreSQL refuses to run as root. When we are root (CI, containers) the server binaries
 run as the ``postgres`` system user (else ``nobody``; see run_as.py), which must own the
 data directory and be able to traverse every directory above it.
