@@ -20,12 +20,13 @@ from app.schemas.tenants import (
     TenantWithKeySchema,
 )
 
+_UUID = {"type": "string", "format": "uuid"}
 _TENANT_HEADERS = [
     {
         "in": "header",
         "name": "X-Tenant-ID",
         "required": True,
-        "schema": {"type": "string", "format": "uuid"},
+        "schema": _UUID,
         "description": "The tenant the request is for; must match the API key.",
     }
 ]
@@ -43,10 +44,37 @@ _PROBLEM_SCHEMA = {
         "errors": {"type": "object"},
     },
 }
+_RECORD_ID = {"in": "path", "name": "record_id", "required": True, "schema": _UUID}
+_TENANT_ID = {"in": "path", "name": "tenant_id", "required": True, "schema": _UUID}
+_ADMIN_OPERATION = {"tags": ["admin"], "security": [{"adminToken": []}]}
+_ADMIN_TENANT_OPERATION = {**_ADMIN_OPERATION, "parameters": [_TENANT_ID]}
+# POST /v1/admin/tenants/{tenant_id}/<action>: (response schema, summary).
+_ADMIN_ACTIONS = {
+    "rotate-credentials": ("Tenant", "New database password, online"),
+    "rotate-api-key": ("TenantWithKey", "New API key, in this response only"),
+    "suspend": ("Tenant", "Refuse its requests (403); keep its data"),
+    "resume": ("Tenant", "Serve it again"),
+}
 
 
 def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
     """The OpenAPI document of ``resources`` mounted at their URL prefixes."""
+    spec = _new_spec()
+    errors = _error_responses()
+    seen: set[str] = set()
+    for resource, prefix in resources:
+        if resource.title not in seen:  # a resource mounted twice is described once
+            _add_resource_schemas(spec, resource)
+            seen.add(resource.title)
+        _add_collection_path(spec, resource, prefix, errors)
+        _add_item_path(spec, resource, prefix, errors)
+    _add_admin_paths(spec, errors)
+    _add_health_paths(spec)
+    return spec.to_dict()
+
+
+def _new_spec() -> APISpec:
+    """An empty document whose marshmallow plugin knows our fields, with the shared components."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="tenantpool",
@@ -63,6 +91,11 @@ def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
     plugin.converter.add_attribute_function(_exact_property)  # type: ignore[no-untyped-call]
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     spec.components.schema("Problem", _PROBLEM_SCHEMA)
+    return spec
+
+
+def _error_responses() -> dict[str, Any]:
+    """The error responses every operation may give, by status code."""
     errors: dict[str, Any] = {
         str(code): {"description": "problem", "content": _PROBLEM}
         for code in (400, 401, 403, 404, 413, 415, 422, 503)
@@ -70,82 +103,149 @@ def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
     # Refused by gunicorn before the app sees the request, so with gunicorn's HTML body.
     errors["414"] = {"description": "request line too long (gunicorn limit_request_line)"}
     errors["431"] = {"description": "header fields too large (gunicorn limit_request_field*)"}
-    seen: set[str] = set()
-    for resource, prefix in resources:
-        title = resource.title
-        if title not in seen:
-            spec.components.schema(title, schema=type(resource.output))
-            spec.components.schema(f"{title}Create", schema=type(resource.create))
-            spec.components.schema(f"{title}Patch", schema=type(resource.patch))
-            spec.components.schema(f"{title}Page", schema=resource.page)
-            seen.add(title)
-        common = {
-            "tags": [resource.name],
-            "security": [{"apiKey": []}],
-            "parameters": _TENANT_HEADERS,
-        }
-        one = {"content": {"application/json": {"schema": title}}}
-        spec.path(
-            path=prefix,
-            operations={
-                "get": {
-                    **common,
-                    "operationId": f"list_{resource.name}{_suffix(prefix)}",
-                    "parameters": [
-                        *_TENANT_HEADERS,
-                        {"in": "query", "schema": type(resource.query)},
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "a page",
-                            "content": {"application/json": {"schema": f"{title}Page"}},
-                        },
-                        **errors,
-                    },
+    return errors
+
+
+def _add_resource_schemas(spec: APISpec, resource: Resource) -> None:
+    title = resource.title
+    spec.components.schema(title, schema=type(resource.output))
+    spec.components.schema(f"{title}Create", schema=type(resource.create))
+    spec.components.schema(f"{title}Patch", schema=type(resource.patch))
+    spec.components.schema(f"{title}Page", schema=resource.page)
+
+
+def _add_collection_path(
+    spec: APISpec, resource: Resource, prefix: str, errors: dict[str, Any]
+) -> None:
+    """``prefix``: list a page of records, create one."""
+    title, common = resource.title, _tenant_operation(resource)
+    spec.path(
+        path=prefix,
+        operations={
+            "get": {
+                **common,
+                "operationId": f"list_{resource.name}{_suffix(prefix)}",
+                "parameters": [*_TENANT_HEADERS, {"in": "query", "schema": type(resource.query)}],
+                "responses": {"200": {"description": "a page", **_json(f"{title}Page")}, **errors},
+            },
+            "post": {
+                **common,
+                "operationId": f"create_{resource.name}{_suffix(prefix)}",
+                "requestBody": {"required": True, **_json(f"{title}Create")},
+                "responses": {"201": {"description": "created", **_json(title)}, **errors},
+            },
+        },
+    )
+
+
+def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[str, Any]) -> None:
+    """``prefix/{record_id}``: get, patch and delete one record."""
+    title = resource.title
+    item = {**_tenant_operation(resource), "parameters": [*_TENANT_HEADERS, _RECORD_ID]}
+    spec.path(
+        path=f"{prefix}/{{record_id}}",
+        operations={
+            "get": {
+                **item,
+                "operationId": f"get_{resource.name}{_suffix(prefix)}",
+                "responses": {"200": {"description": "found", **_json(title)}, **errors},
+            },
+            "patch": {
+                **item,
+                "operationId": f"patch_{resource.name}{_suffix(prefix)}",
+                "requestBody": {"required": True, **_json(f"{title}Patch")},
+                "responses": {"200": {"description": "updated", **_json(title)}, **errors},
+            },
+            "delete": {
+                **item,
+                "operationId": f"delete_{resource.name}{_suffix(prefix)}",
+                "responses": {"204": {"description": "deleted"}, **errors},
+            },
+        },
+    )
+
+
+def _tenant_operation(resource: Resource) -> dict[str, Any]:
+    """What every operation on a tenant's resource shares: its tag, API key, tenant header."""
+    return {"tags": [resource.name], "security": [{"apiKey": []}], "parameters": _TENANT_HEADERS}
+
+
+def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
+    """``/v1/admin/tenants``: admin token instead of tenant headers; see app/api/admin.py."""
+    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
+    spec.components.schema("Tenant", schema=TenantSchema)
+    spec.components.schema("TenantWithKey", schema=TenantWithKeySchema)
+    spec.components.schema("TenantCreate", schema=TenantCreateSchema)
+    spec.components.schema("TenantPage", schema=TenantPageSchema)
+    _add_admin_collection_path(spec, errors)
+    _add_admin_tenant_path(spec, errors)
+    _add_admin_action_paths(spec, errors)
+
+
+def _add_admin_collection_path(spec: APISpec, errors: dict[str, Any]) -> None:
+    """``/v1/admin/tenants``: list tenants, create one (409 when it exists)."""
+    admin_errors = {**errors, "409": {"description": "problem", "content": _PROBLEM}}
+    spec.path(
+        path="/v1/admin/tenants",
+        operations={
+            "get": {
+                **_ADMIN_OPERATION,
+                **_ok("200", "TenantPage", "a page of tenants, oldest first", errors),
+                "operationId": "admin_list_tenants",
+                "parameters": [{"in": "query", "schema": TenantListQuerySchema}],
+            },
+            "post": {
+                **_ADMIN_OPERATION,
+                "operationId": "admin_create_tenant",
+                "summary": "Create a tenant; its API key is in this response only",
+                "requestBody": {"required": True, **_json("TenantCreate")},
+                "responses": {
+                    "201": {"description": "created", **_json("TenantWithKey")},
+                    **admin_errors,
                 },
+            },
+        },
+    )
+
+
+def _add_admin_tenant_path(spec: APISpec, errors: dict[str, Any]) -> None:
+    """``/v1/admin/tenants/{tenant_id}``: get one tenant, delete it."""
+    spec.path(
+        path="/v1/admin/tenants/{tenant_id}",
+        operations={
+            "get": {
+                **_ADMIN_TENANT_OPERATION,
+                **_ok("200", "Tenant", "the tenant", errors),
+                "operationId": "admin_get_tenant",
+            },
+            "delete": {
+                **_ADMIN_TENANT_OPERATION,
+                "operationId": "admin_delete_tenant",
+                "summary": "End its sessions, drop its role, delete its rows and secret",
+                "responses": {"204": {"description": "deleted"}, **errors},
+            },
+        },
+    )
+
+
+def _add_admin_action_paths(spec: APISpec, errors: dict[str, Any]) -> None:
+    """``/v1/admin/tenants/{tenant_id}/<action>``: one POST per lifecycle action."""
+    for action, (schema, summary) in _ADMIN_ACTIONS.items():
+        spec.path(
+            path=f"/v1/admin/tenants/{{tenant_id}}/{action}",
+            operations={
                 "post": {
-                    **common,
-                    "operationId": f"create_{resource.name}{_suffix(prefix)}",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": f"{title}Create"}},
-                    },
-                    "responses": {"201": {"description": "created", **one}, **errors},
-                },
+                    **_ADMIN_TENANT_OPERATION,
+                    **_ok("200", schema, "done", errors),
+                    "summary": summary,
+                    "operationId": f"admin_{action.replace('-', '_')}",
+                }
             },
         )
-        id_param = {
-            "in": "path",
-            "name": "record_id",
-            "required": True,
-            "schema": {"type": "string", "format": "uuid"},
-        }
-        item = {**common, "parameters": [*_TENANT_HEADERS, id_param]}
-        spec.path(
-            path=f"{prefix}/{{record_id}}",
-            operations={
-                "get": {
-                    **item,
-                    "operationId": f"get_{resource.name}{_suffix(prefix)}",
-                    "responses": {"200": {"description": "found", **one}, **errors},
-                },
-                "patch": {
-                    **item,
-                    "operationId": f"patch_{resource.name}{_suffix(prefix)}",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": f"{title}Patch"}},
-                    },
-                    "responses": {"200": {"description": "updated", **one}, **errors},
-                },
-                "delete": {
-                    **item,
-                    "operationId": f"delete_{resource.name}{_suffix(prefix)}",
-                    "responses": {"204": {"description": "deleted"}, **errors},
-                },
-            },
-        )
-    _add_admin_paths(spec, errors)
+
+
+def _add_health_paths(spec: APISpec) -> None:
+    """The probes: no tenant, no token; 503 with a problem body when not ready."""
     for path, summary in (
         ("/healthz", "alive"),
         ("/readyz", "control plane reachable"),
@@ -163,87 +263,16 @@ def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
                 }
             },
         )
-    return spec.to_dict()
 
 
-def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
-    """``/v1/admin/tenants``: admin token instead of tenant headers; see app/api/admin.py."""
-    spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
-    spec.components.schema("Tenant", schema=TenantSchema)
-    spec.components.schema("TenantWithKey", schema=TenantWithKeySchema)
-    spec.components.schema("TenantCreate", schema=TenantCreateSchema)
-    spec.components.schema("TenantPage", schema=TenantPageSchema)
-    common = {"tags": ["admin"], "security": [{"adminToken": []}]}
-    admin_errors = {**errors, "409": {"description": "problem", "content": _PROBLEM}}
+def _ok(status: str, schema: str, description: str, errors: dict[str, Any]) -> dict[str, Any]:
+    """The ``responses`` of an operation answering ``schema`` as JSON, or one of ``errors``."""
+    return {"responses": {status: {"description": description, **_json(schema)}, **errors}}
 
-    def ok(status: str, schema: str, description: str) -> dict[str, Any]:
-        content = {"application/json": {"schema": schema}}
-        return {"responses": {status: {"description": description, "content": content}, **errors}}
 
-    spec.path(
-        path="/v1/admin/tenants",
-        operations={
-            "get": {
-                **common,
-                **ok("200", "TenantPage", "a page of tenants, oldest first"),
-                "operationId": "admin_list_tenants",
-                "parameters": [{"in": "query", "schema": TenantListQuerySchema}],
-            },
-            "post": {
-                **common,
-                "operationId": "admin_create_tenant",
-                "summary": "Create a tenant; its API key is in this response only",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": "TenantCreate"}},
-                },
-                "responses": {
-                    "201": {
-                        "description": "created",
-                        "content": {"application/json": {"schema": "TenantWithKey"}},
-                    },
-                    **admin_errors,
-                },
-            },
-        },
-    )
-    tenant_id = {
-        "in": "path",
-        "name": "tenant_id",
-        "required": True,
-        "schema": {"type": "string", "format": "uuid"},
-    }
-    item = {**common, "parameters": [tenant_id]}
-    spec.path(
-        path="/v1/admin/tenants/{tenant_id}",
-        operations={
-            "get": {**item, **ok("200", "Tenant", "the tenant"), "operationId": "admin_get_tenant"},
-            "delete": {
-                **item,
-                "operationId": "admin_delete_tenant",
-                "summary": "End its sessions, drop its role, delete its rows and secret",
-                "responses": {"204": {"description": "deleted"}, **errors},
-            },
-        },
-    )
-    actions = {
-        "rotate-credentials": ("Tenant", "New database password, online"),
-        "rotate-api-key": ("TenantWithKey", "New API key, in this response only"),
-        "suspend": ("Tenant", "Refuse its requests (403); keep its data"),
-        "resume": ("Tenant", "Serve it again"),
-    }
-    for action, (schema, summary) in actions.items():
-        spec.path(
-            path=f"/v1/admin/tenants/{{tenant_id}}/{action}",
-            operations={
-                "post": {
-                    **item,
-                    **ok("200", schema, "done"),
-                    "summary": summary,
-                    "operationId": f"admin_{action.replace('-', '_')}",
-                }
-            },
-        )
+def _json(schema: str) -> dict[str, Any]:
+    """A ``content`` of ``schema`` (a component name) as JSON, for a body or a response."""
+    return {"content": {"application/json": {"schema": schema}}}
 
 
 def _exact_property(converter: object, field: fields.Field[Any], **kwargs: Any) -> dict[str, Any]:

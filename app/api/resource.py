@@ -45,76 +45,87 @@ def make_blueprint(resource: Resource) -> Blueprint:
     """The blueprint of ``resource``; every view runs for an authenticated tenant."""
     bp = Blueprint(resource.name, __name__)
     require_tenant(bp)
-    model = resource.model
-    table = sa.inspect(model).local_table
-    id_column = model.id
-    dump = dumper(resource.output)
-    # Reads and creates return plain rows of the output's columns: no ORM object to build.
-    output_columns = [table.c[name] for name in resource.output.dump_fields]
-    statements = ListStatements(table, output_columns)
+    views = _ResourceViews(resource)
+    # Endpoints are the method names: url_for(".get_record") builds a Location header.
+    bp.add_url_rule("", view_func=views.list_records, methods=["GET"])
+    bp.add_url_rule("", view_func=views.create_record, methods=["POST"])
+    bp.add_url_rule("/<uuid:record_id>", view_func=views.get_record, methods=["GET"])
+    bp.add_url_rule("/<uuid:record_id>", view_func=views.patch_record, methods=["PATCH"])
+    bp.add_url_rule("/<uuid:record_id>", view_func=views.delete_record, methods=["DELETE"])
+    return bp
 
-    @bp.get("")
-    def list_records() -> Response:
-        params = query_args(resource.query)
+
+class _ResourceViews:
+    """The five views of one resource, with what they share built once per blueprint."""
+
+    def __init__(self, resource: Resource) -> None:
+        self._resource = resource
+        self._model = resource.model
+        self._table = sa.inspect(resource.model).local_table
+        self._dump = dumper(resource.output)
+        # Reads and creates return plain rows of the output's columns: no ORM object to build.
+        self._output_columns = [self._table.c[name] for name in resource.output.dump_fields]
+        self._statements = ListStatements(self._table, self._output_columns)
+
+    def list_records(self) -> Response:
+        params = query_args(self._resource.query)
         page, size = params["page"], params["page_size"]
-        shape = ListShape.of(resource, params)
+        shape = ListShape.of(self._resource, params)
         values = shape.values(params, limit=size, offset=(page - 1) * size)
         session = tenant_session()
-        rows = session.execute(statements.page(shape), values).all()
+        rows = session.execute(self._statements.page(shape), values).all()
         if rows:
             total = rows[0][-1]
         elif page == 1:
             total = 0
         else:  # past the end: no row carries the total, so count
-            total = session.scalar(statements.count(shape), values)
-        records = [dump(row) for row in rows]
+            total = session.scalar(self._statements.count(shape), values)
+        records = [self._dump(row) for row in rows]
         return page_response(records, page=page, page_size=size, total=total or 0)
 
-    @bp.post("")
-    def create_record() -> tuple[Response, int, dict[str, str]]:
-        values = resource.create.load(json_object())
+    def create_record(self) -> tuple[Response, int, dict[str, str]]:
+        values = self._resource.create.load(json_object())
         session = tenant_session()
-        record = session.execute(sa.insert(table).values(**values).returning(*output_columns)).one()
+        insert = sa.insert(self._table).values(**values).returning(*self._output_columns)
+        record = session.execute(insert).one()
         session.commit()
         location = url_for(".get_record", record_id=record.id)
-        return jsonify(dump(record)), 201, {"Location": location}
+        return jsonify(self._dump(record)), 201, {"Location": location}
 
-    @bp.get("/<uuid:record_id>")
-    def get_record(record_id: uuid.UUID) -> Response:
-        record = tenant_session().get(model, record_id)
+    def get_record(self, record_id: uuid.UUID) -> Response:
+        record = tenant_session().get(self._model, record_id)
         if record is None:
-            raise NotFound(f"no such {resource.title.lower()}")
-        return jsonify(dump(record))
+            raise self._not_found()
+        return jsonify(self._dump(record))
 
-    @bp.patch("/<uuid:record_id>")
-    def patch_record(record_id: uuid.UUID) -> Response:
-        values = resource.patch.load(json_object(), partial=True)
+    def patch_record(self, record_id: uuid.UUID) -> Response:
+        values = self._resource.patch.load(json_object(), partial=True)
         session = tenant_session()
         if values:
             statement = (
-                sa.update(model)
-                .where(id_column == record_id)
+                sa.update(self._model)
+                .where(self._model.id == record_id)
                 .values(**values, updated_at=sa.func.now())
-                .returning(model)
+                .returning(self._model)
             )
             record = session.scalars(statement).one_or_none()
         else:
-            record = session.get(model, record_id)
+            record = session.get(self._model, record_id)
         if record is None:
-            raise NotFound(f"no such {resource.title.lower()}")
+            raise self._not_found()
         session.commit()
-        return jsonify(dump(record))
+        return jsonify(self._dump(record))
 
-    @bp.delete("/<uuid:record_id>")
-    def delete_record(record_id: uuid.UUID) -> tuple[str, int]:
+    def delete_record(self, record_id: uuid.UUID) -> tuple[str, int]:
         session = tenant_session()
-        result = session.execute(sa.delete(model).where(id_column == record_id))
+        result = session.execute(sa.delete(self._model).where(self._model.id == record_id))
         if getattr(result, "rowcount", 0) != 1:
-            raise NotFound(f"no such {resource.title.lower()}")
+            raise self._not_found()
         session.commit()
         return "", 204
 
-    return bp
+    def _not_found(self) -> NotFound:
+        return NotFound(f"no such {self._resource.title.lower()}")
 
 
 _LIKE_ESCAPE = "/"

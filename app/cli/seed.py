@@ -51,25 +51,10 @@ def seed_tenants(
     """
     tenancy = tenancy_of(current_app)
     names = [f"{prefix}-{number:04d}" for number in range(1, count + 1)]
-    with tenancy.control_engine.connect() as connection:
-        rows = connection.execute(sa.select(Tenant.name, Tenant.id).where(Tenant.name.in_(names)))
-        existing: dict[str, uuid.UUID] = {row.name: row.id for row in rows}
+    existing = _existing_tenants(tenancy, names)
     missing = [name for name in names if name not in existing]
     actor = cli_actor()
-    created: dict[str, ProvisionedTenant] = {}
-    with progress(len(missing), "creating tenants") as bar:
-        for start in range(0, len(missing), _CREATE_BATCH):
-            batch = missing[start : start + _CREATE_BATCH]
-            for new in create_tenants(
-                tenancy.clusters,
-                tenancy.keyring,
-                batch,
-                tenancy.limits,
-                cluster=cluster,
-                actor=actor,
-            ):
-                created[new.name] = new
-            bar.update(len(batch))
+    created = _create_tenants(tenancy, missing, cluster=cluster, actor=actor)
     seeded = []
     for name in names:
         if name in existing:
@@ -93,6 +78,34 @@ def seed_tenants(
         click.echo(f"{tenant['name']}  id={tenant['id']}  api_key={tenant['api_key']}")
     if output is not None:
         click.echo(f"wrote {len(seeded)} tenants to {output}")
+
+
+def _existing_tenants(tenancy: Tenancy, names: list[str]) -> dict[str, uuid.UUID]:
+    """The id of each of ``names`` that is a tenant already."""
+    with tenancy.control_engine.connect() as connection:
+        rows = connection.execute(sa.select(Tenant.name, Tenant.id).where(Tenant.name.in_(names)))
+        return {row.name: row.id for row in rows}
+
+
+def _create_tenants(
+    tenancy: Tenancy, names: list[str], *, cluster: str, actor: str
+) -> dict[str, ProvisionedTenant]:
+    """Create tenants ``names`` on ``cluster``, a batch per control-plane transaction."""
+    created: dict[str, ProvisionedTenant] = {}
+    with progress(len(names), "creating tenants") as bar:
+        for start in range(0, len(names), _CREATE_BATCH):
+            batch = names[start : start + _CREATE_BATCH]
+            for new in create_tenants(
+                tenancy.clusters,
+                tenancy.keyring,
+                batch,
+                tenancy.limits,
+                cluster=cluster,
+                actor=actor,
+            ):
+                created[new.name] = new
+            bar.update(len(batch))
+    return created
 
 
 def _top_up_users(tenancy: Tenancy, tenant_id: uuid.UUID, wanted: int) -> None:

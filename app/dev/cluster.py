@@ -5,9 +5,11 @@ a directory of ours, TCP on 127.0.0.1 only, scram-sha-256 for every connection a
 ``trust`` line anywhere, so that authentication bugs show up locally as they would on a
 managed service.
 
+Not pytest-postgresql: it re-initdbs on every start (make run keeps var/pg), no SCRAM, no root drop.
+
 PostgreSQL refuses to run as root. When we are root (CI, containers) the server binaries
-run as the ``postgres`` system user (else ``nobody``), which must own the data directory
-and be able to traverse every directory above it.
+run as the ``postgres`` system user (else ``nobody``; see run_as.py), which must own the
+data directory and be able to traverse every directory above it.
 
 Nothing here logs or prints a password: the superuser password reaches initdb through a
 file readable only by the server user, and role passwords reach the server as SCRAM
@@ -19,18 +21,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
-import re
 import shlex
 import shutil
-import socket
-import stat
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import psycopg2
@@ -38,17 +35,14 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import encrypt_password
 
+from app.dev.errors import ClusterError, PostgresNotFound
+from app.dev.pg_binaries import find_pg_bindir
+from app.dev.ports import answers, free_port, port_is_free
+from app.dev.run_as import RunAs
+
 log = logging.getLogger(__name__)
 
-MIN_VERSION = 14
 SUPERUSER = "postgres"
-_SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
-_FALLBACK_ROOTS = (Path("/usr/lib/postgresql"),)
-_INSTALL_HINT = (
-    f"PostgreSQL server binaries ({MIN_VERSION}+) not found: install them with "
-    "`apt-get install postgresql` (Debian/Ubuntu) or `brew install postgresql@16`, "
-    "or put their bin directory on PATH"
-)
 # The whole of pg_hba.conf: TCP on loopback with a password, nothing else (no trust,
 # no peer, no Unix socket).
 _PG_HBA = """\
@@ -58,144 +52,6 @@ host    all    all    ::1/128         scram-sha-256
 """
 _START_ATTEMPTS = 5
 _PG_CTL_TIMEOUT = "60"
-
-
-class PostgresNotFound(RuntimeError):
-    """No PostgreSQL server binaries of a supported version; the message says how to install."""
-
-
-class ClusterError(RuntimeError):
-    """The local cluster cannot be set up or started; the message is one line for the operator."""
-
-
-def find_pg_bindir(
-    *, path: str | None = None, fallback_roots: tuple[Path, ...] = _FALLBACK_ROOTS
-) -> Path:
-    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres`` (version 14 or newer).
-
-    Looks on ``path`` (default: ``$PATH``, symlinks resolved), then at ``pg_config
-    --bindir``, then under ``<root>/*/bin`` for each fallback root, highest version first.
-    Raises PostgresNotFound when none qualifies.
-    """
-    search_path = os.environ.get("PATH", os.defpath) if path is None else path
-    candidates: list[Path] = []
-    initdb = shutil.which("initdb", path=search_path)
-    if initdb:
-        candidates.append(Path(initdb).resolve().parent)
-    pg_config = shutil.which("pg_config", path=search_path)
-    if pg_config:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-            if out:
-                candidates.append(Path(out).resolve())
-    for root in fallback_roots:
-        versioned = [p for p in root.glob("*/bin") if p.parent.name.isdigit()]
-        candidates.extend(sorted(versioned, key=lambda p: int(p.parent.name), reverse=True))
-    for bindir in candidates:
-        if all((bindir / name).is_file() for name in _SERVER_BINARIES):
-            version = _server_version(bindir)
-            if version is not None and version >= MIN_VERSION:
-                return bindir
-    raise PostgresNotFound(_INSTALL_HINT)
-
-
-def pg_version(bindir: Path) -> int:
-    """The major version of the server in ``bindir``; raises PostgresNotFound if unreadable."""
-    version = _server_version(bindir)
-    if version is None:
-        raise PostgresNotFound(_INSTALL_HINT)
-    return version
-
-
-def _server_version(bindir: Path) -> int | None:
-    try:
-        out = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
-    return int(match.group(1)) if match else None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listened on a moment ago (callers retry on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    """Whether ``port`` on 127.0.0.1 can be bound right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
-        return True
-    return False
-
-
-class RunAs:
-    """The unprivileged account server binaries (PostgreSQL, PgBouncer) run as when we are root."""
-
-    def __init__(self, name: str) -> None:
-        entry = pwd.getpwnam(name)
-        self.name = name
-        self.uid = entry.pw_uid
-        self.gid = entry.pw_gid
-        self.groups = set(os.getgrouplist(name, entry.pw_gid))
-
-    @classmethod
-    def for_root(cls) -> RunAs:
-        for name in ("postgres", "nobody"):
-            with contextlib.suppress(KeyError):
-                return cls(name)
-        raise ClusterError(
-            "running as root, and neither a `postgres` nor a `nobody` user exists to run "
-            "PostgreSQL as: create one (`useradd --system postgres`) or run as another user"
-        )
-
-    @classmethod
-    def when_root(cls) -> RunAs | None:
-        """The account to drop to if we are root, else None (run as ourselves)."""
-        return cls.for_root() if os.geteuid() == 0 else None
-
-    def can_enter(self, directory: Path) -> bool:
-        st = directory.stat()
-        if st.st_uid == self.uid:
-            return bool(st.st_mode & stat.S_IXUSR)
-        if st.st_gid in self.groups:
-            return bool(st.st_mode & stat.S_IXGRP)
-        return bool(st.st_mode & stat.S_IXOTH)
-
-    def first_unenterable(self, directory: Path) -> Path | None:
-        """The first of ``directory`` and its parents this account cannot enter, if any."""
-        for part in [directory, *directory.parents]:
-            if not self.can_enter(part):
-                return part
-        return None
-
-    def give(self, path: Path) -> None:
-        """Make ``path`` this account's."""
-        os.chown(path, self.uid, self.gid)
-
-    def subprocess_kwargs(self) -> dict[str, Any]:
-        """``subprocess`` arguments that run the child as this account."""
-        # extra_groups=[] drops root's supplementary groups.
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
 class LocalCluster:
@@ -301,58 +157,62 @@ class LocalCluster:
         """
         if not self.initialized:
             raise ClusterError(f"no cluster in {self.datadir}: call init() first")
-        running = self._running_port()
-        if running is not None:
-            if not _answers(running):
-                raise ClusterError(
-                    f"a PostgreSQL server runs on {self.datadir} but does not answer on "
-                    f"127.0.0.1:{running}: stop it with `pg_ctl stop -D {self.datadir}`"
-                )
-            self._port = running
-            log.info("reusing the PostgreSQL server on 127.0.0.1:%d", running)
+        if self._reuse_running():
             return False
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": "",
-            "password_encryption": "scram-sha-256",
-            "logging_collector": "off",
-            "log_connections": "on",
-            "max_connections": str(max_connections),
-            **(extra_settings or {}),
-        }
+        settings = _server_settings(max_connections, extra_settings or {})
         # Checking first keeps a FATAL out of the log in the common case; the retry
         # below covers the race with another process taking the port meanwhile.
         candidate = port if port is not None and port_is_free(port) else free_port()
         for _attempt in range(_START_ATTEMPTS):
-            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-            options = " ".join(
-                f"-c {shlex.quote(f'{name}={value}')}"
-                for name, value in {**settings, "port": str(candidate)}.items()
-            )
-            result = self._run(
-                "pg_ctl",
-                "start",
-                "--pgdata",
-                str(self.datadir),
-                "--log",
-                str(self.log_path),
-                "--wait",
-                "--timeout",
-                _PG_CTL_TIMEOUT,
-                "--options",
-                options,
-            )
-            if result.returncode == 0:
-                self._port = candidate
-                log.info("started PostgreSQL on 127.0.0.1:%d (%s)", candidate, self.datadir)
+            if self._start_on(candidate, settings):
                 return True
-            new_lines = self._read_log(log_offset)
-            if "could not bind" not in new_lines and "could not create any TCP/IP" not in new_lines:
-                reason = _worst_line(new_lines) if new_lines.strip() else _last_line(result.stderr)
-                raise ClusterError(f"PostgreSQL did not start (see {self.log_path}): {reason}")
             log.info("port %d is taken; trying another", candidate)
             candidate = free_port()
         raise ClusterError(f"PostgreSQL found no free port after {_START_ATTEMPTS} attempts")
+
+    def _reuse_running(self) -> bool:
+        """Adopt a server already running on this directory, if any; raise if it is mute."""
+        running = self._running_port()
+        if running is None:
+            return False
+        if not answers(running):
+            raise ClusterError(
+                f"a PostgreSQL server runs on {self.datadir} but does not answer on "
+                f"127.0.0.1:{running}: stop it with `pg_ctl stop -D {self.datadir}`"
+            )
+        self._port = running
+        log.info("reusing the PostgreSQL server on 127.0.0.1:%d", running)
+        return True
+
+    def _start_on(self, port: int, settings: Mapping[str, str]) -> bool:
+        """Start the server on ``port``; False if the port is taken, ClusterError otherwise."""
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        options = " ".join(
+            f"-c {shlex.quote(f'{name}={value}')}"
+            for name, value in {**settings, "port": str(port)}.items()
+        )
+        result = self._run(
+            "pg_ctl",
+            "start",
+            "--pgdata",
+            str(self.datadir),
+            "--log",
+            str(self.log_path),
+            "--wait",
+            "--timeout",
+            _PG_CTL_TIMEOUT,
+            "--options",
+            options,
+        )
+        if result.returncode == 0:
+            self._port = port
+            log.info("started PostgreSQL on 127.0.0.1:%d (%s)", port, self.datadir)
+            return True
+        new_lines = self._read_log(log_offset)
+        if "could not bind" not in new_lines and "could not create any TCP/IP" not in new_lines:
+            reason = _worst_line(new_lines) if new_lines.strip() else _last_line(result.stderr)
+            raise ClusterError(f"PostgreSQL did not start (see {self.log_path}): {reason}")
+        return False
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server if it runs (``mode``: smart, fast or immediate)."""
@@ -473,6 +333,19 @@ class LocalCluster:
                 return handle.read()
         except OSError:
             return ""
+
+
+def _server_settings(max_connections: int, extra: Mapping[str, str]) -> dict[str, str]:
+    """The ``-c`` settings of every start: loopback TCP only, SCRAM, connections logged."""
+    return {
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": "",
+        "password_encryption": "scram-sha-256",
+        "logging_collector": "off",
+        "log_connections": "on",
+        "max_connections": str(max_connections),
+        **extra,
+    }
 
 
 def _url(user: str, password: str, port: int, database: str) -> str:

@@ -3,23 +3,23 @@
 TCP on 127.0.0.1 only; the rest of its configuration (pool mode, authentication, pool sizes)
 is the caller's, e.g. docker/compose.yaml's, so tests run PgBouncer as deployed. PgBouncer
 refuses to run as root: when we are root it runs as the same unprivileged account as the
-local PostgreSQL (``devcluster.RunAs``), which must be able to reach its files.
+local PostgreSQL (``app.dev.run_as.RunAs``), which must be able to reach its files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from app.dev.cluster import RunAs, free_port
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from app.dev.ports import answers, free_port
+from app.dev.run_as import RunAs
 
 INSTALL_HINT = "pgbouncer is not installed: `apt-get install pgbouncer` (.ci/run does it when root)"
 TRANSACTION_POOLING = {"auth_type": "scram-sha-256", "pool_mode": "transaction"}
@@ -170,17 +170,21 @@ auth_file = {userlist}
 
     @staticmethod
     def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                return False
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=1),
-            ):
-                return True
-            time.sleep(0.05)
+        """Whether PgBouncer listens on ``port`` within the start timeout (False once it exits)."""
+        poll = Retrying(
+            stop=stop_after_delay(_START_TIMEOUT),
+            wait=wait_fixed(0.05),
+            retry=retry_if_result(lambda listening: listening is None),
+            retry_error_callback=lambda _state: False,
+        )
+        return bool(poll(_listening, process, port))
+
+
+def _listening(process: subprocess.Popen[bytes], port: int) -> bool | None:
+    """True once ``port`` accepts a connection, False if the process has exited, else None."""
+    if process.poll() is not None:
         return False
+    return True if answers(port, timeout=1) else None
 
 
 def _quoted(value: str) -> str:

@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
-from app.dev.cluster import ClusterError, LocalCluster, PostgresNotFound
+from app.dev.cluster import LocalCluster
+from app.dev.errors import ClusterError, PostgresNotFound
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VAR = REPO_ROOT / "var"

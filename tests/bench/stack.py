@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psycopg2
 
-from app.dev.cluster import LocalCluster, free_port
+from app.dev.cluster import LocalCluster
+from app.dev.ports import free_port
 from tests.support import REPO_ROOT, run_flask
 
 OWNER = "tenantpool"

@@ -12,7 +12,9 @@ import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from app.dev.cluster import LocalCluster, PostgresNotFound, find_pg_bindir, pg_version
+from app.dev.cluster import LocalCluster
+from app.dev.errors import PostgresNotFound
+from app.dev.pg_binaries import find_pg_bindir, pg_version
 
 ClusterFactory = Callable[..., LocalCluster]  # the cluster_factory fixture of conftest.py
 

@@ -16,7 +16,8 @@ import psycopg2
 import pytest
 import requests
 
-from app.dev.cluster import LocalCluster, free_port
+from app.dev.cluster import LocalCluster
+from app.dev.ports import free_port
 from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
