@@ -16,6 +16,9 @@ connections made by :func:`connect_args`, each round trip (query, commit, rollba
 SQLAlchemy sees a disconnect and drops it from its pool, and the request gets a 503.
 Other connections wait as long as libpq would. Green mode rules out COPY and large
 objects, which this service does not use.
+
+Not tenacity: this is not a retry loop but psycopg2's wait callback, run on every round trip
+of every connection; it bounds one wait on one socket, which a retry library cannot.
 """
 
 from __future__ import annotations

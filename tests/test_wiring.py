@@ -17,14 +17,14 @@ from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.serving.reaper import THREAD_NAME
 from tests.support import REPO_ROOT, auth_headers
 
-# Runs `flask tenancy check` through the app's own CLI; lists the live threads around it.
+# Runs `flask tenants list` through the app's own CLI; lists the live threads around it.
 _THREADS_AROUND_A_COMMAND = """
 import threading
 from app import create_app
 app = create_app()
 built = sorted(thread.name for thread in threading.enumerate())
 with app.app_context():  # as the real `flask` command line pushes one
-    result = app.test_cli_runner().invoke(args=["tenancy", "check"])
+    result = app.test_cli_runner().invoke(args=["tenants", "list"])
 after = sorted(thread.name for thread in threading.enumerate())
 print(result.exit_code, built, after)
 """
