@@ -36,6 +36,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_METRICS_DIR)
 
 from prometheus_client import multiprocess  # noqa: E402 - must follow the variable above
 
+from app.affinity import AffinityError, check_affinity  # noqa: E402
 from app.capacity import CapacityError, check_capacity  # noqa: E402
 from app.logs import gunicorn_logconfig  # noqa: E402
 from app.tenancy.serving.reaper import process_reaper, shutdown_process  # noqa: E402
@@ -68,10 +69,12 @@ control_socket_disable = True
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Refuse to start when the workers' connections cannot fit in the database server."""
+    """Refuse to start when the workers' connections cannot fit in the database servers, or
+    when shared connections would go through a pooler that moves them between backends."""
     try:
         check_capacity(_settings)
-    except CapacityError as error:
+        check_affinity(_settings)
+    except (CapacityError, AffinityError) as error:
         sys.exit(f"tenantpool: not starting: {error}")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.db import CONTROL_POOL_MAX
-from app.tenancy.control.clusters import cluster_urls
+from app.tenancy.control.clusters import cluster_urls, owner_urls
 from config import Settings
 
 __all__ = ["CapacityError", "ServerSlots", "check_capacity", "demand_per_worker", "server_slots"]
@@ -48,10 +48,19 @@ class ServerSlots:
         return self.max_connections - self.superuser_reserved - self.reserved
 
 
-def demand_per_worker(settings: Settings, *, control_plane: bool) -> int:
-    """Connections one worker may hold on a server (``control_plane``: it hosts it)."""
+def demand_per_worker(
+    settings: Settings, *, control_plane: bool, tenant_route: bool = True, gateways: int = 0
+) -> int:
+    """Connections one worker may hold on a server.
+
+    ``control_plane``: the server hosts it (the control pool and the LISTEN connection);
+    ``tenant_route``: tenants' own connections may land there (all of the budget, at worst);
+    ``gateways``: how many clusters' shared gateway pools log in there.
+    """
+    budget = settings.connection_budget if tenant_route and settings.serving != "shared" else 0
+    shared = settings.gateway_pool_size * gateways if settings.serving != "dedicated" else 0
     extra = CONTROL_POOL_MAX + LISTENER_CONNECTIONS if control_plane else 0
-    return settings.connection_budget + extra
+    return budget + shared + extra
 
 
 def server_slots(connection: sa.Connection) -> ServerSlots:
@@ -70,6 +79,16 @@ def server_slots(connection: sa.Connection) -> ServerSlots:
     )
 
 
+@dataclass
+class _Server:
+    """One server the service connects to, and what lands on it."""
+
+    url: sa.URL
+    control_plane: bool = False
+    tenant_route: bool = False
+    gateways: int = 0
+
+
 def check_capacity(settings: Settings) -> None:
     """Raise CapacityError if some server cannot hold every worker's connections.
 
@@ -77,29 +96,43 @@ def check_capacity(settings: Settings) -> None:
     another one (a cluster DSN without a user borrows the control plane's). A server that
     cannot be reached is logged and skipped: the service starts, and ``/readyz`` tells.
     """
-    control = sa.make_url(settings.database_url)
-    servers: dict[tuple[str | None, int | None], tuple[sa.URL, bool]] = {
-        _server_key(control): (control, True)
-    }
-    for url in cluster_urls(control, settings.clusters).values():
-        if url.username is None:
-            url = url.set(username=control.username, password=control.password)
-        servers.setdefault(_server_key(url), (url, False))
-    for url, hosts_control_plane in servers.values():
-        needed = settings.workers * demand_per_worker(settings, control_plane=hosts_control_plane)
+    for server in _servers(settings).values():
+        per_worker = demand_per_worker(
+            settings,
+            control_plane=server.control_plane,
+            tenant_route=server.tenant_route,
+            gateways=server.gateways,
+        )
+        needed = settings.workers * per_worker
+        url = server.url
         slots = _read_slots(url, settings.connect_timeout)
         if slots is None:
             continue
         if needed > slots.available:
-            per_worker = demand_per_worker(settings, control_plane=hosts_control_plane)
             raise CapacityError(
                 f"{settings.workers} workers x {per_worker} connections = {needed} exceed the "
                 f"{slots.available} that {url.host}:{url.port or 5432} allows "
                 f"(max_connections {slots.max_connections} - reserved "
-                f"{slots.superuser_reserved + slots.reserved}); lower APP_WORKERS or "
-                "APP_CONNECTION_BUDGET, or raise max_connections (docs/operations.md, Sizing)"
+                f"{slots.superuser_reserved + slots.reserved}); lower APP_WORKERS, "
+                "APP_CONNECTION_BUDGET or APP_GATEWAY_POOL_SIZE, or raise max_connections "
+                "(docs/operations.md, Sizing)"
             )
         log.info("connections fit: %d of %d on %s:%s", needed, slots.available, url.host, url.port)
+
+
+def _servers(settings: Settings) -> dict[tuple[str | None, int | None], _Server]:
+    """Every server by (host, port), with what of the service lands on it."""
+    control = sa.make_url(settings.database_url)
+    servers = {_server_key(control): _Server(control, control_plane=True)}
+    for url in cluster_urls(control, settings.clusters).values():
+        # A DSN without credentials routes tenants: probe it with the control plane's.
+        route = url.set(username=control.username, password=control.password)
+        route = url if url.username else route
+        servers.setdefault(_server_key(route), _Server(route)).tenant_route = True
+    # A cluster's gateway logs in where its owner does.
+    for owner in owner_urls(control, settings.clusters).values():
+        servers.setdefault(_server_key(owner), _Server(owner)).gateways += 1
+    return servers
 
 
 def _server_key(url: sa.URL) -> tuple[str | None, int | None]:

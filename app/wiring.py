@@ -9,6 +9,8 @@ short-lived ``flask`` command no thread.
 
 from __future__ import annotations
 
+import functools
+
 import sqlalchemy as sa
 
 from app import dbwait
@@ -17,15 +19,18 @@ from app.db import create_control_engine
 from app.metrics import TenancyMetrics
 from app.tenancy import Tenancy
 from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.gateways import gateway_access
 from app.tenancy.control.roles import RoleLimits
 from app.tenancy.serving.backoff import LoginBackoff
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory
 from app.tenancy.serving.engines import PoolSettings, TenantEngineFactory
+from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener, connector
 from app.tenancy.serving.reaper import process_reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.session import tenant_sessionmaker
+from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings
 
 
@@ -45,7 +50,19 @@ def build_tenancy(settings: Settings) -> Tenancy:
     )
     backoff = LoginBackoff()
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
-    engines = _engine_factory(settings, directory, keyring, clusters, budget, backoff, observer)
+    pool = _pool_settings(settings)
+    engines = TenantEngineFactory(
+        directory, keyring, clusters.url, pool, budget=budget, backoff=backoff, observer=observer
+    )
+    gateways = Gateways(
+        functools.partial(
+            gateway_access, clusters, keyring, scram_iterations=settings.scram_iterations
+        ),
+        pool,
+        size=settings.gateway_pool_size,
+        statement_timeout_ms=settings.tenant_statement_timeout_ms,
+        on_refused=directory.invalidate,
+    )
     registry = EngineRegistry(
         engines,
         session_factory=tenant_sessionmaker,
@@ -63,6 +80,8 @@ def build_tenancy(settings: Settings) -> Tenancy:
         backoff,
         clusters,
         engines,
+        gateways,
+        _serving_ways(settings),
         observer=observer,
     )
     _attach_background(tenancy, settings, control_engine)
@@ -78,25 +97,20 @@ def role_limits(settings: Settings) -> RoleLimits:
     )
 
 
-def _engine_factory(
-    settings: Settings,
-    directory: TenantDirectory,
-    keyring: Keyring,
-    clusters: Clusters,
-    budget: ConnectionBudget,
-    backoff: LoginBackoff,
-    observer: TenancyMetrics,
-) -> TenantEngineFactory:
-    pool = PoolSettings(
+def _pool_settings(settings: Settings) -> PoolSettings:
+    return PoolSettings(
         pool_size=settings.tenant_pool_size,
         max_overflow=settings.tenant_max_overflow,
         pool_timeout=settings.pool_timeout,
         connect_timeout=settings.connect_timeout,
         io_timeout=settings.database_io_timeout,
     )
-    return TenantEngineFactory(
-        directory, keyring, clusters.url, pool, budget=budget, backoff=backoff, observer=observer
-    )
+
+
+def _serving_ways(settings: Settings) -> ServingWays:
+    """In ``mix``, as many tenants get their own engine as the budget holds pools of."""
+    slots = max(1, settings.connection_budget // settings.tenant_pool_size)
+    return ServingWays(ServingMode(settings.serving), dedicated_slots=slots)
 
 
 def _attach_background(tenancy: Tenancy, settings: Settings, control_engine: sa.Engine) -> None:

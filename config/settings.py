@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 ENVIRONMENTS = ("development", "testing", "production")
+SERVING_MODES = ("dedicated", "shared", "mix")
+"""How tenants reach PostgreSQL (app/tenancy/serving/ways.py)."""
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -46,6 +48,8 @@ class Settings:
     bind: str
     workers: int
     threads: int
+    serving: str
+    gateway_pool_size: int
     tenant_pool_size: int
     tenant_max_overflow: int
     max_engines: int
@@ -104,6 +108,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         threads=threads,
         # A tenant uses at most one connection per request thread; an overflow connection
         # is closed when it comes back, so each burst above the pool size would log in again.
+        serving=reader.get("APP_SERVING", "mix", _choice(SERVING_MODES)),
+        # One shared connection per request thread: a request never waits for another's.
+        gateway_pool_size=reader.get("APP_GATEWAY_POOL_SIZE", threads, _int_between(1, 100)),
         tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", threads, _int_between(1, 100)),
         tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 0, _int_between(0, 100)),
         max_engines=reader.get("APP_MAX_ENGINES", 200, _int_between(1, 100_000)),

@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from app.db import Base
-from app.models import Product, Tenant, TenantPlacement, User  # noqa: F401  (registers tables)
+from app.models import Gateway, Product, Tenant, TenantPlacement, User  # noqa: F401  (tables)
 from config import load_settings
 
 config = context.config

@@ -9,6 +9,7 @@ server itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from app.dev.cluster import LocalCluster
 from app.tenancy import Tenancy, tenancy_of
 from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
 from app.tenancy.control.roles import role_name
+from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings, load_settings, psycopg2_url
 from tests.support import Inspector, MakePlaced, flask_or_fail
 
@@ -118,6 +120,9 @@ def app_env(owner_url: str) -> dict[str, str]:
         "APP_ADMIN_TOKEN": secrets.token_urlsafe(32),
         # Low on purpose: tenant passwords are random, iterations only slow connects.
         "APP_SCRAM_ITERATIONS": "64",
+        # Most tests are about one way of serving; the isolation tests run every way
+        # (serving_app below), whatever the product's default is.
+        "APP_SERVING": "dedicated",
     }
 
 
@@ -184,6 +189,52 @@ def app(settings: Settings, migrated: None) -> Iterator[Flask]:
 @pytest.fixture(scope="session")
 def tenancy(app: Flask) -> Tenancy:
     return tenancy_of(app)
+
+
+@pytest.fixture(scope="session")
+def shared_app(settings: Settings, migrated: None) -> Iterator[Flask]:
+    """The application serving every tenant over shared gateway connections."""
+    application = create_app(dataclasses.replace(settings, serving="shared"))
+    yield application
+    tenancy_of(application).close()
+
+
+@pytest.fixture(scope="session")
+def shared_tenancy(shared_app: Flask) -> Tenancy:
+    return tenancy_of(shared_app)
+
+
+@pytest.fixture(scope="session")
+def mix_app(settings: Settings, migrated: None) -> Iterator[Flask]:
+    """``mix``, tuned so a tenant is hot from its first request of a 50 ms window on.
+
+    So one test crosses both ways: a tenant's first requests go shared, later ones to its
+    own engine, and back once it cools down.
+    """
+    application = create_app(dataclasses.replace(settings, serving="mix"))
+    tenancy_of(application).ways = ServingWays(
+        ServingMode.MIX, dedicated_slots=2, window=0.05, min_requests=1
+    )
+    yield application
+    tenancy_of(application).close()
+
+
+@pytest.fixture(params=["dedicated", "shared", "mix"])
+def serving_app(request: pytest.FixtureRequest) -> Flask:
+    """The application in each way of serving tenants (``APP_SERVING``), in turn."""
+    name = {"dedicated": "app", "shared": "shared_app", "mix": "mix_app"}[request.param]
+    application: Flask = request.getfixturevalue(name)
+    return application
+
+
+@pytest.fixture
+def serving_tenancy(serving_app: Flask) -> Tenancy:
+    return tenancy_of(serving_app)
+
+
+@pytest.fixture
+def serving_client(serving_app: Flask) -> FlaskClient:
+    return serving_app.test_client()
 
 
 @pytest.fixture

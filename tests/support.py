@@ -69,6 +69,21 @@ def flask_or_fail(env: Mapping[str, str], *args: str) -> subprocess.CompletedPro
     return result
 
 
+def gunicorn_refusal(env: Mapping[str, str]) -> list[str]:
+    """Start the real gunicorn with ``env``; it must refuse: its ``tenantpool:`` lines."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0, "gunicorn started"
+    return [line for line in result.stderr.splitlines() if line.startswith("tenantpool:")]
+
+
 def auth_headers(tenant: ProvisionedTenant) -> dict[str, str]:
     """The headers of a request by ``tenant`` for itself."""
     return {"X-Tenant-ID": str(tenant.id), "Authorization": f"Bearer {tenant.api_key}"}

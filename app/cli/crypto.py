@@ -43,7 +43,7 @@ def generate_key_command(key_id: str | None) -> None:
 @crypto.command()
 @click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
 def rotate(batch_size: int) -> None:
-    """Re-encrypt every tenant secret under the active key.
+    """Re-encrypt every secret (tenants' and gateways' passwords) under the active key.
 
     Online, idempotent and safe to interrupt: each batch commits on its own, and running
     it again carries on where it stopped. Exits non-zero if any secret is left behind.
@@ -51,17 +51,20 @@ def rotate(batch_size: int) -> None:
     tenancy = tenancy_of(current_app)
     active = tenancy.keyring.active_key_id
     pending = count_stale(tenancy.control_engine, active)
-    with progress(pending, f"re-encrypting tenant secrets under {active!r}") as bar:
+    with progress(pending, f"re-encrypting secrets under {active!r}") as bar:
         report = reencrypt_all(
             tenancy.control_engine, tenancy.keyring, batch_size=batch_size, progress=bar.update
         )
-    click.echo(f"{report.reencrypted} tenant secret(s) re-encrypted under key {active!r}")
+    click.echo(f"{report.reencrypted} secret(s) re-encrypted under key {active!r}")
     for tenant_id in report.failed:
         click.echo(f"tenant {tenant_id}: cannot decrypt its secret", err=True)
+    for role in report.failed_gateways:
+        click.echo(f"gateway {role}: cannot decrypt its secret", err=True)
     left = count_stale(tenancy.control_engine, active)
-    if report.failed:
+    failed = len(report.failed) + len(report.failed_gateways)
+    if failed:
         raise click.ClickException(
-            f"{len(report.failed)} secret(s) could not be decrypted: put the key they name "
+            f"{failed} secret(s) could not be decrypted: put the key they name "
             "back in APP_ENCRYPTION_KEYS and run this again"
         )
     if left:

@@ -16,18 +16,25 @@ import sqlalchemy as sa
 from app.crypto import Keyring
 from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.roles import RoleLimits
-from app.tenancy.errors import AuthenticationFailed, TenantSuspended
+from app.tenancy.errors import (
+    AuthenticationFailed,
+    CapacityExhausted,
+    TenantSuspended,
+    TenantUnavailable,
+)
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
 from app.tenancy.serving.events import EventKind, TenantEvent
+from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener
 from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.reaper import Reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
+from app.tenancy.serving.ways import ServingMode, ServingWays
 
 # Events after which the tenant's engine is stale (its password, its status or its server
 # changed); the others only change what the directory caches.
@@ -55,6 +62,8 @@ class Tenancy:
     backoff: LoginBackoff
     clusters: Clusters
     engines: TenantEngineFactory
+    gateways: Gateways
+    ways: ServingWays
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
     # The process's reaper, watching this registry and listener; started by
@@ -88,18 +97,34 @@ class Tenancy:
         return record
 
     def open_session(self, tenant_id: uuid.UUID, *, read_only: bool = False) -> TenantSession:
-        """A session on a connection of the tenant's own engine; the caller closes it.
+        """A session for the tenant on a connection checked out now; the caller closes it.
+
+        The connection is the tenant's own engine's or a shared gateway connection's, as
+        ``ways`` chooses (``APP_SERVING``); in ``mix`` a tenant whose own engine cannot be
+        had right now (budget busy, logins backing off) is served shared instead.
 
         ``read_only``: every statement is its own read-only transaction, one round trip
         each (see ``app.tenancy.serving.session``); for requests that must not write.
-
         The connection is checked out here, not at the view's first query, so that every
-        connection failure surfaces in one place. If PostgreSQL rejects the tenant's
-        credentials, the engine may hold a stale password (rotated elsewhere, its event
-        not here yet): it is rebuilt once from credentials fetched again. A second
-        rejection raises TenantUnavailable, and the tenant backs off (``LoginBackoff``).
-        Also raises CapacityExhausted (no connection free in time) and SQLAlchemy errors
-        (database unreachable).
+        connection failure surfaces in one place. Raises TenantUnavailable,
+        CapacityExhausted (no connection free in time) and SQLAlchemy errors (database
+        unreachable).
+        """
+        if self.ways.dedicated(tenant_id):
+            try:
+                return self._dedicated_session(tenant_id, read_only)
+            except (CapacityExhausted, TenantUnavailable):
+                if self.ways.mode is not ServingMode.MIX:
+                    raise
+        return self._shared_session(tenant_id, read_only)
+
+    def _dedicated_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+        """A session on the tenant's own engine.
+
+        If PostgreSQL rejects the tenant's credentials, the engine may hold a stale
+        password (rotated elsewhere, its event not here yet): it is rebuilt once from
+        credentials fetched again. A second rejection raises TenantUnavailable, and the
+        tenant backs off (``LoginBackoff``).
         """
         try:
             return self._connected_session(tenant_id, read_only)
@@ -125,6 +150,13 @@ class Tenancy:
             raise
         return entry.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
 
+    def _shared_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+        """A session on a gateway connection of the tenant's cluster (DESIGN section 3a)."""
+        record = self.directory.find(tenant_id)
+        if record is None:  # deleted since it authenticated: as for an unknown tenant
+            raise AuthenticationFailed("tenant no longer exists")
+        return self.gateways.session(tenant_id, record.cluster, read_only=read_only)
+
     def forget(self, tenant_id: uuid.UUID, reason: str) -> None:
         """Drop what this worker holds of the tenant: cached record and engine."""
         self.directory.invalidate(tenant_id)
@@ -148,6 +180,7 @@ class Tenancy:
         if self.listener is not None:
             self.listener.close()
         self.registry.dispose_all()
+        self.gateways.dispose()
         self.clusters.dispose()
         self.control_engine.dispose()
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from app.tenancy.control.ddl import TENANT_BASE_ROLE, make_tenant_scoped
+from app.tenancy.control.ddl import TENANT_BASE_ROLE, TWO_SIDED_PREDICATE, make_tenant_scoped
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -97,8 +97,9 @@ def upgrade() -> None:
         sa.Column("confirmed", sa.Boolean, nullable=False, server_default=sa.false()),
         *_timestamps(),
     )
-    # Pinned: the helper's default parent became tenant_placements in 0002.
-    make_tenant_scoped(op, "users", parent=("tenants", "id"))
+    # Pinned as they ran: the helper's default parent became tenant_placements in 0002, its
+    # default policy gained a third term in 0003.
+    make_tenant_scoped(op, "users", parent=("tenants", "id"), predicate=TWO_SIDED_PREDICATE)
 
     op.create_table(
         "products",
@@ -113,7 +114,7 @@ def upgrade() -> None:
         sa.CheckConstraint("price >= 0", name="price_not_negative"),
         sa.CheckConstraint("stock >= 0", name="stock_not_negative"),
     )
-    make_tenant_scoped(op, "products", parent=("tenants", "id"))
+    make_tenant_scoped(op, "products", parent=("tenants", "id"), predicate=TWO_SIDED_PREDICATE)
 
 
 def downgrade() -> None:

@@ -29,29 +29,31 @@ def _create(client: FlaskClient, tenant: ProvisionedTenant, path: str) -> dict[s
 
 @resource_paths
 def test_resource_create_then_get(
-    client: FlaskClient, tenant_a: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, path: str
 ) -> None:
-    created = _create(client, tenant_a, path)
-    response = client.get(f"{path}/{created['id']}", headers=auth_headers(tenant_a))
+    created = _create(serving_client, tenant_a, path)
+    response = serving_client.get(f"{path}/{created['id']}", headers=auth_headers(tenant_a))
     assert response.status_code == 200
     assert response.json == created
 
 
 @resource_paths
 def test_resource_create_sets_location(
-    client: FlaskClient, tenant_a: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, path: str
 ) -> None:
-    response = client.post(path, json=RESOURCES[path][0], headers=auth_headers(tenant_a))
+    response = serving_client.post(path, json=RESOURCES[path][0], headers=auth_headers(tenant_a))
     assert response.headers["Location"].endswith(f"{path}/{response.json['id']}")  # type: ignore[index]
 
 
 @resource_paths
 def test_resource_patch_changes_only_given_fields(
-    client: FlaskClient, tenant_a: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, path: str
 ) -> None:
-    created = _create(client, tenant_a, path)
+    created = _create(serving_client, tenant_a, path)
     patch = RESOURCES[path][1]
-    response = client.patch(f"{path}/{created['id']}", json=patch, headers=auth_headers(tenant_a))
+    response = serving_client.patch(
+        f"{path}/{created['id']}", json=patch, headers=auth_headers(tenant_a)
+    )
     assert response.status_code == 200
     body = response.json
     assert body is not None
@@ -64,22 +66,26 @@ def test_resource_patch_changes_only_given_fields(
 
 @resource_paths
 def test_resource_delete_removes_the_record(
-    client: FlaskClient, tenant_a: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, path: str
 ) -> None:
-    created = _create(client, tenant_a, path)
+    created = _create(serving_client, tenant_a, path)
     assert (
-        client.delete(f"{path}/{created['id']}", headers=auth_headers(tenant_a)).status_code == 204
+        serving_client.delete(f"{path}/{created['id']}", headers=auth_headers(tenant_a)).status_code
+        == 204
     )
-    assert client.get(f"{path}/{created['id']}", headers=auth_headers(tenant_a)).status_code == 404
+    assert (
+        serving_client.get(f"{path}/{created['id']}", headers=auth_headers(tenant_a)).status_code
+        == 404
+    )
 
 
 @resource_paths
 def test_resource_list_shows_only_own_records(
-    client: FlaskClient, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant, path: str
 ) -> None:
-    mine = _create(client, tenant_a, path)
-    _create(client, tenant_b, path)
-    body = client.get(path, headers=auth_headers(tenant_a)).json
+    mine = _create(serving_client, tenant_a, path)
+    _create(serving_client, tenant_b, path)
+    body = serving_client.get(path, headers=auth_headers(tenant_a)).json
     assert body is not None
     assert [record["id"] for record in body["records"]] == [mine["id"]]
     assert body["total"] == 1
@@ -88,48 +94,48 @@ def test_resource_list_shows_only_own_records(
 @resource_paths
 @pytest.mark.parametrize("method", ["get", "patch", "delete"])
 def test_resource_other_tenants_record_is_not_found_like_a_random_id(
-    client: FlaskClient,
+    serving_client: FlaskClient,
     tenant_a: ProvisionedTenant,
     tenant_b: ProvisionedTenant,
     path: str,
     method: str,
 ) -> None:
-    theirs = _create(client, tenant_b, path)
+    theirs = _create(serving_client, tenant_b, path)
     kwargs: dict[str, Any] = {"headers": auth_headers(tenant_a)}
     if method == "patch":
         kwargs["json"] = RESOURCES[path][1]
-    foreign = getattr(client, method)(f"{path}/{theirs['id']}", **kwargs)
-    random = getattr(client, method)(f"{path}/{uuid.uuid4()}", **kwargs)
+    foreign = getattr(serving_client, method)(f"{path}/{theirs['id']}", **kwargs)
+    random = getattr(serving_client, method)(f"{path}/{uuid.uuid4()}", **kwargs)
     assert foreign.status_code == random.status_code == 404
     assert {k: v for k, v in foreign.json.items() if k != "request_id"} == {
         k: v for k, v in random.json.items() if k != "request_id"
     }
     # B's record is untouched.
-    after = client.get(f"{path}/{theirs['id']}", headers=auth_headers(tenant_b))
+    after = serving_client.get(f"{path}/{theirs['id']}", headers=auth_headers(tenant_b))
     assert after.status_code == 200
     assert after.json == theirs
 
 
 @resource_paths
 def test_resource_key_of_another_tenant_is_unauthorized(
-    client: FlaskClient, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant, path: str
 ) -> None:
     headers = {"X-Tenant-ID": str(tenant_b.id), "Authorization": f"Bearer {tenant_a.api_key}"}
-    response = client.get(path, headers=headers)
+    response = serving_client.get(path, headers=headers)
     assert response.status_code == 401
     assert response.mimetype == "application/problem+json"
 
 
 @resource_paths
 def test_resource_unknown_tenant_gets_the_same_401_as_a_wrong_key(
-    client: FlaskClient, tenant_a: ProvisionedTenant, path: str
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, path: str
 ) -> None:
     unknown = {"X-Tenant-ID": str(uuid.uuid4()), "Authorization": f"Bearer {tenant_a.api_key}"}
     wrong = {"X-Tenant-ID": str(tenant_a.id), "Authorization": "Bearer tpk_" + "x" * 43}
     missing = {"X-Tenant-ID": str(tenant_a.id)}
     bodies = []
     for headers in (unknown, wrong, missing):
-        response = client.get(path, headers=headers)
+        response = serving_client.get(path, headers=headers)
         assert response.status_code == 401
         bodies.append({k: v for k, v in response.json.items() if k != "request_id"})
     assert bodies[0] == bodies[1] == bodies[2]
@@ -140,11 +146,11 @@ def test_resource_unknown_tenant_gets_the_same_401_as_a_wrong_key(
     "tenant_header", [None, "", "not-a-uuid", "{00000000-0000-0000-0000-000000000001}"]
 )
 def test_resource_bad_tenant_header_is_400(
-    client: FlaskClient, tenant_a: ProvisionedTenant, path: str, tenant_header: str | None
+    serving_client: FlaskClient, tenant_a: ProvisionedTenant, path: str, tenant_header: str | None
 ) -> None:
     headers = {"Authorization": f"Bearer {tenant_a.api_key}"}
     if tenant_header is not None:
         headers["X-Tenant-ID"] = tenant_header
-    response = client.get(path, headers=headers)
+    response = serving_client.get(path, headers=headers)
     assert response.status_code == 400
     assert response.json["code"] == "invalid_tenant_header"  # type: ignore[index]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import secrets
 
+import psycopg2
 import sqlalchemy as sa
 from flask import Flask
 
-from app.models import Tenant
+from app.models import Gateway, Tenant
+from app.tenancy import tenancy_of
+from app.tenancy.control.gateways import gateway_access
 from app.tenancy.control.roles import RoleLimits
 from config import load_settings
 from tests.conftest import FreshDatabase
@@ -41,7 +44,7 @@ def test_crypto_generate_key_makes_a_new_key_each_time(app: Flask) -> None:
     assert first != invoke(app, "crypto", "generate-key").stdout
 
 
-def test_crypto_rotate_reencrypts_every_tenant_and_then_has_nothing_to_do(
+def test_crypto_rotate_reencrypts_every_secret_and_then_has_nothing_to_do(
     fresh_database: FreshDatabase,
 ) -> None:
     env = fresh_database()
@@ -49,6 +52,9 @@ def test_crypto_rotate_reencrypts_every_tenant_and_then_has_nothing_to_do(
     with app_for(env) as app:
         for number in range(3):
             assert invoke(app, "tenants", "create", f"crypto-{number}").exit_code == 0
+        tenancy = tenancy_of(app)
+        # The gateway's password is set (and stored) when first needed: a fourth secret.
+        gateway_access(tenancy.clusters, tenancy.keyring, "default", scram_iterations=64)
     rotated_env = {
         **env,
         "APP_ENCRYPTION_KEYS": f"{old},k2:{secrets.token_hex(32)}",
@@ -58,16 +64,24 @@ def test_crypto_rotate_reencrypts_every_tenant_and_then_has_nothing_to_do(
         first = invoke(app, "crypto", "rotate", "--batch-size", "2")
         again = invoke(app, "crypto", "rotate")
     assert first.exit_code == 0, first.output
-    assert "re-encrypting tenant secrets under 'k2': 3/3 (100%) done" in first.stderr
-    assert "3 tenant secret(s) re-encrypted under key 'k2'" in first.stdout
+    assert "re-encrypting secrets under 'k2': 4/4 (100%) done" in first.stderr
+    assert "4 secret(s) re-encrypted under key 'k2'" in first.stdout
     assert again.exit_code == 0
-    assert "0 tenant secret(s) re-encrypted" in again.stdout
+    assert "0 secret(s) re-encrypted" in again.stdout
     engine = sa.create_engine(env["APP_DATABASE_URL"])
     try:
         with engine.connect() as connection:
             assert set(connection.scalars(sa.select(Tenant.key_id))) == {"k2"}
+            assert set(connection.scalars(sa.select(Gateway.key_id))) == {"k2"}
     finally:
         engine.dispose()
+    with app_for(rotated_env) as app:  # the gateway's password decrypts under the new key
+        tenancy = tenancy_of(app)
+        access = gateway_access(tenancy.clusters, tenancy.keyring, "default", scram_iterations=64)
+    connection = psycopg2.connect(
+        access.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    connection.close()
 
 
 def test_crypto_rotate_exits_non_zero_naming_what_it_cannot_decrypt(

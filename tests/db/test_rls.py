@@ -47,11 +47,11 @@ def two_tenants_with_rows(
 
 
 def test_rls_tenant_sees_only_its_own_rows(
-    tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
+    serving_tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
     tenant_a, tenant_b = two_tenants_with_rows
     for tenant, expected in ((tenant_a, 3), (tenant_b, 2)):
-        session = tenancy.open_session(tenant.id)
+        session = serving_tenancy.open_session(tenant.id)
         owners = session.scalars(sa.select(User.tenant_id)).all()
         session.close()
         assert len(owners) == expected
@@ -78,9 +78,9 @@ def test_rls_without_matching_tenant_setting_sees_nothing(
 
 
 def test_rls_tenant_cannot_insert_rows_for_another_tenant(
-    tenancy: Tenancy, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant
+    serving_tenancy: Tenancy, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant
 ) -> None:
-    session = tenancy.open_session(tenant_a.id)
+    session = serving_tenancy.open_session(tenant_a.id)
     with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
         session.execute(
             sa.insert(User).values(first_name="x", last_name="y", tenant_id=tenant_b.id)
@@ -89,10 +89,10 @@ def test_rls_tenant_cannot_insert_rows_for_another_tenant(
 
 
 def test_rls_tenant_cannot_move_its_rows_to_another_tenant(
-    tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
+    serving_tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
     tenant_a, tenant_b = two_tenants_with_rows
-    session = tenancy.open_session(tenant_a.id)
+    session = serving_tenancy.open_session(tenant_a.id)
     with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
         session.execute(sa.update(User).values(tenant_id=tenant_b.id))
     session.close()
@@ -232,10 +232,10 @@ def test_rls_removing_placement_cascades_to_its_rows(
 
 
 def test_rls_policy_uses_tenant_index(
-    tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
+    serving_tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
     tenant_a, _ = two_tenants_with_rows
-    session = tenancy.open_session(tenant_a.id)
+    session = serving_tenancy.open_session(tenant_a.id)
     session.execute(sa.text("SET LOCAL enable_seqscan = off"))
     plan = "\n".join(
         session.execute(sa.text("EXPLAIN SELECT * FROM users ORDER BY created_at")).scalars()

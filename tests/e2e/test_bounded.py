@@ -13,8 +13,6 @@ import random
 import re
 import secrets
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ from app.tenancy.serving.events import EventKind, TenantEvent, notify
 from config import psycopg2_url
 from tests.conftest import throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
-from tests.support import REPO_ROOT, eventually, failed_logins, set_role_password
+from tests.support import eventually, failed_logins, gunicorn_refusal, set_role_password
 
 pytestmark = pytest.mark.e2e
 
@@ -249,28 +247,15 @@ def test_bounded_service_refuses_to_start_when_connections_cannot_fit(
 ) -> None:
     # 37 free slots (40 - 3 reserved); 4 workers x (6 + 4 control + 1 listener) = 44.
     env = {
-        **os.environ,
         **app_env,
         "APP_DATABASE_URL": bounded.owner_url,
         "APP_WORKERS": "4",
         "APP_THREADS": str(THREADS),
     }
 
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("tenantpool:")]
-    assert lines == [
+    assert gunicorn_refusal(env) == [
         "tenantpool: not starting: 4 workers x 11 connections = 44 exceed the 37 that "
         f"127.0.0.1:{bounded.cluster.port} allows (max_connections 40 - reserved 3); lower "
-        "APP_WORKERS or APP_CONNECTION_BUDGET, or raise max_connections "
-        "(docs/operations.md, Sizing)"
+        "APP_WORKERS, APP_CONNECTION_BUDGET or APP_GATEWAY_POOL_SIZE, or raise "
+        "max_connections (docs/operations.md, Sizing)"
     ]

@@ -6,7 +6,8 @@ migrations meant to do. Each finding is one line naming the object and what is w
 Tenant tables (any table with a ``tenant_id`` column): RLS enabled and forced; one
 permissive ``tenant_isolation`` policy for ``tenant_base`` whose USING and WITH CHECK name
 both the connected role (``current_tenant_id()``) and the request's tenant
-(``app.tenant_id``), and no other permissive policy beside it; ``tenant_id`` NOT NULL,
+(``app.tenant_id``) and the shared way's context term (``session_user`` or the verifier),
+and no other permissive policy beside it; ``tenant_id`` NOT NULL,
 cascading from ``tenant_placements`` (migration 0002) and leading an index; SELECT granted
 to ``tenant_base``, and nothing granted that RLS does not cover (TRUNCATE, TRIGGER) or to
 PUBLIC. Views over them
@@ -18,9 +19,10 @@ anything, or belongs to a role other than ``tenant_base``, to which each must be
 ``tenant_placements``.
 SECURITY DEFINER functions pin ``search_path`` and are not executable by PUBLIC.
 
-A data cluster (a database other than the control plane's) holds no tenant secrets: its
-``tenants`` table is empty. ``flask tenancy check`` runs the check on every database that
-``flask db upgrade`` migrates.
+The shared way's gateway, key and verifier: ``context_checks``. A data cluster (a database
+other than the control plane's) holds no secrets: its ``tenants`` and ``gateways`` are
+empty. ``flask tenancy check`` runs the check on every database that ``flask db upgrade``
+migrates.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from app.tenancy.control.context_checks import context_problems
 from app.tenancy.control.ddl import (
     PLACEMENTS_TABLE,
     POLICY_NAME,
     TENANT_BASE_ROLE,
     TENANT_ROLE_PATTERN,
+    VERIFIER,
 )
 
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"
@@ -69,6 +73,7 @@ def check_isolation(connection: sa.Connection, *, control_plane: bool = True) ->
     roles, role_problems = _tenant_role_problems(connection)
     problems += role_problems
     problems += _definer_problems(connection)
+    problems += context_problems(connection)
     return CheckResult(problems, len(tables), roles)
 
 
@@ -164,7 +169,7 @@ def _policy_problems(connection: sa.Connection, table: _Table) -> list[str]:
 
 
 def _missing_references(expression: str) -> str:
-    wanted = ("tenant_id", "current_tenant_id()", "'app.tenant_id'")
+    wanted = ("tenant_id", "current_tenant_id()", "'app.tenant_id'", "SESSION_USER", VERIFIER)
     return " and ".join(name for name in wanted if name not in expression)
 
 
@@ -257,16 +262,18 @@ def _invoker(options: list[str]) -> bool:
 
 
 def _secret_problems(connection: sa.Connection) -> list[str]:
-    """A data cluster's ``tenants`` must be empty: secrets live in the control plane only."""
-    if connection.scalar(sa.text("SELECT to_regclass('tenants')")) is None:
-        return []
-    held = connection.scalar(sa.text("SELECT count(*) FROM tenants"))
-    if not held:
-        return []
-    return [
-        f"table tenants: holds {held} row(s) on a data cluster; tenant secrets belong in "
-        "the control plane only"
-    ]
+    """A data cluster's ``tenants`` and ``gateways`` are empty: secrets are the control plane's."""
+    found = []
+    for table in ("tenants", "gateways"):
+        if connection.scalar(sa.text(f"SELECT to_regclass('{table}')")) is None:
+            continue
+        held = connection.scalar(sa.text(f"SELECT count(*) FROM {table}"))
+        if held:
+            found.append(
+                f"table {table}: holds {held} row(s) on a data cluster; secrets belong in the "
+                "control plane only"
+            )
+    return found
 
 
 def _base_role_problems(connection: sa.Connection) -> list[str]:

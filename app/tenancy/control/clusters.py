@@ -10,8 +10,9 @@ owner work there goes through the control-plane engine.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -88,14 +89,8 @@ class Clusters:
             ) from None
 
     def is_control_database(self, name: str) -> bool:
-        """Whether ``name`` is the control plane's own database; raises UnknownCluster.
-
-        Its DSN is the control plane's, or it is ``default`` without credentials: a way for
-        tenants to reach that database (through PgBouncer, say) while owner work goes
-        through the control-plane engine.
-        """
-        url = self.url(name)
-        return _same_dsn(url, self.control.url) or (name == DEFAULT_CLUSTER and not url.username)
+        """Whether ``name`` is the control plane's own database; raises UnknownCluster."""
+        return is_control_database(name, self.url(name), self.control.url)
 
     def owner_databases(self) -> list[tuple[str, sa.URL]]:
         """(label, owner DSN) of every database holding tenant tables, the control plane first.
@@ -118,6 +113,21 @@ class Clusters:
             if engine is None:
                 engine = self._engines[name] = sa.create_engine(url, poolclass=NullPool)
             return engine
+
+    @contextlib.contextmanager
+    def transaction(self, name: str, control: sa.Connection) -> Iterator[sa.Connection]:
+        """An owner transaction on ``name``: ``control``'s own if it is the same database.
+
+        Else a transaction of its own, committed when the block ends (before ``control``'s),
+        so a change on a data cluster and its record in the control plane commit a moment
+        apart, the cluster's first.
+        """
+        engine = self.engine(name)
+        if engine is self.control:
+            yield control
+            return
+        with engine.begin() as data:
+            yield data
 
     def identity(self, name: str) -> DatabaseIdentity:
         """Which server and database ``name`` reaches (one query as the owner)."""
@@ -142,6 +152,25 @@ def cluster_urls(control_url: str | sa.URL, dsns: Mapping[str, str]) -> dict[str
     urls = {name: sa.make_url(dsn) for name, dsn in dsns.items()}
     urls.setdefault(DEFAULT_CLUSTER, sa.make_url(control_url))
     return urls
+
+
+def owner_urls(control_url: str | sa.URL, dsns: Mapping[str, str]) -> dict[str, sa.URL]:
+    """Where each cluster's owner work and gateway log in: its DSN, or the control plane's."""
+    control = sa.make_url(control_url)
+    return {
+        name: control if is_control_database(name, url, control) else url
+        for name, url in cluster_urls(control, dsns).items()
+    }
+
+
+def is_control_database(name: str, url: sa.URL, control_url: sa.URL) -> bool:
+    """Whether the cluster ``name`` at ``url`` is the control plane's own database.
+
+    Its DSN is the control plane's, or it is ``default`` without credentials: a way for
+    tenants to reach that database (through PgBouncer, say) while owner work goes through
+    the control-plane engine.
+    """
+    return _same_dsn(url, control_url) or (name == DEFAULT_CLUSTER and not url.username)
 
 
 def _same_dsn(left: sa.URL, right: sa.URL) -> bool:

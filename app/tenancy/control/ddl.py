@@ -2,7 +2,7 @@
 
 ``make_tenant_scoped(op, "invoices")`` in an Alembic migration adds ``tenant_id`` (filled
 from the connected role, a foreign key to ``tenant_placements`` so that removing a tenant
-from a cluster cascades), an index starting with it, RLS enabled and forced, the two-sided
+from a cluster cascades), an index starting with it, RLS enabled and forced, the isolation
 policy and the grants to ``tenant_base``. ``flask tenancy check`` verifies the result.
 """
 
@@ -20,13 +20,28 @@ PLACEMENTS_TABLE = "tenant_placements"
 PLACEMENT_KEY = (PLACEMENTS_TABLE, "tenant_id")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
+GATEWAY_ROLE_PATTERN = "^tp_gateway_[a-z0-9_]{1,52}$"
+"""Each database's gateway role (migration 0003 names it after the database)."""
+CONTEXT_SCHEMA = "tp_private"
+"""Owner-only schema of the signed tenant context: its key, the gateway's name, the verifier."""
+VERIFIER = f"{CONTEXT_SCHEMA}.tenant_context_ok()"
+"""True when a shared connection's tenant context was signed by the service for this backend
+and set at the start of the client's message; raises SQLSTATE TPC01 when one is claimed and
+does not verify (migration 0003)."""
+
 # Both sides must agree: the role that is connected, and the tenant the request is for.
 # Each side is a sub-select so PostgreSQL evaluates it once per statement (an InitPlan) and
-# the predicate becomes an index condition on (tenant_id, ...).
-POLICY_PREDICATE = (
+# the predicate becomes an index condition on (tenant_id, ...). Migration 0001 made its
+# tables with these two sides; 0003 added the third term below.
+TWO_SIDED_PREDICATE = (
     "tenant_id = (SELECT current_tenant_id()) "
     "AND tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid)"
 )
+# The third term (DESIGN section 3a): on a tenant's own login the session is the role and
+# the verifier never runs; on a shared gateway connection the role was switched with
+# SET LOCAL ROLE, and only a context the service signed for this backend counts.
+CONTEXT_TERM = f"(session_user = current_user OR (SELECT {VERIFIER}))"
+POLICY_PREDICATE = f"{TWO_SIDED_PREDICATE} AND {CONTEXT_TERM}"
 
 
 class _Operations(Protocol):
@@ -34,12 +49,17 @@ class _Operations(Protocol):
 
 
 def tenant_scoped_ddl(
-    table: str, *, index_column: str = "created_at", parent: tuple[str, str] = PLACEMENT_KEY
+    table: str,
+    *,
+    index_column: str = "created_at",
+    parent: tuple[str, str] = PLACEMENT_KEY,
+    predicate: str = POLICY_PREDICATE,
 ) -> list[str]:
     """The statements that make ``table`` tenant-scoped; identifiers are checked, not quoted.
 
     ``parent`` is the (table, column) ``tenant_id`` references: the placements since
-    migration 0002; migration 0001 pins ``("tenants", "id")``, as it ran then.
+    migration 0002; migration 0001 pins ``("tenants", "id")``, as it ran then. Likewise
+    ``predicate``: 0001 pins the two-sided one, which 0003 extended.
     """
     referenced, key = parent
     for name in (table, index_column, referenced, key):
@@ -54,7 +74,7 @@ def tenant_scoped_ddl(
         f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
         f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
         f"CREATE POLICY {POLICY_NAME} ON {table} AS PERMISSIVE FOR ALL TO {TENANT_BASE_ROLE} "
-        f"USING ({POLICY_PREDICATE}) WITH CHECK ({POLICY_PREDICATE})",
+        f"USING ({predicate}) WITH CHECK ({predicate})",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {TENANT_BASE_ROLE}",
     ]
 
@@ -65,7 +85,10 @@ def make_tenant_scoped(
     *,
     index_column: str = "created_at",
     parent: tuple[str, str] = PLACEMENT_KEY,
+    predicate: str = POLICY_PREDICATE,
 ) -> None:
     """Run :func:`tenant_scoped_ddl` through Alembic's ``op``."""
-    for statement in tenant_scoped_ddl(table, index_column=index_column, parent=parent):
+    for statement in tenant_scoped_ddl(
+        table, index_column=index_column, parent=parent, predicate=predicate
+    ):
         op.execute(statement)

@@ -30,10 +30,9 @@ PostgreSQL 15; from 16 on, the creator of a role holds ADMIN OPTION on it, which
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -111,7 +110,7 @@ def create_tenants(
     try:
         with clusters.control.begin() as control:
             control.execute(sa.insert(Tenant).values(rows))
-            with _on_cluster(clusters, cluster, control) as data:
+            with clusters.transaction(cluster, control) as data:
                 place_tenants(data, verifiers, limits)
             if data_engine is not clusters.control:
                 placed_on = data_engine
@@ -149,7 +148,7 @@ def set_role_limits(
     """
     with clusters.control.begin() as control:
         role, cluster = _lock_tenant(control, tenant_id)
-        with _on_cluster(clusters, cluster, control) as data:
+        with clusters.transaction(cluster, control) as data:
             data.exec_driver_sql(
                 f'ALTER ROLE "{role}" CONNECTION LIMIT {int(connection_limit)}; '
                 + statement_timeout_sql(role, statement_timeout_ms)
@@ -213,7 +212,7 @@ def rotate_credentials(
     password = generate_password()
     with clusters.control.begin() as connection:
         role, cluster = _lock_tenant(connection, tenant_id)
-        with _on_cluster(clusters, cluster, connection) as data:
+        with clusters.transaction(cluster, connection) as data:
             data.exec_driver_sql(
                 f"ALTER ROLE \"{role}\" PASSWORD '{role_verifier(password, scram_iterations)}'"
             )
@@ -280,7 +279,7 @@ def delete_tenant(
     info = _set_status(clusters, tenant_id, TenantStatus.SUSPENDED)
     with clusters.control.begin() as control:
         role, cluster = _lock_tenant(control, tenant_id)  # where it is now, after any move
-        with _on_cluster(clusters, cluster, control) as data:
+        with clusters.transaction(cluster, control) as data:
             if data.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}):
                 # Membership lets the owner see and end the role's sessions; see the module
                 # docstring.
@@ -305,7 +304,7 @@ def _set_status(clusters: Clusters, tenant_id: uuid.UUID, status: TenantStatus) 
     """
     with clusters.control.begin() as connection:
         role, cluster = _lock_tenant(connection, tenant_id)
-        with _on_cluster(clusters, cluster, connection) as data:
+        with clusters.transaction(cluster, connection) as data:
             set_login(data, role, allowed=status is TenantStatus.ACTIVE)
         info = _update(connection, tenant_id, status=status.value)
         kind = EventKind.RESUMED if status is TenantStatus.ACTIVE else EventKind.SUSPENDED
@@ -342,19 +341,3 @@ def _update(connection: sa.Connection, tenant_id: uuid.UUID, **values: object) -
     if row is None:
         raise TenantNotFound(f"no tenant {tenant_id}")
     return TenantInfo(**row._mapping)
-
-
-@contextlib.contextmanager
-def _on_cluster(
-    clusters: Clusters, cluster: str, control: sa.Connection
-) -> Iterator[sa.Connection]:
-    """An owner transaction on ``cluster``: ``control``'s own if it is the same database.
-
-    Else a transaction of its own, committed when the block ends (before ``control``'s).
-    """
-    engine = clusters.engine(cluster)
-    if engine is clusters.control:
-        yield control
-        return
-    with engine.begin() as data:
-        yield data

@@ -1,4 +1,6 @@
-"""Re-encrypting every tenant secret under the keyring's active key (``flask crypto rotate``).
+"""Re-encrypting every secret under the keyring's active key (``flask crypto rotate``).
+
+Tenant passwords, then the gateway roles' passwords (``gateways``: one row per database).
 
 Online and restartable: each batch is its own short transaction, so an interrupted run
 keeps what it committed and the next run picks up the rest; a run with nothing left to do
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from app.crypto import CryptoError, Keyring, tenant_aad
+from app.crypto import CryptoError, Keyring, gateway_aad, tenant_aad
+from app.models.gateway import Gateway
 from app.models.tenant import Tenant
 
 Progress = Callable[[int], object]
@@ -24,12 +27,14 @@ Progress = Callable[[int], object]
 
 @dataclass
 class RekeyReport:
-    """What a run did; ``failed`` lists tenants whose secret could not be decrypted."""
+    """What a run did; ``failed`` (tenants) and ``failed_gateways`` (roles) list secrets that
+    could not be decrypted."""
 
     active_key_id: str
     pending: int = 0
     reencrypted: int = 0
     failed: list[uuid.UUID] = field(default_factory=list)
+    failed_gateways: list[str] = field(default_factory=list)
 
 
 def _stale(active_key_id: str) -> sa.ColumnElement[bool]:
@@ -38,13 +43,21 @@ def _stale(active_key_id: str) -> sa.ColumnElement[bool]:
     return sa.or_(Tenant.key_id != active_key_id, token_key != active_key_id)
 
 
+def _stale_gateway(active_key_id: str) -> sa.ColumnElement[bool]:
+    token_key = sa.func.split_part(Gateway.db_password_encrypted, ":", 2)
+    return sa.or_(Gateway.key_id != active_key_id, token_key != active_key_id)
+
+
 def count_stale(control_engine: sa.Engine, active_key_id: str) -> int:
-    """Tenants whose secret is not under ``active_key_id`` yet."""
+    """Secrets (tenants' and gateways') not under ``active_key_id`` yet."""
     with control_engine.connect() as connection:
-        count = connection.scalar(
+        tenants = connection.scalar(
             sa.select(sa.func.count()).select_from(Tenant).where(_stale(active_key_id))
         )
-    return count or 0
+        gateways = connection.scalar(
+            sa.select(sa.func.count()).select_from(Gateway).where(_stale_gateway(active_key_id))
+        )
+    return (tenants or 0) + (gateways or 0)
 
 
 def reencrypt_all(
@@ -87,4 +100,35 @@ def reencrypt_all(
             after = rows[-1].id
         if progress is not None:
             progress(len(rows))
+    _reencrypt_gateways(control_engine, keyring, report, progress)
     return report
+
+
+def _reencrypt_gateways(
+    control_engine: sa.Engine, keyring: Keyring, report: RekeyReport, progress: Progress | None
+) -> None:
+    """The gateways' passwords: a handful of rows (one per database), one transaction."""
+    active = keyring.active_key_id
+    with control_engine.begin() as connection:
+        rows = connection.execute(
+            sa.select(Gateway.role, Gateway.db_password_encrypted)
+            .where(_stale_gateway(active))
+            .with_for_update()
+        ).all()
+        for row in rows:
+            try:
+                secret = keyring.decrypt(row.db_password_encrypted, gateway_aad(row.role))
+            except CryptoError:
+                report.failed_gateways.append(row.role)
+                continue
+            connection.execute(
+                sa.update(Gateway)
+                .where(Gateway.role == row.role)
+                .values(
+                    db_password_encrypted=keyring.encrypt(secret, gateway_aad(row.role)),
+                    key_id=active,
+                )
+            )
+            report.reencrypted += 1
+    if progress is not None and rows:
+        progress(len(rows))

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.models.placement import TenantPlacement
-from app.tenancy.control.ddl import TENANT_BASE_ROLE, TENANT_ROLE_PATTERN
+from app.tenancy.control.ddl import (
+    CONTEXT_SCHEMA,
+    GATEWAY_ROLE_PATTERN,
+    TENANT_BASE_ROLE,
+    TENANT_ROLE_PATTERN,
+)
 from app.tenancy.control.scram import is_scram_verifier, scram_sha256_verifier
 from app.tenancy.errors import TenantUnavailable
 
@@ -30,6 +35,7 @@ _DRAIN_POLL = 0.05
 
 # fullmatch, so a trailing newline (which $ alone would allow) is refused.
 ROLE = re.compile(TENANT_ROLE_PATTERN)
+GATEWAY_ROLE = re.compile(GATEWAY_ROLE_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,10 @@ def place_tenants(
 ) -> None:
     """:func:`place_tenant` for several tenants: one message of role statements, one INSERT.
 
-    The owner runs it; each role gets the limits, ``tenant_base`` and nothing else.
+    The owner runs it; each role gets the limits, ``tenant_base`` and nothing else, and the
+    database's gateway becomes a member of it (the tenant may be served shared).
     """
+    gateway = gateway_role(connection)
     statements = []
     for tenant_id, verifier in verifiers.items():
         role = role_name(tenant_id)
@@ -70,6 +78,7 @@ def place_tenants(
             f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
             f"INHERIT CONNECTION LIMIT {int(limits.connection_limit)} "
             f"PASSWORD '{verifier}' IN ROLE {TENANT_BASE_ROLE}; "
+            f'GRANT "{role}" TO "{gateway}"; '
             + statement_timeout_sql(role, limits.statement_timeout_ms)
         )
     connection.exec_driver_sql("; ".join(statements))
@@ -105,15 +114,36 @@ def remove_placement_in(
 
 
 def set_login(connection: sa.Connection, role: str, *, allowed: bool) -> bool:
-    """LOGIN or NOLOGIN for ``role`` on ``connection``'s cluster; False if it has no such role."""
+    """Let ``role`` be used, or not, on ``connection``'s cluster; False if it has no such role.
+
+    Both ways of reaching it at once: LOGIN or NOLOGIN for its own connections, and the
+    gateway's membership for shared ones, so a suspended tenant fails closed even on a
+    warm shared connection (SET ROLE is refused from the next transaction on).
+    """
     if not ROLE.fullmatch(role):
         raise ValueError("refusing to embed a malformed role name")
     exists = connection.execute(
         sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
     ).scalar()
     if exists:
-        connection.exec_driver_sql(f'ALTER ROLE "{role}" {"LOGIN" if allowed else "NOLOGIN"}')
+        gateway = gateway_role(connection)
+        membership = (
+            f'GRANT "{role}" TO "{gateway}"' if allowed else f'REVOKE "{role}" FROM "{gateway}"'
+        )
+        connection.exec_driver_sql(
+            f'ALTER ROLE "{role}" {"LOGIN" if allowed else "NOLOGIN"}; {membership}'
+        )
     return bool(exists)
+
+
+def gateway_role(connection: sa.Connection) -> str:
+    """The gateway role of ``connection``'s database (migration 0003), checked safe to embed."""
+    name = connection.execute(
+        sa.text(f"SELECT gateway_role FROM {CONTEXT_SCHEMA}.context")
+    ).scalar_one()
+    if not GATEWAY_ROLE.fullmatch(name):
+        raise ValueError("refusing to embed a malformed gateway role name")
+    return str(name)
 
 
 def limits_of_role(connection: sa.Connection, role: str) -> tuple[int, int | None] | None:

@@ -44,6 +44,10 @@ from app.tenancy.errors import TenantUnavailable
 
 TENANT_DRIVER = "postgresql+tenantpool"
 """The drivername of tenant engine URLs: :class:`TenantDialect`."""
+GATEWAY_DRIVER = "postgresql+tenantpool_gateway"
+"""The drivername of gateway engine URLs: :class:`GatewayDialect`."""
+BINDING = "tenantpool.binding"
+"""Key of a gateway connection's ``<pid>:<backend start>`` in its pool record's info."""
 
 MOVING = "TPM01"
 """The SQLSTATE ``tenant_move_gate()`` raises while a move holds the tenant."""
@@ -88,6 +92,13 @@ def _set_tenant(session: orm.Session, transaction: object, connection: sa.Connec
         session.info["tenant_id"],
         session.info["read_only"],
     )
+
+
+def tenant_of_failed_transaction(context: sa.engine.ExceptionContext) -> uuid.UUID | None:
+    """The tenant whose transaction raised, from a ``handle_error`` context; None if unknown."""
+    connection = context.connection
+    tenant = None if connection is None else connection.info.get(_TENANT_OF_TRANSACTION)
+    return None if tenant is None else uuid.UUID(tenant[1])
 
 
 def translate_moving(context: sa.engine.ExceptionContext) -> None:
@@ -215,4 +226,50 @@ def _end_transaction(dbapi_connection: Any, command: str) -> None:
             cursor.execute(command)
 
 
+class GatewayDialect(TenantDialect):
+    """TenantDialect for shared gateway connections: every statement carries the signed context.
+
+    The policy's verifier checks that the context opens the client's message, so it is
+    sent with each statement of a transaction, not only its first. ``signer`` is set by the
+    gateway pool once the engine exists (``serving/gateway.py``).
+    """
+
+    supports_statement_cache = True
+    signer: Any = None
+
+    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        cursor.execute(self._opening(cursor, context) + statement, parameters)
+
+    def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
+        cursor.execute(self._opening(cursor, context) + statement)
+
+    def do_executemany(
+        self, cursor: Any, statement: str, parameters: Any, context: Any = None
+    ) -> None:
+        # One message per row, each with its opening: psycopg2 would send the rows bare.
+        for row in parameters:
+            self.do_execute(cursor, statement, row, context)
+
+    def _opening(self, cursor: Any, context: Any) -> str:
+        connection: sa.Connection | None = getattr(context, "root_connection", None)
+        if connection is None or not connection.in_transaction():
+            return ""  # the dialect's own start-up queries: the gateway can read nothing
+        tenant = connection.info.get(_TENANT_OF_TRANSACTION)
+        if tenant is None or tenant[0] is not connection.get_transaction():
+            raise sa.exc.InvalidRequestError("gateway connections run tenant sessions only")
+        _, tenant_id, read_only = tenant
+        signed = self.signer.opening(tenant_id, connection.info[BINDING])
+        # The move gate is a statement of its own: its EXECUTE privilege is checked as the
+        # role that runs it, which is the tenant's only once the first statement ran.
+        if read_only:
+            return f"{signed}, set_config('transaction_read_only', 'on', true); {_GATE} "
+        if cursor.connection.get_transaction_status() == TRANSACTION_STATUS_IDLE:
+            # Settings made just before BEGIN in one message belong to its transaction.
+            return f"{signed}; BEGIN; {_GATE} "
+        return f"{signed}; "
+
+
+_GATE = "SELECT tenant_move_gate();"
+
 registry.register(TENANT_DRIVER.replace("+", "."), __name__, "TenantDialect")
+registry.register(GATEWAY_DRIVER.replace("+", "."), __name__, "GatewayDialect")

@@ -89,8 +89,10 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
                 "CREATE POLICY tenant_isolation ON users TO tenant_base "
                 "USING (tenant_id = (SELECT current_tenant_id()))",
             ],
-            "table users: policy tenant_isolation USING does not reference 'app.tenant_id'\n"
-            "table users: policy tenant_isolation WITH CHECK does not reference 'app.tenant_id'",
+            "table users: policy tenant_isolation USING does not reference 'app.tenant_id' and "
+            "SESSION_USER and tp_private.tenant_context_ok()\n"
+            "table users: policy tenant_isolation WITH CHECK does not reference 'app.tenant_id' "
+            "and SESSION_USER and tp_private.tenant_context_ok()",
         ),
         (
             [
@@ -100,8 +102,11 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
                 "NULLIF(current_setting('app.tenant_id', true), '')::uuid) "
                 "WITH CHECK (tenant_id IS NOT NULL)",
             ],
+            "table users: policy tenant_isolation USING does not reference SESSION_USER and "
+            "tp_private.tenant_context_ok()\n"
             "table users: policy tenant_isolation WITH CHECK does not reference "
-            "current_tenant_id() and 'app.tenant_id'",
+            "current_tenant_id() and 'app.tenant_id' and SESSION_USER and "
+            "tp_private.tenant_context_ok()",
         ),
         (
             ["CREATE POLICY everyone ON users TO tenant_base USING (true)"],
@@ -120,7 +125,11 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
             ["GRANT TRUNCATE ON users TO tenant_base"],
             "table users: tenant_base has TRUNCATE on it, which row level security does not cover",
         ),
-        (["GRANT SELECT ON users TO PUBLIC"], "table users: PUBLIC has SELECT on it"),
+        (
+            ["GRANT SELECT ON users TO PUBLIC"],
+            "table users: PUBLIC has SELECT on it\n"
+            "gateway role {gateway}: has privileges on users (it must have none)",
+        ),
         (["GRANT SELECT ON tenants TO tenant_base"], "role tenant_base: has SELECT on tenants"),
         (
             [
@@ -150,6 +159,36 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
             "materialized view user_count: holds tenant rows where row level security cannot "
             "protect them",
         ),
+        (
+            ['ALTER ROLE "{gateway}" INHERIT'],
+            "gateway role {gateway}: is INHERIT: it would hold every tenant's privileges",
+        ),
+        (
+            ['GRANT tenant_base TO "{gateway}"'],
+            "gateway role {gateway}: is a member of tenant_base (only tenant roles)",
+        ),
+        (
+            ['REVOKE "{gateway}" FROM CURRENT_USER'],
+            "gateway role {gateway}: the owner is not a member of it, so the verifier cannot "
+            "read its backends",
+        ),
+        (
+            ["GRANT SELECT ON tp_private.context TO tenant_base"],
+            "table tp_private.context: tenant_base may read the signing key",
+        ),
+        (
+            ["DELETE FROM tp_private.context"],
+            "table tp_private.context: must hold one 32-byte signing key",
+        ),
+        (
+            ["REVOKE EXECUTE ON FUNCTION tp_private.tenant_context_ok() FROM tenant_base"],
+            "function tp_private.tenant_context_ok(): tenant_base may not execute it: every "
+            "policy would fail",
+        ),
+        (
+            ['GRANT EXECUTE ON FUNCTION tp_private.tenant_context_ok() TO "{gateway}"'],
+            "function tp_private.tenant_context_ok(): {gateway} may execute it",
+        ),
     ],
     ids=[
         "using-misses-request",
@@ -164,12 +203,22 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
         "definer-public",
         "view-not-invoker",
         "materialized-view",
+        "gateway-inherits",
+        "gateway-in-tenant-base",
+        "owner-not-in-gateway",
+        "key-readable",
+        "key-missing",
+        "verifier-not-for-tenants",
+        "verifier-for-gateway",
     ],
 )
 def test_checks_name_each_broken_rule(
     fresh_engine: sa.Engine, statements: list[str], problem: str
 ) -> None:
-    assert _check_after(fresh_engine, *statements).problems == problem.split("\n")
+    with fresh_engine.connect() as connection:
+        gateway = connection.scalar(sa.text("SELECT gateway_role FROM tp_private.context"))
+    found = _check_after(fresh_engine, *(s.format(gateway=gateway) for s in statements))
+    assert found.problems == problem.format(gateway=gateway).split("\n")
 
 
 def test_checks_accept_views_with_security_invoker(fresh_engine: sa.Engine) -> None:
@@ -206,7 +255,9 @@ ROLE_BREAKS = [
     ('ALTER ROLE "{role}" SUPERUSER', "tenant role {role}: is SUPERUSER"),
     ('ALTER ROLE "{role}" CREATEROLE', "tenant role {role}: has CREATEROLE"),
     ('REVOKE tenant_base FROM "{role}"', "tenant role {role}: is not a member of tenant_base"),
-    ('GRANT "{owner}" TO "{role}"', "tenant role {role}: is a member of {owner}"),
+    # Not the owner: it is a member of the gateway, itself a member of every tenant role,
+    # so PostgreSQL refuses the circle.
+    ('GRANT pg_read_all_data TO "{role}"', "tenant role {role}: is a member of pg_read_all_data"),
     ('ALTER TABLE users OWNER TO "{role}"', "tenant role {role}: owns objects"),
 ]
 

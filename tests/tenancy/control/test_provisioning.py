@@ -257,10 +257,11 @@ def test_provisioning_delete_leaves_the_owner_no_membership(
 ) -> None:
     owner = tenancy.control_engine.url.username
     delete_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR)
+    # The owner's one membership is the gateway's (migration 0003), no tenant role.
     memberships = _one(
         superuser,
         "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
-        "WHERE r.rolname = %s",
+        "JOIN pg_roles g ON g.oid = m.roleid WHERE r.rolname = %s AND g.rolname ~ '^t_'",
         owner,
     )
     assert memberships == 0
@@ -369,3 +370,24 @@ def test_provisioning_create_tenants_is_all_or_nothing(
 
 def test_provisioning_create_tenants_of_nothing_is_nothing(tenancy: Tenancy) -> None:
     assert create_tenants(tenancy.clusters, tenancy.keyring, [], tenancy.limits) == []
+
+
+def _gateway_is_member(superuser: psycopg2.extensions.connection, tenant_id: uuid.UUID) -> bool:
+    return bool(
+        _one(
+            superuser,
+            "SELECT pg_has_role((SELECT gateway_role FROM tp_private.context), %s, 'MEMBER')",
+            role_name(tenant_id),
+        )
+    )
+
+
+def test_provisioning_gateway_membership_follows_the_tenant_status(
+    tenancy: Tenancy, tenant_a: ProvisionedTenant, superuser: psycopg2.extensions.connection
+) -> None:
+    """Granted at create and resume, revoked at suspend: the shared way fails closed too."""
+    assert _gateway_is_member(superuser, tenant_a.id)
+    suspend_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR)
+    assert not _gateway_is_member(superuser, tenant_a.id)
+    resume_tenant(tenancy.clusters, tenant_a.id, actor=ACTOR)
+    assert _gateway_is_member(superuser, tenant_a.id)

@@ -1,0 +1,298 @@
+"""Shared connections (DESIGN section 3a): one small pool of gateway connections per cluster.
+
+A gateway connection logs in as the database's gateway role (NOINHERIT, no grants), and
+every statement it sends for a tenant opens with that tenant's signed context::
+
+    SELECT set_config('app.tenant_sig', '<hmac>', true), set_config('role', 't_<hex>', true),
+           set_config('app.tenant_id', '<tenant>', true), set_config('statement_timeout', ...)
+
+The signature is HMAC-SHA256 under the database's key (``tp_private.context``, read once
+per worker) over ``<tenant>:<backend pid>:<backend start>``, which the pool reads once per
+connection, on connect. Each tenant table's policy verifies it (``tp_private.
+tenant_context_ok()``), and checks that it opens the client's message, so injected SQL
+that switches role and tenant, or replays a signature read in ``pg_stat_activity``, sees
+nothing: see docs/security.md, "Shared connections".
+
+The pools are this module's; the credentials and key come from a ``fetch`` callable (the
+control plane's ``gateways.gateway_access``), so the data path imports nothing of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, orm
+
+from app import dbwait
+from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.engines import PoolSettings, discard_if_closed_by_server
+from app.tenancy.serving.session import (
+    BINDING,
+    GATEWAY_DRIVER,
+    TenantSession,
+    tenant_of_failed_transaction,
+    translate_moving,
+)
+
+__all__ = ["ContextSigner", "GatewayAccess", "Gateways", "backend_binding"]
+
+logger = logging.getLogger(__name__)
+
+_RETRY_AFTER_FAILURE = 1.0
+"""Seconds a cluster whose gateway could not be set up is answered 503 without trying."""
+
+# The same expression as the verifier's (migration 0003), so both sides sign the same text.
+_BINDING_QUERY = (
+    "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint "
+    "FROM pg_stat_get_activity(pg_backend_pid())"
+)
+# A shared transaction whose role switch was refused: the gateway is no longer a member
+# (tenant suspended, being moved: 42501) or the role is gone (deleted, moved: 22023). Told
+# apart from other errors with these SQLSTATEs (an RLS violation is 42501 too) by where the
+# server raised it, which, unlike the message, does not depend on lc_messages.
+_ROLE_REFUSED = frozenset({"42501", "22023"})
+_ROLE_CHECK = "call_string_check_hook"
+_CONTEXT_REFUSED = "TPC01"
+
+
+@dataclass(frozen=True)
+class GatewayAccess:
+    """How to reach a cluster's gateway role, and the key its tenant contexts are signed with."""
+
+    role: str
+    url: sa.URL
+    key: bytes = b""
+
+    def __repr__(self) -> str:  # never the password or the key
+        return f"GatewayAccess(role={self.role!r}, url={self.url!r})"
+
+
+class ContextSigner:
+    """Builds the signed opening of a tenant's statement on one cluster's gateway connections."""
+
+    def __init__(self, key: bytes, *, statement_timeout_ms: int) -> None:
+        if len(key) != 32:
+            raise ValueError("the tenant context key must be 32 bytes")
+        self._key = key
+        self._timeout = int(statement_timeout_ms)
+
+    def opening(self, tenant_id: str, binding: str) -> str:
+        """The context statement (no trailing ``;``): signature first, as the verifier wants.
+
+        ``tenant_id`` is a canonical UUID and ``binding`` two integers: nothing to escape.
+        The tenant role's own ``statement_timeout`` does not apply after SET ROLE, so the
+        service's default is set with the rest.
+        """
+        signature = hmac.new(
+            self._key, f"{tenant_id}:{binding}".encode(), hashlib.sha256
+        ).hexdigest()
+        return (
+            f"SELECT set_config('app.tenant_sig', '{signature}', true), "
+            f"set_config('role', 't_{tenant_id.replace('-', '')}', true), "
+            f"set_config('app.tenant_id', '{tenant_id}', true), "
+            f"set_config('statement_timeout', '{self._timeout}', true)"
+        )
+
+
+def backend_binding(dbapi_connection: Any) -> str:
+    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(_BINDING_QUERY)
+        pid, started = cursor.fetchone()
+    return f"{int(pid)}:{int(started)}"
+
+
+class _GatewayPool:
+    """One cluster's gateway engine and session factory."""
+
+    def __init__(
+        self,
+        access: GatewayAccess,
+        pool: PoolSettings,
+        *,
+        size: int,
+        statement_timeout_ms: int,
+        on_refused: Callable[[uuid.UUID], object],
+    ) -> None:
+        self.role = access.role
+        self.engine = sa.create_engine(
+            access.url.set(drivername=GATEWAY_DRIVER),
+            pool_size=size,
+            max_overflow=0,
+            pool_timeout=pool.pool_timeout,
+            connect_args={
+                "application_name": f"tp:shared:{os.getpid()}",
+                **dbwait.connect_args(
+                    connect_timeout=pool.connect_timeout, io_timeout=pool.io_timeout
+                ),
+            },
+        )
+        self.engine.dialect.signer = ContextSigner(  # type: ignore[attr-defined]
+            access.key, statement_timeout_ms=statement_timeout_ms
+        )
+        event.listen(self.engine, "connect", _remember_binding)
+        event.listen(self.engine, "checkout", discard_if_closed_by_server)
+        event.listen(self.engine, "handle_error", translate_moving)
+        event.listen(self.engine, "handle_error", _refusals(on_refused))
+        self.sessionmaker = orm.sessionmaker(
+            bind=self.engine, class_=TenantSession, expire_on_commit=False
+        )
+
+    def session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+        connection = self.engine.connect()
+        return self.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+
+
+def _remember_binding(dbapi_connection: Any, record: Any) -> None:
+    record.info[BINDING] = backend_binding(dbapi_connection)
+
+
+def _refusals(on_refused: Callable[[uuid.UUID], object]) -> Callable[[Any], None]:
+    """``handle_error`` hook: a refused role switch or context becomes a 503, never a 500."""
+
+    def translate(context: sa.engine.ExceptionContext) -> None:
+        error = context.original_exception
+        code = getattr(error, "pgcode", None)
+        diag = getattr(error, "diag", None)
+        role_refused = code in _ROLE_REFUSED and getattr(diag, "source_function", "") == _ROLE_CHECK
+        if role_refused or code == _CONTEXT_REFUSED:
+            tenant_id = tenant_of_failed_transaction(context)
+            if code == _CONTEXT_REFUSED:
+                # A bug or an attack, never a normal event: say so loudly.
+                logger.error("a tenant context did not verify on a shared connection")
+            if tenant_id is not None:
+                on_refused(tenant_id)  # its record may be stale (suspended, deleted, moved)
+            raise TenantUnavailable(
+                "the tenant cannot be served right now", retry_after=1, code="tenant_unavailable"
+            ) from None
+
+    return translate
+
+
+class Gateways:
+    """This worker's shared connections: one gateway pool per cluster, made on first use.
+
+    Thread safe. ``self._lock`` guards the pools and the recent failures; a pool is built
+    (credentials fetched, maybe the role's password set) under a per-cluster lock, so a slow
+    cluster delays no other, and never under ``self._lock``. A cluster whose set-up failed
+    is answered 503 for a second without trying again, so a broken cluster cannot turn
+    every request into a login attempt.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[str], GatewayAccess],
+        pool: PoolSettings,
+        *,
+        size: int,
+        statement_timeout_ms: int,
+        on_refused: Callable[[uuid.UUID], object] = lambda tenant_id: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._pool = pool
+        self.size = size
+        self._statement_timeout_ms = statement_timeout_ms
+        self._on_refused = on_refused
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pools: dict[str, _GatewayPool] = {}
+        self._creating: dict[str, threading.Lock] = {}
+        self._failed_until: dict[str, float] = {}
+        _LIVE_GATEWAYS.add(self)
+
+    def session(self, tenant_id: uuid.UUID, cluster: str, *, read_only: bool) -> TenantSession:
+        """A session for ``tenant_id`` on a gateway connection of ``cluster``; caller closes it.
+
+        Raises TenantUnavailable when the cluster's gateway cannot be set up, and what
+        connecting raises (a pool timeout, the database unreachable).
+        """
+        return self._pool_of(cluster).session(tenant_id, read_only)
+
+    def clusters(self) -> list[str]:
+        """The clusters this worker holds a gateway pool for."""
+        with self._lock:
+            return sorted(self._pools)
+
+    def checked_out(self, cluster: str) -> int:
+        """Gateway connections of ``cluster`` in use right now (0 without a pool)."""
+        with self._lock:
+            pool = self._pools.get(cluster)
+        return 0 if pool is None else pool.engine.pool.checkedout()  # type: ignore[attr-defined]
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Dispose every pool (worker exit; ``close=False`` in a forked child)."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.engine.dispose(close=close)
+
+    def _pool_of(self, cluster: str) -> _GatewayPool:
+        with self._lock:
+            pool = self._pools.get(cluster)
+            if pool is not None:
+                return pool
+            creating = self._creating.setdefault(cluster, threading.Lock())
+        with creating:
+            with self._lock:
+                pool = self._pools.get(cluster)
+                if pool is not None:
+                    return pool
+                failed_until = self._failed_until.get(cluster, 0.0)
+            if self._clock() < failed_until:
+                raise _unavailable(cluster)
+            try:
+                access = self._fetch(cluster)
+                pool = _GatewayPool(
+                    access,
+                    self._pool,
+                    size=self.size,
+                    statement_timeout_ms=self._statement_timeout_ms,
+                    on_refused=self._on_refused,
+                )
+            except Exception:
+                logger.exception("cannot set up shared connections to cluster %s", cluster)
+                with self._lock:
+                    self._failed_until[cluster] = self._clock() + _RETRY_AFTER_FAILURE
+                raise _unavailable(cluster) from None
+            with self._lock:
+                self._pools[cluster] = pool
+                self._failed_until.pop(cluster, None)
+            logger.info("shared connections to cluster %s as %s", cluster, pool.role)
+            return pool
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the pools' connections are the parent's; forget them."""
+        pools = list(self._pools.values())
+        self._lock = threading.Lock()
+        self._pools, self._creating, self._failed_until = {}, {}, {}
+        for pool in pools:
+            pool.engine.dispose(close=False)
+
+
+def _unavailable(cluster: str) -> TenantUnavailable:
+    return TenantUnavailable(
+        f"shared connections to cluster {cluster} cannot be set up", code="database_unavailable"
+    )
+
+
+_LIVE_GATEWAYS: weakref.WeakSet[Gateways] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for gateways in list(_LIVE_GATEWAYS):
+        gateways._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,117 @@
+"""The worker's gateway pools: signed openings, bindings read on connect, bounded set-up."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from app.tenancy import Tenancy
+from app.tenancy.control.provisioning import ProvisionedTenant
+from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.engines import PoolSettings
+from app.tenancy.serving.gateway import ContextSigner, GatewayAccess, Gateways
+from tests.support import FakeClock, run_in_child
+
+KEY = bytes(range(32))
+POOL = PoolSettings(pool_size=1, max_overflow=0, pool_timeout=1, connect_timeout=2, io_timeout=5)
+
+
+def test_gateway_signer_puts_the_signature_first() -> None:
+    tenant = "0b8f4c9e-6a43-4c3c-9d6e-0c7f1f6c2a11"
+    opening = ContextSigner(KEY, statement_timeout_ms=5000).opening(tenant, "42:17")
+    expected = hmac.new(KEY, f"{tenant}:42:17".encode(), hashlib.sha256).hexdigest()
+    assert opening.startswith(f"SELECT set_config('app.tenant_sig', '{expected}', true), ")
+    assert "set_config('role', 't_0b8f4c9e6a434c3c9d6e0c7f1f6c2a11', true)" in opening
+    assert f"set_config('app.tenant_id', '{tenant}', true)" in opening
+    assert "set_config('statement_timeout', '5000', true)" in opening
+
+
+def test_gateway_signer_refuses_a_short_key() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        ContextSigner(b"short", statement_timeout_ms=1)
+
+
+def test_gateway_access_never_shows_its_password_or_key() -> None:
+    access = GatewayAccess("tp_gateway_x", sa.make_url("postgresql://g:s3cret@h/db"), KEY)
+    assert "s3cret" not in repr(access)
+    assert repr(KEY) not in repr(access)
+
+
+def test_gateway_binding_is_the_backend_pid_and_start(
+    shared_tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    session = shared_tenancy.open_session(tenant_a.id)
+    try:
+        binding = session.connection().info["tenantpool.binding"]
+        truth = session.execute(
+            # As the gateway: a tenant role may not see its backend's start.
+            sa.text(
+                "RESET ROLE; SELECT pg_backend_pid() || ':' || (extract(epoch FROM "
+                "backend_start) * 1000000)::bigint FROM pg_stat_get_activity(pg_backend_pid())"
+            )
+        ).scalar_one()
+    finally:
+        session.close()
+    assert binding == truth
+
+
+def test_gateway_failed_set_up_is_not_retried_for_a_second() -> None:
+    calls: list[str] = []
+
+    def fetch(cluster: str) -> GatewayAccess:
+        calls.append(cluster)
+        raise ConnectionError("the cluster is down")
+
+    clock = FakeClock()
+    gateways = Gateways(fetch, POOL, size=1, statement_timeout_ms=1000, clock=clock)
+    for _ in range(3):
+        with pytest.raises(TenantUnavailable, match="cannot be set up"):
+            gateways.session(uuid.uuid4(), "default", read_only=True)
+    assert calls == ["default"]
+    clock.advance(1.0)
+    with pytest.raises(TenantUnavailable):
+        gateways.session(uuid.uuid4(), "default", read_only=True)
+    assert calls == ["default", "default"]
+
+
+def test_gateway_concurrent_first_requests_set_up_one_pool(
+    shared_tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    fetches: list[str] = []
+    real = shared_tenancy.gateways._fetch
+
+    def counting(cluster: str) -> GatewayAccess:
+        fetches.append(cluster)
+        return real(cluster)
+
+    gateways = Gateways(counting, POOL, size=4, statement_timeout_ms=1000)
+    errors: list[BaseException] = []
+
+    def first_request() -> None:
+        try:
+            gateways.session(tenant_a.id, "default", read_only=True).close()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    gateways.dispose()
+    assert errors == []
+    assert fetches == ["default"]
+
+
+def test_gateway_pools_are_forgotten_in_a_forked_child(
+    shared_tenancy: Tenancy, tenant_a: ProvisionedTenant
+) -> None:
+    shared_tenancy.open_session(tenant_a.id).close()
+    assert shared_tenancy.gateways.clusters() == ["default"]
+    assert run_in_child(lambda: shared_tenancy.gateways.clusters() == []) == 0
+    assert shared_tenancy.gateways.clusters() == ["default"]
