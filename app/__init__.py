@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Flask
 
 from app import api, cli, errors, hooks, logs, request_log
+from app.json_provider import OrjsonProvider
 from app.wiring import build_tenancy
 from config import Settings, load_settings
 
@@ -20,12 +21,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_content_length,
         TESTING=settings.env == "testing",
     )
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     errors.init_app(app)
     request_log.init_app(app)
     hooks.init_app(app, build_tenancy(settings))
