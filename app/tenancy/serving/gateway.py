@@ -86,13 +86,16 @@ class ContextSigner:
             raise ValueError("the tenant context key must be 32 bytes")
         self._key = key
         self._timeout = int(statement_timeout_ms)
+        self._pid = os.getpid()  # signers are made in the worker, never before a fork
 
     def opening(self, tenant_id: str, binding: str) -> str:
         """The context statement (no trailing ``;``): signature first, as the verifier wants.
 
         ``tenant_id`` is a canonical UUID and ``binding`` two integers: nothing to escape.
         The tenant role's own ``statement_timeout`` does not apply after SET ROLE, so the
-        service's default is set with the rest.
+        service's default is set with the rest; and ``application_name`` names the tenant
+        for the transaction, so ``pg_stat_activity`` attributes a shared backend's work to
+        a tenant and a worker as it does a dedicated one's (``tp:<tenant>:<pid>``).
         """
         signature = hmac.new(
             self._key, f"{tenant_id}:{binding}".encode(), hashlib.sha256
@@ -101,7 +104,8 @@ class ContextSigner:
             f"SELECT set_config('app.tenant_sig', '{signature}', true), "
             f"set_config('role', 't_{tenant_id.replace('-', '')}', true), "
             f"set_config('app.tenant_id', '{tenant_id}', true), "
-            f"set_config('statement_timeout', '{self._timeout}', true)"
+            f"set_config('statement_timeout', '{self._timeout}', true), "
+            f"set_config('application_name', 'tp:{tenant_id}:{self._pid}', true)"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import threading
 import uuid
 
@@ -15,7 +16,7 @@ from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.engines import PoolSettings
 from app.tenancy.serving.gateway import ContextSigner, GatewayAccess, Gateways
-from tests.support import FakeClock, run_in_child
+from tests.support import FakeClock, Inspector, run_in_child
 
 KEY = bytes(range(32))
 POOL = PoolSettings(pool_size=1, max_overflow=0, pool_timeout=1, connect_timeout=2, io_timeout=5)
@@ -29,6 +30,7 @@ def test_gateway_signer_puts_the_signature_first() -> None:
     assert "set_config('role', 't_0b8f4c9e6a434c3c9d6e0c7f1f6c2a11', true)" in opening
     assert f"set_config('app.tenant_id', '{tenant}', true)" in opening
     assert "set_config('statement_timeout', '5000', true)" in opening
+    assert f"set_config('application_name', 'tp:{tenant}:{os.getpid()}', true)" in opening
 
 
 def test_gateway_signer_refuses_a_short_key() -> None:
@@ -106,6 +108,20 @@ def test_gateway_concurrent_first_requests_set_up_one_pool(
     gateways.dispose()
     assert errors == []
     assert fetches == ["default"]
+
+
+def test_gateway_transaction_says_which_tenant_in_pg_stat_activity(
+    shared_tenancy: Tenancy, tenant_a: ProvisionedTenant, inspect: Inspector
+) -> None:
+    session = shared_tenancy.open_session(tenant_a.id)
+    try:
+        pid = session.scalar(sa.text("SELECT pg_backend_pid()"))  # the transaction stays open
+        seen = inspect.value(
+            "default", "SELECT application_name FROM pg_stat_activity WHERE pid = %s", pid
+        )
+    finally:
+        session.close()
+    assert seen == f"tp:{tenant_a.id}:{os.getpid()}"
 
 
 def test_gateway_pools_are_forgotten_in_a_forked_child(
