@@ -9,6 +9,8 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,27 @@ def test_compose_parses_with_the_expected_services() -> None:
     services = _services()
     assert {"postgres", "pgbouncer", "migrate", "app", "locust"} <= set(services)
     assert services["locust"]["profiles"] == ["load"]
+
+
+def test_compose_router_profile_routes_tenants_to_single_worker_apps() -> None:
+    services = _services()
+    assert services["router"]["profiles"] == services["app-affine"]["profiles"] == ["router"]
+    assert services["app-affine"]["environment"]["APP_WORKERS"] == "1"
+    config = (DOCKER / "haproxy" / "haproxy.cfg").read_text()
+    assert "balance hdr(X-Tenant-ID)" in config
+    assert "hash-type consistent" in config
+    assert "app-affine:8080" in config
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_compose_router_config_passes_haproxy_check() -> None:
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(DOCKER / "haproxy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_compose_references_existing_files() -> None:
