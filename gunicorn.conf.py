@@ -35,8 +35,8 @@ _METRICS_DIR, _METRICS_DIR_OURS = _fresh_metrics_dir()
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_METRICS_DIR)
 
 from gunicorn.glogging import Logger  # noqa: E402
-from prometheus_client import multiprocess  # noqa: E402 - must follow the variable above
 
+from app import metrics as app_metrics  # noqa: E402 - must follow the variable above
 from app.affinity import AffinityError, check_affinity  # noqa: E402
 from app.capacity import CapacityError, check_capacity  # noqa: E402
 from app.logs import gunicorn_logconfig  # noqa: E402
@@ -96,16 +96,18 @@ def post_fork(server, worker):  # type: ignore[no-untyped-def]
     """Start the worker's reaper before the app is loaded; registries attach to it later."""
     process_reaper().configure(interval=_settings.reaper_interval)
     process_reaper().start()
+    app_metrics.worker_started()
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Stop the reaper and dispose every engine of this worker."""
+    """Stop the reaper and dispose every engine of this worker; it leaves gracefully."""
+    app_metrics.worker_exiting()
     shutdown_process()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """In the master: drop the dead worker's live gauges from the metrics."""
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+    """In the master: count how the worker went; drop its live gauges and files."""
+    app_metrics.worker_exited(worker.pid, aborted=worker.aborted)
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from app.tenancy import Tenancy, attach, tenancy_of
 from app.tenancy.serving.resolve import parse_bearer, parse_tenant_id
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 def init_app(app: Flask, tenancy: Tenancy) -> None:
     """Attach the worker's tenancy to ``app``; refuse a second one."""
     attach(app, tenancy)
+    app.after_request(_answered)
     app.teardown_request(_close_session)
 
 
@@ -45,12 +46,30 @@ def _bind_tenant() -> None:
     tenancy.start_background()
     tenancy.authenticate(tenant_id, api_key)
     g.tenant_id = tenant_id
+    # In flight from here until answered (the per-tenant view, app/tenancy/serving/activity).
+    tenancy.activity.started(tenant_id)
+    g.tenant_activity = tenancy.activity
     # Safe methods must not write: their statements run as read-only transactions of one
     # round trip each, with no COMMIT or ROLLBACK to send.
     g.tenant_session = tenancy.open_session(tenant_id, read_only=request.method in SAFE_METHODS)
 
 
+def _answered(response: Response) -> Response:
+    _end_activity(response.status_code)
+    return response
+
+
+def _end_activity(status: int | None) -> None:
+    """The tenant's request is answered with ``status`` (None: it ended without one)."""
+    activity = g.pop("tenant_activity", None)
+    if activity is None:
+        return
+    session: TenantSession | None = g.get("tenant_session")
+    activity.finished(g.tenant_id, status, None if session is None else session.info.get("way"))
+
+
 def _close_session(error: BaseException | None) -> None:
+    _end_activity(None)  # if no answer was made (an after_request hook failed)
     session: TenantSession | None = g.pop("tenant_session", None)
     if session is None:
         return

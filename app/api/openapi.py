@@ -12,6 +12,7 @@ from marshmallow import fields
 
 from app.api.resource import Resource
 from app.schemas.common import ColumnList
+from app.schemas.stats import TenantStatsSchema
 from app.schemas.tenants import (
     TenantCreateSchema,
     TenantListQuerySchema,
@@ -177,9 +178,21 @@ def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
     spec.components.schema("TenantWithKey", schema=TenantWithKeySchema)
     spec.components.schema("TenantCreate", schema=TenantCreateSchema)
     spec.components.schema("TenantPage", schema=TenantPageSchema)
+    spec.components.schema("TenantStats", schema=TenantStatsSchema)
     _add_admin_collection_path(spec, errors)
     _add_admin_tenant_path(spec, errors)
     _add_admin_action_paths(spec, errors)
+    spec.path(
+        path="/v1/admin/tenants/{tenant_id}/stats",
+        operations={
+            "get": {
+                **_ADMIN_TENANT_OPERATION,
+                **_ok("200", "TenantStats", "the tenant across the workers", errors),
+                "summary": "Its engines, connections, requests and logins in every worker",
+                "operationId": "admin_tenant_stats",
+            }
+        },
+    )
 
 
 def _add_admin_collection_path(spec: APISpec, errors: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ an ``extensions`` dict will do.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ from app.tenancy.errors import (
     TenantSuspended,
     TenantUnavailable,
 )
+from app.tenancy.serving.activity import DEDICATED, SHARED, TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
@@ -30,6 +33,7 @@ from app.tenancy.serving.events import EventKind, TenantEvent
 from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener
 from app.tenancy.serving.observer import Observer
+from app.tenancy.serving.peers import PeerServer
 from app.tenancy.serving.reaper import Reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.resolve import check_api_key
@@ -66,6 +70,9 @@ class Tenancy:
     ways: ServingWays
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
+    activity: TenantActivity = field(default_factory=TenantActivity)
+    # Under gunicorn: this worker's socket for the other workers' questions (peers.py).
+    peers: PeerServer | None = None
     # The process's reaper, watching this registry and listener; started by
     # ``start_background`` (gunicorn's post_fork starts it earlier), never by building.
     reaper: Reaper | None = None
@@ -110,13 +117,29 @@ class Tenancy:
         CapacityExhausted (no connection free in time) and SQLAlchemy errors (database
         unreachable).
         """
-        if self.ways.dedicated(tenant_id):
-            try:
-                return self._dedicated_session(tenant_id, read_only)
-            except (CapacityExhausted, TenantUnavailable):
-                if self.ways.mode is not ServingMode.MIX:
-                    raise
-        return self._shared_session(tenant_id, read_only)
+        dedicated = self.ways.dedicated(tenant_id)
+        way = DEDICATED if dedicated else SHARED
+        opened = False
+        started = time.perf_counter()
+        try:
+            if dedicated:
+                try:
+                    session = self._dedicated_session(tenant_id, read_only)
+                except (CapacityExhausted, TenantUnavailable):
+                    if self.ways.mode is not ServingMode.MIX:
+                        raise
+                    way = SHARED
+                    session = self._shared_session(tenant_id, read_only)
+            else:
+                session = self._shared_session(tenant_id, read_only)
+            opened = True
+        finally:
+            # Failures too: a request that waited for nothing and got 503 waited most.
+            waited = time.perf_counter() - started
+            self.observer.pool_wait(way, waited)
+            self.activity.session_opened(tenant_id, way, waited, opened=opened)
+        session.info["way"] = way
+        return session
 
     def _dedicated_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         """A session on the tenant's own engine.
@@ -157,6 +180,45 @@ class Tenancy:
             raise AuthenticationFailed("tenant no longer exists")
         return self.gateways.session(tenant_id, record.cluster, read_only=read_only)
 
+    def worker_view(self, tenant_id: uuid.UUID) -> dict[str, Any]:
+        """What this worker holds and did for the tenant now: plain JSON-ready values.
+
+        Connections: of its own engine's pool (open, in use) and the gateway connections
+        its requests hold; the way it is served here; its recent requests and logins.
+        """
+        pool = self.registry.pool_status(tenant_id)
+        activity = self.activity.snapshot(tenant_id)
+        failures, retry_in = self.backoff.state(tenant_id)
+        if self.ways.mode is ServingMode.MIX:
+            way = DEDICATED if tenant_id in self.ways.hot() else SHARED
+        else:
+            way = DEDICATED if self.ways.mode is ServingMode.DEDICATED else SHARED
+        recent = activity.recent
+        return {
+            "pid": os.getpid(),
+            "way": way,
+            "engine": pool is not None,
+            "connections": {
+                "dedicated_open": 0 if pool is None else pool[0],
+                "dedicated_in_use": 0 if pool is None else pool[1],
+                "shared_in_use": activity.shared_in_use,
+            },
+            "in_flight": activity.in_flight,
+            "last_request_at": activity.last_request_at,
+            "last_login_at": activity.last_login_at,
+            "login_failures": failures,
+            "login_retry_in": round(retry_in, 3),
+            "recent": {
+                "since": activity.recent_since,
+                "requests": recent.requests,
+                "client_errors": recent.client_errors,
+                "server_errors": recent.server_errors,
+                "dedicated": recent.dedicated,
+                "shared": recent.shared,
+                "pool_wait_seconds": round(recent.pool_wait_seconds, 6),
+            },
+        }
+
     def forget(self, tenant_id: uuid.UUID, reason: str) -> None:
         """Drop what this worker holds of the tenant: cached record and engine."""
         self.directory.invalidate(tenant_id)
@@ -179,6 +241,8 @@ class Tenancy:
         """Stop listening and dispose every engine of this worker (worker exit)."""
         if self.listener is not None:
             self.listener.close()
+        if self.peers is not None:
+            self.peers.close()
         self.registry.dispose_all()
         self.gateways.dispose()
         self.clusters.dispose()

@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
+from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantCredentials, TenantDirectory
@@ -59,6 +60,7 @@ class TenantEngineFactory:
         budget: ConnectionBudget,
         backoff: LoginBackoff,
         observer: Observer | None = None,
+        activity: TenantActivity | None = None,
     ) -> None:
         self._directory = directory
         self._keyring = keyring
@@ -67,6 +69,7 @@ class TenantEngineFactory:
         self._budget = budget
         self._backoff = backoff
         self._observer = observer or Observer()
+        self._activity = activity if activity is not None else TenantActivity()
 
     def __call__(self, tenant_id: uuid.UUID) -> sa.Engine:
         self._backoff.check(tenant_id)
@@ -131,11 +134,25 @@ class TenantEngineFactory:
         sa.event.listen(engine, "handle_error", translate_moving)
         if pooled:
             sa.event.listen(engine, "checkout", discard_if_closed_by_server)
+            sa.event.listen(engine, "connect", self._logged_in(credentials.id))
         return engine
+
+    def _logged_in(self, tenant_id: uuid.UUID) -> Callable[[Any, Any], None]:
+        """Pool ``connect`` hook: every new pooled connection is a login as the tenant's role."""
+
+        def record(dbapi_connection: Any, record: Any) -> None:
+            self._observer.login()
+            self._activity.logged_in(tenant_id)
+
+        return record
 
     def password(self, credentials: TenantCredentials) -> str:
         """The tenant role's password; raises TenantUnavailable if it cannot be decrypted."""
-        return decrypt_password(self._keyring, credentials)
+        try:
+            return decrypt_password(self._keyring, credentials)
+        except TenantUnavailable:
+            self._observer.decrypt_failed()
+            raise
 
 
 def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:

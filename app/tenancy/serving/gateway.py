@@ -35,8 +35,10 @@ import sqlalchemy as sa
 from sqlalchemy import event, orm
 
 from app import dbwait
+from app.crypto import CryptoError
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.engines import PoolSettings, discard_if_closed_by_server
+from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
     GATEWAY_DRIVER,
@@ -128,6 +130,7 @@ class _GatewayPool:
         size: int,
         statement_timeout_ms: int,
         on_refused: Callable[[uuid.UUID], object],
+        observer: Observer,
     ) -> None:
         self.role = access.role
         self.engine = sa.create_engine(
@@ -149,6 +152,7 @@ class _GatewayPool:
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
+        _count_connections(self.engine, observer)
         self.sessionmaker = orm.sessionmaker(
             bind=self.engine, class_=TenantSession, expire_on_commit=False
         )
@@ -156,6 +160,27 @@ class _GatewayPool:
     def session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         connection = self.engine.connect()
         return self.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+
+
+def _count_connections(engine: sa.Engine, observer: Observer) -> None:
+    """Report the pool's connections as they open, close, go out and come back."""
+
+    def opened(*args: Any) -> None:
+        observer.gateway_connections(opened=1)
+
+    def closed(*args: Any) -> None:
+        observer.gateway_connections(opened=-1)
+
+    def checked_out(*args: Any) -> None:
+        observer.gateway_connections(in_use=1)
+
+    def checked_in(*args: Any) -> None:
+        observer.gateway_connections(in_use=-1)
+
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "close", closed)
+    event.listen(engine, "checkout", checked_out)
+    event.listen(engine, "checkin", checked_in)
 
 
 def _remember_binding(dbapi_connection: Any, record: Any) -> None:
@@ -203,8 +228,10 @@ class Gateways:
         statement_timeout_ms: int,
         on_refused: Callable[[uuid.UUID], object] = lambda tenant_id: None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self._fetch = fetch
+        self._observer = observer or Observer()
         self._pool = pool
         self.size = size
         self._statement_timeout_ms = statement_timeout_ms
@@ -264,8 +291,11 @@ class Gateways:
                     size=self.size,
                     statement_timeout_ms=self._statement_timeout_ms,
                     on_refused=self._on_refused,
+                    observer=self._observer,
                 )
-            except Exception:
+            except Exception as error:
+                if isinstance(error, CryptoError):
+                    self._observer.decrypt_failed()
                 logger.exception("cannot set up shared connections to cluster %s", cluster)
                 with self._lock:
                     self._failed_until[cluster] = self._clock() + _RETRY_AFTER_FAILURE
@@ -273,6 +303,7 @@ class Gateways:
             with self._lock:
                 self._pools[cluster] = pool
                 self._failed_until.pop(cluster, None)
+            self._observer.gateway_pool_created(self.size)
             logger.info("shared connections to cluster %s as %s", cluster, pool.role)
             return pool
 

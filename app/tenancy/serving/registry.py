@@ -124,6 +124,16 @@ class EngineRegistry(Generic[S]):
         with self._lock:
             return tenant_id in self._entries
 
+    def pool_status(self, tenant_id: uuid.UUID) -> tuple[int, int] | None:
+        """(open, in use) connections of the tenant's engine; None without one. Not a use."""
+        with self._lock:
+            entry = self._entries.get(tenant_id)
+            if entry is None:
+                return None
+            in_use = checked_out(entry.engine)
+            idle: Callable[[], int] | None = getattr(entry.engine.pool, "checkedin", None)
+            return in_use + (0 if idle is None else idle()), in_use
+
     def get(self, tenant_id: uuid.UUID) -> EngineEntry[S]:
         """The tenant's entry, creating its engine on first use.
 
