@@ -129,10 +129,12 @@ GATEWAY_LIMIT = Gauge(
     "Gateway connections the live workers' pools may open (APP_GATEWAY_POOL_SIZE per cluster).",
     multiprocess_mode="livesum",
 )
-LISTENER_CONNECTED = Gauge(
-    "tenantpool_change_listener_connected",
-    "1 while every live worker's change-event listener is connected, else 0 (the minimum).",
-    multiprocess_mode="livemin",
+# A sum of the workers' "disconnected" flags, not a minimum of "connected" ones: processes
+# that never listen (gunicorn's master, a flask command) then add 0 instead of pinning it.
+LISTENERS_DISCONNECTED = Gauge(
+    "tenantpool_change_listeners_disconnected",
+    "Live workers whose change-event listener is not connected (0 when all listen).",
+    multiprocess_mode="livesum",
 )
 CONTROL_PLANE_UP = Gauge(
     "tenantpool_control_plane_up",
@@ -203,7 +205,7 @@ class TenancyMetrics(Observer):
         GATEWAY_LIMIT.inc(size)
 
     def listener_connected(self, connected: bool) -> None:
-        LISTENER_CONNECTED.set(1 if connected else 0)
+        LISTENERS_DISCONNECTED.set(0 if connected else 1)
 
     @staticmethod
     def budget_limit(limit: int) -> None:

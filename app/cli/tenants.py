@@ -16,7 +16,6 @@ import click
 import sqlalchemy as sa
 from flask import current_app
 
-from app import metrics
 from app.cli.progress import Progress, progress
 from app.schemas.tenants import STATUSES
 from app.tenancy import Tenancy, tenancy_of
@@ -209,8 +208,7 @@ def move(tenant: str, target: str, batch_size: int) -> None:
 @click.option(
     "--workers-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="The running service's PROMETHEUS_MULTIPROC_DIR, where its workers answer "
-    "(default: this environment's).",
+    help="The running service's PROMETHEUS_MULTIPROC_DIR, where its workers answer.",
 )
 @click.option("--as-json", "as_json", is_flag=True, help="The report as the admin API gives it.")
 def stats(tenant: str, workers_dir: Path | None, as_json: bool) -> None:
@@ -219,7 +217,7 @@ def stats(tenant: str, workers_dir: Path | None, as_json: bool) -> None:
     report = tenant_stats(
         tenancy,
         _find(tenancy, tenant),
-        workers_directory=workers_dir or metrics.worker_directory(),
+        workers_directory=workers_dir,
         include_self=False,  # this process serves no request
     )
     if as_json:

@@ -199,7 +199,8 @@ def health_row() -> list[Panel]:
     return [
         stat("Control plane", f"min(tenantpool_control_plane_up{SEL})", mappings=_UP_DOWN),
         stat(
-            "Change listeners", f"min(tenantpool_change_listener_connected{SEL})", mappings=_UP_DOWN
+            "Change listeners disconnected",
+            f"sum(tenantpool_change_listeners_disconnected{SEL})",
         ),
         timeseries(
             "Worker exits (last 15 min)",

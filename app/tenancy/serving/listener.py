@@ -77,6 +77,7 @@ class TenantEventListener:
     ) -> None:
         self._connect = connect
         self._observer = observer or Observer()
+        self._observer.listener_connected(False)  # until its first connect
         self._on_event = on_event
         self._on_reconnect = on_reconnect
         self._clock = clock
