@@ -21,6 +21,8 @@ from sqlalchemy.exc import ArgumentError
 ENVIRONMENTS = ("development", "testing", "production")
 SERVING_MODES = ("dedicated", "shared", "mix")
 """How tenants reach PostgreSQL (app/tenancy/serving/ways.py)."""
+TRACING_MODES = ("off", "console", "otlp")
+"""Where OpenTelemetry spans go (app/tracing.py); off by default."""
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -67,6 +69,7 @@ class Settings:
     trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     trusted_proxies: int
     log_level: str
+    tracing: str
 
 
 BUDGET_HEADROOM = 2
@@ -138,6 +141,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=reader.get(
             "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
         ),
+        tracing=reader.get("APP_TRACING", "off", _choice(TRACING_MODES)),
     )
     if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
         raise ConfigError(
