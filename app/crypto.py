@@ -174,12 +174,12 @@ def tenant_aad(tenant_id: uuid.UUID, role_name: str) -> bytes:
     return f"tenantpool:v1:{tenant_id}:{role_name}".encode()
 
 
-def gateway_aad(role_name: str) -> bytes:
-    """Associated data binding a gateway role's password to that role.
+def gateway_aad(database: str, role_name: str) -> bytes:
+    """Associated data binding a gateway role's password to its database and role.
 
     Its own prefix, so neither a tenant's ciphertext nor a gateway's passes for the other.
     """
-    return f"tenantpool:gateway:v1:{role_name}".encode()
+    return f"tenantpool:gateway:v1:{database}:{role_name}".encode()
 
 
 def _b64encode(data: bytes) -> str:

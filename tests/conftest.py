@@ -282,6 +282,14 @@ def placed_client(placed_app: Flask) -> FlaskClient:
     return placed_app.test_client()
 
 
+@pytest.fixture(scope="session")
+def placed_shared_app(two_clusters_env: dict[str, str]) -> Iterator[Flask]:
+    """``placed_app``, serving every tenant the shared way (a gateway pool per cluster)."""
+    application = create_app(load_settings({**two_clusters_env, "APP_SERVING": "shared"}))
+    yield application
+    tenancy_of(application).close()
+
+
 @pytest.fixture
 def make_placed(placed: Tenancy) -> MakePlaced:
     """Create a fresh tenant on the named cluster (``default`` or ``c2``)."""

@@ -176,6 +176,27 @@ def test_compose_grafana_provisions_the_data_source_and_the_generated_dashboard(
     assert all(port.startswith("127.0.0.1:") for port in grafana["ports"])
 
 
+def test_compose_router_profile_routes_tenants_to_single_worker_apps() -> None:
+    services = _services()
+    assert services["router"]["profiles"] == services["app-affine"]["profiles"] == ["router"]
+    assert services["app-affine"]["environment"]["APP_WORKERS"] == "1"
+    config = (DOCKER / "haproxy" / "haproxy.cfg").read_text()
+    assert "balance hdr(X-Tenant-ID)" in config
+    assert "hash-type consistent" in config
+    assert "app-affine:8080" in config
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_compose_router_config_passes_haproxy_check() -> None:
+    result = subprocess.run(
+        ["haproxy", "-c", "-f", str(DOCKER / "haproxy" / "haproxy.cfg")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_compose_references_existing_files() -> None:
     missing = []
     for name, service in _services().items():

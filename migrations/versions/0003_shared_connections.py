@@ -153,7 +153,8 @@ def upgrade() -> None:
     _alter_policies(POLICY_PREDICATE)
     op.create_table(
         "gateways",
-        sa.Column("role", sa.Text, primary_key=True),
+        sa.Column("database", sa.Text, primary_key=True),
+        sa.Column("role", sa.Text, nullable=False),
         sa.Column("db_password_encrypted", sa.Text, nullable=False),
         sa.Column("key_id", sa.Text, nullable=False),
         sa.Column(

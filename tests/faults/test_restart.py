@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 RECOVERY = 10.0  # seconds from the server being back to requests succeeding again
 
 
+@pytest.mark.parametrize("way", ["dedicated", "shared"])
 @pytest.mark.parametrize("restarts", [1, pytest.param(5, marks=pytest.mark.soak)])
 def test_restart_fast_under_load_recovers_within_10s(
     cluster_factory: ClusterFactory,
@@ -32,6 +33,7 @@ def test_restart_fast_under_load_recovers_within_10s(
     tmp_path: Path,
     app_env: dict[str, str],
     restarts: int,
+    way: str,
 ) -> None:
     cluster = cluster_factory(max_connections=60)
     owner_url = cluster.bootstrap_owner("tenantpool", secrets.token_urlsafe(24), "tenantpool")
@@ -41,7 +43,7 @@ def test_restart_fast_under_load_recovers_within_10s(
     # The service reaches the server through a proxy, so the server may come back on
     # another port (if its own was taken meanwhile) without the service knowing.
     with FaultProxy(cluster.port) as proxy:
-        service = start_fault_service(through(owner_url, proxy))
+        service = start_fault_service(through(owner_url, proxy), APP_SERVING=way)
         ledger = Ledger()
         with MixedLoad(service.url, tenants, ledger, timeout=REQUEST_TIMEOUT) as load:
             load.wait_until(lambda done: sum(o.ok for o in done) >= 20, 30, "20 successes")

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
+from app import create_app
 from app.dev.cluster import LocalCluster
-from app.tenancy import Tenancy
+from app.tenancy import Tenancy, tenancy_of
 from app.tenancy.control.provisioning import (
     ProvisionedTenant,
     create_tenant,
@@ -20,7 +21,9 @@ from app.tenancy.control.provisioning import (
 )
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.events import EventKind, TenantEvent, notify
-from tests.support import eventually, failed_logins, set_role_password
+from app.tenancy.serving.ways import ServingMode, ServingWays
+from config import Settings
+from tests.support import FakeClock, eventually, failed_logins, set_role_password
 
 
 def _count_users(tenancy: Tenancy, tenant: ProvisionedTenant) -> int:
@@ -166,3 +169,37 @@ def test_tenancy_set_role_limits_applies_them_to_new_sessions(
 def test_tenancy_set_role_limits_of_unknown_tenant_raises(tenancy: Tenancy) -> None:
     with pytest.raises(LookupError):
         set_role_limits(tenancy.clusters, uuid.uuid4(), connection_limit=1, statement_timeout_ms=1)
+
+
+def test_tenancy_mix_serves_a_hot_tenant_shared_when_its_engine_cannot_be_had(
+    settings: Settings, migrated: None, tenant_a: ProvisionedTenant, tenant_b: ProvisionedTenant
+) -> None:
+    """mix: the budget is busy with another hot tenant; the next one is served shared, not 503."""
+    app = create_app(
+        dataclasses.replace(
+            settings, serving="mix", connection_budget=1, tenant_pool_size=1, pool_timeout=0.2
+        )
+    )
+    tenancy = tenancy_of(app)
+    clock = FakeClock()
+    tenancy.ways = ServingWays(
+        ServingMode.MIX, dedicated_slots=2, window=1, min_requests=1, clock=clock
+    )
+    for tenant in (tenant_a, tenant_b):
+        tenancy.ways.dedicated(tenant.id)
+    clock.advance(1)  # both are hot from the next request on
+    try:
+        holder = tenancy.open_session(tenant_a.id)  # takes the budget's one slot
+        try:
+            assert holder.scalar(sa.text("SELECT session_user = current_user")) is True
+            other = tenancy.open_session(tenant_b.id)
+            try:
+                served_shared = other.scalar(sa.text("SELECT session_user <> current_user"))
+                assert served_shared is True
+                assert _count_users(tenancy, tenant_b) == 0  # and it works
+            finally:
+                other.close()
+        finally:
+            holder.close()
+    finally:
+        tenancy.close()

@@ -10,6 +10,8 @@ second waits for the first's commit and reads its password.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
@@ -35,17 +37,33 @@ def gateway_access(
     owner = clusters.engine(cluster)
     with owner.connect() as connection:
         row = connection.execute(
-            sa.text(f"SELECT gateway_role, key FROM {CONTEXT_SCHEMA}.context")
+            sa.text(
+                f"SELECT c.gateway_role, c.key, s.system_identifier, current_database() AS db "
+                f"FROM {CONTEXT_SCHEMA}.context c, pg_control_system() s"
+            )
         ).one()
     role, key = str(row.gateway_role), bytes(row.key)
     if not GATEWAY_ROLE.fullmatch(role):
         raise ValueError("refusing to embed a malformed gateway role name")
-    password = _password(clusters, keyring, cluster, role, scram_iterations)
+    database = f"{row.system_identifier}/{row.db}"
+    password = _password(clusters, keyring, cluster, _Role(database, role), scram_iterations)
     return GatewayAccess(role=role, url=owner.url.set(username=role, password=password), key=key)
 
 
+@dataclass(frozen=True)
+class _Role:
+    """A gateway role and the database it serves (its row's key in ``gateways``)."""
+
+    database: str
+    name: str
+
+    @property
+    def aad(self) -> bytes:
+        return gateway_aad(self.database, self.name)
+
+
 def _password(
-    clusters: Clusters, keyring: Keyring, cluster: str, role: str, scram_iterations: int
+    clusters: Clusters, keyring: Keyring, cluster: str, role: _Role, scram_iterations: int
 ) -> str:
     with clusters.control.begin() as control:
         stored = _stored(control, keyring, role)
@@ -55,26 +73,27 @@ def _password(
         inserted = control.execute(
             insert(Gateway)
             .values(
-                role=role,
-                db_password_encrypted=keyring.encrypt(password, gateway_aad(role)),
+                database=role.database,
+                role=role.name,
+                db_password_encrypted=keyring.encrypt(password, role.aad),
                 key_id=keyring.active_key_id,
             )
             .on_conflict_do_nothing()
-            .returning(Gateway.role)
+            .returning(Gateway.database)
         ).scalar()
         if inserted is None:  # another worker set it; its commit was waited for
             stored = _stored(control, keyring, role)
             if stored is None:  # pragma: no cover - the conflicting row was committed
-                raise RuntimeError(f"the password of {role} vanished while it was set")
+                raise RuntimeError(f"the password of {role.name} vanished while it was set")
             return stored
         with clusters.transaction(cluster, control) as data:
             verifier = role_verifier(password, scram_iterations)
-            data.exec_driver_sql(f"ALTER ROLE \"{role}\" LOGIN PASSWORD '{verifier}'")
+            data.exec_driver_sql(f"ALTER ROLE \"{role.name}\" LOGIN PASSWORD '{verifier}'")
     return password
 
 
-def _stored(control: sa.Connection, keyring: Keyring, role: str) -> str | None:
+def _stored(control: sa.Connection, keyring: Keyring, role: _Role) -> str | None:
     token = control.execute(
-        sa.select(Gateway.db_password_encrypted).where(Gateway.role == role)
+        sa.select(Gateway.db_password_encrypted).where(Gateway.database == role.database)
     ).scalar()
-    return None if token is None else keyring.decrypt_str(token, gateway_aad(role))
+    return None if token is None else keyring.decrypt_str(token, role.aad)

@@ -111,23 +111,21 @@ def _reencrypt_gateways(
     active = keyring.active_key_id
     with control_engine.begin() as connection:
         rows = connection.execute(
-            sa.select(Gateway.role, Gateway.db_password_encrypted)
+            sa.select(Gateway.database, Gateway.role, Gateway.db_password_encrypted)
             .where(_stale_gateway(active))
             .with_for_update()
         ).all()
         for row in rows:
+            aad = gateway_aad(row.database, row.role)
             try:
-                secret = keyring.decrypt(row.db_password_encrypted, gateway_aad(row.role))
+                secret = keyring.decrypt(row.db_password_encrypted, aad)
             except CryptoError:
                 report.failed_gateways.append(row.role)
                 continue
             connection.execute(
                 sa.update(Gateway)
-                .where(Gateway.role == row.role)
-                .values(
-                    db_password_encrypted=keyring.encrypt(secret, gateway_aad(row.role)),
-                    key_id=active,
-                )
+                .where(Gateway.database == row.database)
+                .values(db_password_encrypted=keyring.encrypt(secret, aad), key_id=active)
             )
             report.reencrypted += 1
     if progress is not None and rows:

@@ -88,3 +88,13 @@ def test_gateways_unknown_cluster_raises(tenancy: Tenancy) -> None:
     clusters = Clusters.configured(tenancy.control_engine, {})
     with pytest.raises(UnknownCluster, match="no cluster named"):
         gateway_access(clusters, tenancy.keyring, "nowhere", scram_iterations=64)
+
+
+def test_gateways_same_database_name_on_two_servers_are_two_gateways(placed: Tenancy) -> None:
+    """default and c2 are both a database named tenantpool, on two servers: two passwords."""
+    ours = gateway_access(placed.clusters, placed.keyring, "default", scram_iterations=64)
+    theirs = gateway_access(placed.clusters, placed.keyring, "c2", scram_iterations=64)
+    assert ours.role == theirs.role  # named after the database...
+    assert ours.url.password != theirs.url.password  # ...but one role per server
+    assert _logs_in(ours) == ours.role
+    assert _logs_in(theirs) == theirs.role

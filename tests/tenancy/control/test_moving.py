@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from flask import Flask
 from flask.testing import FlaskClient
 
 from app.cli.db import alembic_config
 from app.dev.cluster import LocalCluster
 from app.models import Tenant
-from app.tenancy import Tenancy
+from app.tenancy import Tenancy, tenancy_of
 from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.moving import MoveError, move_tenant
 from app.tenancy.control.provisioning import ProvisionedTenant
@@ -148,22 +149,42 @@ def test_moving_failed_copy_leaves_the_tenant_at_home(
     assert _records(placed_client, tenant, "/v1/users") == before["/v1/users"]
 
 
+@pytest.mark.parametrize("way", ["dedicated", "shared"])
 def test_moving_tenant_gets_503_with_retry_after_while_frozen(
-    placed: Tenancy, placed_client: FlaskClient, make_placed: MakePlaced
+    placed: Tenancy,
+    placed_client: FlaskClient,
+    placed_shared_app: Flask,
+    make_placed: MakePlaced,
+    way: str,
 ) -> None:
+    client = placed_client if way == "dedicated" else placed_shared_app.test_client()
     tenant, bystander = make_placed("c2"), make_placed("c2")
-    assert placed_client.get("/v1/users", headers=auth_headers(tenant)).status_code == 200
+    assert client.get("/v1/users", headers=auth_headers(tenant)).status_code == 200
     with placed.clusters.engine("c2").connect() as owner:
         lock = sa.text("SELECT pg_advisory_xact_lock(tenant_move_lock(:tenant))")
         owner.execute(lock, {"tenant": tenant.id})
-        frozen = placed_client.get("/v1/users", headers=auth_headers(tenant))
-        other = placed_client.get("/v1/users", headers=auth_headers(bystander))
+        frozen = client.get("/v1/users", headers=auth_headers(tenant))
+        other = client.get("/v1/users", headers=auth_headers(bystander))
         owner.rollback()
     assert frozen.status_code == 503
     assert frozen.headers["Retry-After"] == "1"
     assert frozen.json["code"] == "tenant_moving"  # type: ignore[index]
     assert other.status_code == 200
-    assert placed_client.get("/v1/users", headers=auth_headers(tenant)).status_code == 200
+    assert client.get("/v1/users", headers=auth_headers(tenant)).status_code == 200
+
+
+def test_moving_keeps_serving_the_shared_way(
+    placed: Tenancy, placed_shared_app: Flask, tenant_with_rows: WithRows
+) -> None:
+    """After the switch the tenant's shared requests go to the target's gateway pool."""
+    tenant, before = tenant_with_rows
+    shared = tenancy_of(placed_shared_app)
+    client = placed_shared_app.test_client()
+    assert {path: _records(client, tenant, path) for path in before} == before
+    _move(placed, tenant, "c2")
+    shared.forget(tenant.id, "moved")  # what the MOVED event does in a worker
+    assert {path: _records(client, tenant, path) for path in before} == before
+    assert "c2" in shared.gateways.clusters()
 
 
 def test_moving_unknown_tenant_is_refused(placed: Tenancy) -> None:
