@@ -187,6 +187,25 @@ def stored_password(control_engine: sa.Engine, keyring: Keyring, tenant_id: uuid
     return keyring.decrypt_str(row.db_password_encrypted, tenant_aad(tenant_id, row.db_user))
 
 
+def backends_by_worker(
+    superuser_url: str, tenant_id: uuid.UUID | str
+) -> dict[int, tuple[int, int]]:
+    """pg_stat_activity as the superuser sees it: per worker pid, the tenant's backends
+    (``application_name`` ``tp:<tenant>:<pid>``) and how many of them wait on a lock."""
+    connection = psycopg2.connect(superuser_url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT split_part(application_name, ':', 3)::int, count(*), "
+                "count(*) FILTER (WHERE wait_event_type = 'Lock') "
+                "FROM pg_stat_activity WHERE application_name LIKE %s GROUP BY 1",
+                (f"tp:{tenant_id}:%",),
+            )
+            return {pid: (total, waiting) for pid, total, waiting in cursor.fetchall()}
+    finally:
+        connection.close()
+
+
 def connect_as(
     control_url: str | sa.URL, tenant_id: uuid.UUID, password: str
 ) -> psycopg2.extensions.connection:

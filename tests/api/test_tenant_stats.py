@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import psycopg2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -20,7 +19,7 @@ from flask.testing import FlaskClient
 from app.dev.cluster import LocalCluster
 from app.tenancy.control.provisioning import ProvisionedTenant
 from config import Settings
-from tests.support import auth_headers, invoke
+from tests.support import auth_headers, backends_by_worker, invoke
 
 BASE = "/v1/admin/tenants"
 
@@ -36,21 +35,6 @@ def _stats(client: FlaskClient, admin: dict[str, str], tenant_id: uuid.UUID) -> 
     assert response.status_code == 200, response.json
     body: dict[str, Any] = response.json  # type: ignore[assignment]
     return body
-
-
-def _backends(pg_cluster: LocalCluster, tenant_id: uuid.UUID) -> dict[int, int]:
-    """pg_stat_activity as the superuser sees it: the tenant's backends per worker pid."""
-    connection = psycopg2.connect(pg_cluster.superuser_url("tenantpool"))
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT split_part(application_name, ':', 3)::int, count(*) "
-                "FROM pg_stat_activity WHERE application_name LIKE %s GROUP BY 1",
-                (f"tp:{tenant_id}:%",),
-            )
-            return dict(cursor.fetchall())
-    finally:
-        connection.close()
 
 
 def test_tenant_stats_counts_its_requests_answers_and_way(
@@ -101,7 +85,12 @@ def test_tenant_stats_dedicated_connections_match_pg_stat_activity(
     assert (worker["way"], worker["engine"]) == ("dedicated", True)
     assert worker["recent"]["dedicated"] == 1
     assert worker["last_login_at"] is not None
-    seen = _backends(pg_cluster, tenant_a.id)
+    seen = {
+        pid: total
+        for pid, (total, _) in backends_by_worker(
+            pg_cluster.superuser_url("tenantpool"), tenant_a.id
+        ).items()
+    }
     assert seen == {os.getpid(): worker["connections"]["dedicated_open"]}
     assert body["database"]["by_worker"] == [
         {"pid": pid, "connections": count} for pid, count in seen.items()

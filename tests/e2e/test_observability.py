@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,12 +32,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import (
     SeededTenant,
     Service,
-    seed,
     start_service,
     stop_service,
 )
 from tests.promql import PROMETHEUS_SERIES, names_used
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, backends_by_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -131,27 +131,24 @@ def held(
         "APP_REAPER_INTERVAL": "0.2",
         "PROMETHEUS_MULTIPROC_DIR": str(workers_dir),
     }
-    [tenant] = seed(env, base / "tenants.json", count=1, prefix=f"held-{mode}", users_per_tenant=1)
     process, service = start_service(env, base / "gunicorn.log", workers=2, threads=4)
+    created = requests.post(  # its role gets this service's statement timeout
+        service.url + "/v1/admin/tenants",
+        json={"name": f"held-{mode}-{uuid.uuid4().hex[:8]}"},
+        headers={"Authorization": f"Bearer {env['APP_ADMIN_TOKEN']}"},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    tenant = SeededTenant(body["id"], body["name"], body["api_key"])
     yield Held(service, tenant, mode, workers_dir)
     stop_service(process)
 
 
 def _backends(superuser_url: str, tenant_id: str) -> tuple[dict[int, int], dict[int, int]]:
     """Per worker pid: every backend attributed to the tenant, and those waiting on a lock."""
-    connection = psycopg2.connect(superuser_url)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT split_part(application_name, ':', 3)::int, count(*), "
-                "count(*) FILTER (WHERE wait_event_type = 'Lock') "
-                "FROM pg_stat_activity WHERE application_name LIKE %s GROUP BY 1",
-                (f"tp:{tenant_id}:%",),
-            )
-            rows = cursor.fetchall()
-    finally:
-        connection.close()
-    return {pid: total for pid, total, _ in rows}, {pid: waiting for pid, _, waiting in rows}
+    found = backends_by_worker(superuser_url, tenant_id)
+    return {pid: n for pid, (n, _) in found.items()}, {pid: n for pid, (_, n) in found.items()}
 
 
 def _per_worker(stats: dict[str, Any], read: Callable[[dict[str, Any]], int]) -> dict[int, int]:
@@ -229,6 +226,8 @@ def test_tenant_stats_after_the_requests_count_them_and_hold_nothing(held: Held)
     assert stats["totals"]["recent"]["server_errors"] == 0
 
 
+# The command and a worker's death do not depend on the way of serving: one way is enough.
+@pytest.mark.parametrize("held", ["dedicated"], indirect=True)
 def test_tenants_stats_command_asks_the_running_workers(held: Held) -> None:
     # Not the service's PROMETHEUS_MULTIPROC_DIR: a command would add its own samples there.
     env = {**os.environ, **held.service.env}
@@ -258,6 +257,7 @@ def _counter(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.parametrize("held", ["dedicated"], indirect=True)
 def test_worker_killed_is_counted_and_its_socket_forgotten(held: Held) -> None:
     before = _scrape(held.service)
     victim = held.stats()["workers"][0]["pid"]
