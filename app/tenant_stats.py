@@ -18,6 +18,7 @@ from typing import Any
 from app.tenancy import Tenancy
 from app.tenancy.control import queries
 from app.tenancy.control.queries import TenantInfo
+from app.tenancy.errors import UnknownCluster
 from app.tenancy.serving.peers import ask_peers
 
 __all__ = ["tenant_stats"]
@@ -49,7 +50,6 @@ def tenant_stats(
         answers, unanswered = ask_peers(workers_directory, info.id, timeout=timeout)
         views += answers
     views.sort(key=lambda view: int(view["pid"]))
-    backends = queries.tenant_backends(tenancy.clusters.engine(info.cluster), info.id)
     return {
         "tenant": {
             "id": str(info.id),
@@ -62,10 +62,23 @@ def tenant_stats(
         "workers": [_readable(view) for view in views],
         "unanswered_workers": unanswered,
         "totals": _totals(views),
-        "database": {
-            "connections": sum(backends.values()),
-            "by_worker": [{"pid": pid, "connections": n} for pid, n in sorted(backends.items())],
-        },
+        "database": _database(tenancy, info),
+    }
+
+
+def _database(tenancy: Tenancy, info: TenantInfo) -> dict[str, Any]:
+    """The tenant's backends on its cluster's server, by worker pid."""
+    try:
+        engine = tenancy.clusters.engine(info.cluster)
+    except UnknownCluster:
+        note = f"cluster {info.cluster!r} is not configured on this node (APP_CLUSTERS)"
+        return {"cluster": info.cluster, "connections": None, "by_worker": [], "note": note}
+    backends = queries.tenant_backends(engine, info.id)
+    return {
+        "cluster": info.cluster,
+        "connections": sum(backends.values()),
+        "by_worker": [{"pid": pid, "connections": n} for pid, n in sorted(backends.items())],
+        "note": None,
     }
 
 

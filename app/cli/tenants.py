@@ -252,6 +252,8 @@ def _stats_lines(report: dict[str, Any]) -> list[str]:
         )
     database = report["database"]
     by_worker = ", ".join(f"{b['pid']}: {b['connections']}" for b in database["by_worker"])
+    if database["note"]:
+        by_worker = database["note"]
     lines += [
         f"total: {totals['workers']} worker(s), {totals['in_flight']} in flight, "
         f"{totals['recent']['requests']} recent requests, last request "

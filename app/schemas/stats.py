@@ -74,10 +74,15 @@ class _BackendsSchema(Schema):
 
 
 class _DatabaseSchema(Schema):
+    cluster = fields.String()
     connections = fields.Integer(
-        metadata={"description": "Backends whose application_name names the tenant."}
+        allow_none=True,
+        metadata={"description": "Backends whose application_name names the tenant."},
     )
     by_worker = fields.List(fields.Nested(_BackendsSchema))
+    note = fields.String(
+        allow_none=True, metadata={"description": "Why the server could not be asked."}
+    )
 
 
 class TenantStatsSchema(Schema):

@@ -13,10 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app.dev.cluster import LocalCluster
+from app.models import Tenant
+from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant
 from config import Settings
 from tests.support import auth_headers, backends_by_worker, invoke
@@ -108,6 +111,21 @@ def test_tenant_stats_shared_way_holds_no_engine(
     assert (worker["way"], worker["engine"]) == ("shared", False)
     assert worker["connections"]["dedicated_open"] == 0
     assert (worker["recent"]["shared"], worker["last_login_at"]) == (1, None)
+
+
+def test_tenant_stats_of_a_tenant_on_a_cluster_unknown_here_say_so(
+    client: FlaskClient, tenancy: Tenancy, tenant_a: ProvisionedTenant, admin: dict[str, str]
+) -> None:
+    with tenancy.control_engine.begin() as connection:
+        connection.execute(
+            sa.update(Tenant).where(Tenant.id == tenant_a.id).values(cluster="elsewhere")
+        )
+
+    body = _stats(client, admin, tenant_a.id)
+
+    assert body["database"]["connections"] is None
+    assert "elsewhere" in body["database"]["note"]
+    assert len(body["workers"]) == 1
 
 
 def test_tenant_stats_of_an_unknown_tenant_is_404(
