@@ -185,9 +185,9 @@ def test_metrics_worker_exit_is_told_by_how_it_went(
     assert list(tmp_path.iterdir()) == []  # its marker and socket are gone
 
 
-def test_metrics_fair_share_rejections_are_counted() -> None:
-    before = _value("tenantpool_fair_share_rejections_total")
+def test_metrics_fair_share_outcomes_are_exported_from_the_start(client: FlaskClient) -> None:
+    """The 429 alert's series exists before the first rejection (at 0)."""
+    text = client.get("/metrics").get_data(as_text=True)
 
-    metrics.count_fair_share_rejection()
-
-    assert _value("tenantpool_fair_share_rejections_total") == before + 1
+    for outcome in ("admitted", "waited", "rejected"):
+        assert f'tenantpool_fair_share_total{{outcome="{outcome}"}}' in text

@@ -114,7 +114,8 @@ def requests_row() -> list[Panel]:
                     "capacity (503)",
                 ),
                 _target(
-                    f"sum(rate(tenantpool_fair_share_rejections_total{SEL}[{RATE}]))",
+                    "sum(rate(tenantpool_fair_share_total"
+                    f'{{outcome="rejected", {SEL[1:-1]}}}[{RATE}]))',
                     "fair share (429)",
                 ),
             ],

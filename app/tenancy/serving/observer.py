@@ -27,6 +27,9 @@ class Observer:
     def login_rejected(self) -> None:
         """PostgreSQL rejected a tenant role's credentials (SQLSTATE 28P01)."""
 
+    def fair_share(self, outcome: str) -> None:
+        """A tenant request was ``admitted`` at once, ``waited`` for its share, or ``rejected``."""
+
     def login(self) -> None:
         """A new connection logged in as a tenant's own role."""
 
