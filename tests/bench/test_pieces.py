@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from app.capacity import LISTENER_CONNECTIONS
 from app.db import CONTROL_POOL_MAX
 from app.tenancy.control.provisioning import ProvisionedTenant
-from tests.bench import baseline_app, load, report, run, stack
+from tests.bench import baseline_app, load, profile, report, run, stack
 from tests.bench.report import Figures, Run, Scenario
 from tests.bench.stack import Tenant
 from tests.support import auth_headers
@@ -172,3 +172,45 @@ def test_saved_figures_render_the_same_page(tmp_path: Path) -> None:
     again = report.load(tmp_path / "figures.json")
     assert again == figures
     assert report.render_markdown(again) == report.render_markdown(figures)
+
+
+RAW_PROFILE = (
+    "Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:83);"
+    "ThreadWorker.handle (gunicorn/workers/gthread.py:530);Flask.wsgi_app (flask/app.py:1500);"
+    "_bind_tenant (/srv/tp/app/hooks.py:45);Tenancy.authenticate (/srv/tp/app/tenancy/service."
+    "py:90);check_api_key (/srv/tp/app/tenancy/serving/resolve.py:74) 3\n"
+    "Thread._bootstrap (threading.py:1002);ThreadWorker.handle (gunicorn/workers/gthread.py:530)"
+    ";Flask.wsgi_app (flask/app.py:1500);list_users (/srv/tp/app/api/resource.py:100);"
+    "Session.execute (sqlalchemy/orm/session.py:2000);Connection._execute_context "
+    "(sqlalchemy/engine/base.py:1800);Lock.acquire (threading.py:10) 5\n"
+    "Thread._bootstrap (threading.py:1002);ThreadWorker.handle (gunicorn/workers/gthread.py:530)"
+    ";Flask.wsgi_app (flask/app.py:1500);_finish (/srv/tp/app/request_log.py:40);Logger.info "
+    "(logging/__init__.py:1400);JsonFormatter.format (/srv/tp/app/logs.py:30) 2\n"
+    "Thread._bootstrap (threading.py:1002);Reaper.run (/srv/tp/app/tenancy/serving/reaper.py:9) 4\n"
+)
+
+
+def test_profile_charges_request_samples_to_the_entry_into_their_area() -> None:
+    found = profile.aggregate([RAW_PROFILE])
+    assert (found.samples, found.all_samples) == (10, 14)  # the reaper is no request thread
+    assert found.areas == {"database": 0.5, "authentication": 0.3, "logging": 0.2}
+    assert [(i.area, i.function, i.share) for i in found.items] == [
+        ("database", "Session.execute (sqlalchemy/orm/session.py)", 0.5),
+        ("authentication", "Tenancy.authenticate (app/tenancy/service.py)", 0.3),
+        ("logging", "_finish (app/request_log.py)", 0.2),
+    ]
+    assert (found.items[0].hottest, found.items[0].hottest_share) == (
+        "Connection._execute_context (sqlalchemy/engine/base.py)",
+        0.5,
+    )
+
+
+def test_profile_of_no_request_thread_says_so() -> None:
+    found = profile.aggregate(["Thread._bootstrap (threading.py:1002) 7\n"])
+    assert (found.samples, found.all_samples) == (0, 7)
+    assert "no sample of a request thread" in found.note
+
+
+def test_profile_charges_a_stack_of_no_area_to_other() -> None:
+    stack = ["Thread.run (threading.py:982)", "work (spin.py:4)"]
+    assert profile.charge(stack) == ("other", "work (spin.py)", "work (spin.py)")
