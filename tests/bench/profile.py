@@ -30,7 +30,8 @@ AREAS = (
     ("serialisation", r"app/(schemas/|json_provider\.py)|marshmallow/|[(/]json/"),
     ("database", r"app/(tenancy/|dbwait\.py|db\.py)|sqlalchemy/|psycopg2/"),
     ("views", r"app/(api/|errors\.py)"),
-    ("framework", r"flask/|werkzeug/|gunicorn/"),
+    ("framework (Flask, Werkzeug)", r"flask/|werkzeug/"),
+    ("HTTP server (gunicorn)", r"gunicorn/"),
 )
 """Area of a frame (``function (path:line)``): the first whose pattern it matches."""
 _AREA_PATTERNS = [(area, re.compile(pattern)) for area, pattern in AREAS]
@@ -154,10 +155,11 @@ def record(
         during()
         return Profile(note="py-spy is not installed (pip install -r requirements-dev.txt)")
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("py-spy-*.txt"):  # the raw files left are this run's
+        stale.unlink()
     running = []
     for pid in pids:
         output = directory / f"py-spy-{pid}.txt"
-        output.unlink(missing_ok=True)
         command = [binary, "record", "--gil", "-f", "raw", "--nonblocking", "-r", "200"]
         command += ["-d", str(max(1, round(seconds))), "-p", str(pid), "-o", str(output)]
         process = subprocess.Popen(

@@ -236,6 +236,17 @@ def test_profile_charges_a_stack_of_no_area_to_other() -> None:
     assert profile.charge(stack) == ("other", "work (spin.py)", "work (spin.py)")
 
 
+def test_profile_tells_the_server_from_the_framework() -> None:
+    server = "ThreadWorker.handle (gunicorn/workers/gthread.py:530)"
+    flask = "Flask.wsgi_app (flask/app.py:1500)"
+    werkzeug = "Headers.get (werkzeug/datastructures/headers.py:90)"
+    assert profile.charge([server, "http_date (gunicorn/util.py:1)"])[0] == "HTTP server (gunicorn)"
+    assert profile.charge([server, flask, werkzeug])[:2] == (
+        "framework (Flask, Werkzeug)",
+        "Flask.wsgi_app (flask/app.py)",
+    )
+
+
 def test_same_rows_differences_name_totals_and_records() -> None:
     page = {
         "records": [{"id": "1", "email": "a@example.com"}],
