@@ -161,6 +161,7 @@ class Cell:
     deployment: Deployment
     service: Run
     baseline: Run
+    round_ratios: tuple[float, ...]  # each round's service / baseline req/s: the noise
 
     @property
     def ratio(self) -> float:
@@ -209,7 +210,13 @@ def cells(figures: Figures, cluster: int | None = None) -> list[Cell]:
                 service = [r for r in runs if r.app == "service"]
                 baseline = [r for r in runs if r.app == "baseline"]
                 if service and baseline:
-                    out.append(Cell(scenario, deployment, _mean_run(service), _mean_run(baseline)))
+                    by_round = {r.round: r.rps for r in baseline}
+                    ratios = tuple(
+                        r.rps / by_round[r.round] for r in service if by_round.get(r.round)
+                    )
+                    out.append(
+                        Cell(scenario, deployment, _mean_run(service), _mean_run(baseline), ratios)
+                    )
     return out
 
 
@@ -462,7 +469,7 @@ def _throughput(figures: Figures) -> list[str]:
                     "way",
                     "service req/s",
                     "baseline req/s",
-                    "ratio",
+                    "ratio (rounds)",
                     "service p50 / p99 ms",
                     "baseline p50 / p99 ms",
                     "errors (service / baseline)",
@@ -474,7 +481,7 @@ def _throughput(figures: Figures) -> list[str]:
                         c.deployment.way,
                         f"{c.service.rps:.0f}",
                         f"{c.baseline.rps:.0f}",
-                        f"{c.ratio:.2f}",
+                        f"{c.ratio:.2f} ({_spread(c.round_ratios, '{:.2f}')})",
                         f"{c.service.p50_ms:.1f} / {c.service.p99_ms:.1f}",
                         f"{c.baseline.p50_ms:.1f} / {c.baseline.p99_ms:.1f}",
                         f"{c.service.errors} / {c.baseline.errors}",
@@ -504,10 +511,31 @@ def _throughput(figures: Figures) -> list[str]:
     return parts
 
 
+def _spread(values: Sequence[float], form: str) -> str:
+    """``low-high`` of ``values`` in ``form``, or the one value."""
+    if not values:
+        return ""
+    low, high = form.format(min(values)), form.format(max(values))
+    return low if low == high else f"{low}-{high}"
+
+
+def verifier_round_costs(figures: Figures) -> list[tuple[int, str, float, float, float]]:
+    """(round, which ran first, with req/s, without req/s, cost) of each complete round."""
+    out = []
+    for number in sorted({r.round for r in figures.verifier_runs}):
+        runs = [r for r in figures.verifier_runs if r.round == number]
+        rps = {r.app: r.rps for r in runs}
+        if rps.get("with") and rps.get("without"):
+            cost = 1 - rps["with"] / rps["without"]
+            out.append((number, runs[0].app, rps["with"], rps["without"], cost))
+    return out
+
+
 def _verifier(figures: Figures) -> list[str]:
     cost = verifier_cost(figures)
     if cost is None:
         return []
+    rounds = verifier_round_costs(figures)
     first = figures.verifier_runs[0]
     title = next((s.title for s in figures.scenarios if s.key == first.scenario), first.scenario)
     return [
@@ -520,14 +548,16 @@ def _verifier(figures: Figures) -> list[str]:
         "goes first.",
         "",
         _table(
-            ["round", "policy", "req/s", "p99 ms", "errors"],
+            ["round", "first", "with req/s", "without req/s", "cost"],
             [
-                [str(r.round), r.app, f"{r.rps:.0f}", f"{r.p99_ms:.1f}", str(r.errors)]
-                for r in figures.verifier_runs
+                [str(n), first, f"{with_:.0f}", f"{without:.0f}", f"{c:.1%}"]
+                for n, first, with_, without, c in rounds
             ],
         ),
         "",
-        f"The verifier costs {cost:.1%} of the throughput (1 - mean with / mean without).",
+        f"The verifier costs {cost:.1%} of the throughput (1 - mean with / mean without); "
+        f"the rounds' costs range over {_spread([c for *_, c in rounds], '{:.1%}')}. "
+        f"Errors: {sum(r.errors for r in figures.verifier_runs)}.",
         "",
     ]
 

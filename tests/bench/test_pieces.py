@@ -164,12 +164,13 @@ def test_best_way_puts_a_way_with_errors_last() -> None:
 def test_report_page_shows_cells_bounds_verifier_and_profile() -> None:
     markdown = report.render_markdown(_figures())
     assert (
-        "| GET /v1/users, 100 tenants | dedicated | 200 | 1000 | 0.20 | 5.0 / 20.0 | 4.0 / 12.0 "
-        "| 0 / 0 | 50 (44) **over** |" in markdown
+        "| GET /v1/users, 100 tenants | dedicated | 200 | 1000 | 0.20 (0.20) | 5.0 / 20.0 "
+        "| 4.0 / 12.0 | 0 / 0 | 50 (44) **over** |" in markdown
     )
     assert "dedicated, max_connections 100: 50 > 44" in markdown
     assert "| GET /v1/users, 1 tenant | dedicated (1.00x) | shared (0.95x) |" in markdown
     assert "| GET /v1/users, 100 tenants | shared (0.90x) | shared (0.90x) |" in markdown
+    assert "| 1 | with | 960 | 1000 | 4.0% |" in markdown
     assert "The verifier costs 4.0% of the throughput" in markdown
     assert f"| database | 50.0% | {report.DONE['database']} |" in markdown
     assert (
@@ -178,6 +179,19 @@ def test_report_page_shows_cells_bounds_verifier_and_profile() -> None:
     )
     assert "| GET /v1/users | 4 | 1 |" in markdown
     assert "4096 iterations cost 2.00x the connect time of 64." in markdown
+
+
+def test_report_ratio_shows_the_spread_of_its_rounds() -> None:
+    figures = _figures()
+    figures.runs = [
+        dataclasses.replace(r, rps=900)
+        if (r.scenario, r.cluster, r.way, r.app, r.round)
+        == ("users_1", 100, "shared", "service", 2)
+        else r
+        for r in figures.runs
+    ]
+    markdown = report.render_markdown(figures)
+    assert "| GET /v1/users, 1 tenant | shared | 925 | 1000 | 0.93 (0.90-0.95) |" in markdown
 
 
 def test_report_plots_are_written(tmp_path: Path) -> None:
