@@ -556,7 +556,8 @@ def _verifier(figures: Figures) -> list[str]:
         ),
         "",
         f"The verifier costs {cost:.1%} of the throughput (1 - mean with / mean without); "
-        f"the rounds' costs range over {_spread([c for *_, c in rounds], '{:.1%}')}. "
+        f"the rounds' costs go from {min(c for *_, c in rounds):.1%} to "
+        f"{max(c for *_, c in rounds):.1%}. "
         f"Errors: {sum(r.errors for r in figures.verifier_runs)}.",
         "",
     ]

@@ -172,6 +172,7 @@ def test_report_page_shows_cells_bounds_verifier_and_profile() -> None:
     assert "| GET /v1/users, 100 tenants | shared (0.90x) | shared (0.90x) |" in markdown
     assert "| 1 | with | 960 | 1000 | 4.0% |" in markdown
     assert "The verifier costs 4.0% of the throughput" in markdown
+    assert "the rounds' costs go from 4.0% to 4.0%" in markdown
     assert f"| database | 50.0% | {report.DONE['database']} |" in markdown
     assert (
         "| database | `Session.execute (sqlalchemy/orm/session.py)` | 50.0% "
