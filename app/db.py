@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import os
 import weakref
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 
 from app import dbwait
 
-NAMING_CONVENTION = {
+
+def _fk_column(constraint: sa.ForeignKeyConstraint, table: sa.Table) -> str:
+    """The column a foreign key is about: ``user_id`` of a tenant reference
+    ``(tenant_id, user_id)``, else its first column (naming convention token ``fk_column``).
+
+    So two references to one parent get two names, and app/errors.py can tell from a
+    violated constraint's name which field of the request was wrong.
+    """
+    columns = [element.parent.name for element in constraint.elements]
+    if len(columns) > 1 and columns[0] == "tenant_id":
+        return "_".join(columns[1:])
+    return columns[0]
+
+
+NAMING_CONVENTION: dict[str, Any] = {
+    "fk_column": _fk_column,
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "fk": "fk_%(table_name)s_%(fk_column)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
 
