@@ -23,7 +23,7 @@ from app.tenancy.control.provisioning import create_tenant
 from app.tenancy.control.roles import RoleLimits, role_name
 from config import load_settings
 from tests.conftest import ClusterFactory, FreshDatabase
-from tests.support import app_for, invoke
+from tests.support import app_for, invoke, tenant_tables
 
 LIMITS = RoleLimits(connection_limit=5, statement_timeout_ms=5000, scram_iterations=64)
 
@@ -52,7 +52,7 @@ def _check_after(engine: sa.Engine, *statements: str) -> CheckResult:
 def test_checks_pass_on_a_fresh_install(fresh_engine: sa.Engine) -> None:
     result = _check_after(fresh_engine)
     assert result.problems == []
-    assert result.tenant_tables == 2
+    assert result.tenant_tables == len(tenant_tables())
 
 
 def test_checks_pass_for_a_table_made_tenant_scoped_by_the_helper(fresh_engine: sa.Engine) -> None:
@@ -62,7 +62,7 @@ def test_checks_pass_for_a_table_made_tenant_scoped_by_the_helper(fresh_engine: 
         *tenant_scoped_ddl("invoices"),
     )
     assert result.problems == []
-    assert result.tenant_tables == 3
+    assert result.tenant_tables == len(tenant_tables()) + 1
 
 
 def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa.Engine) -> None:
@@ -346,7 +346,8 @@ def _cli(env: dict[str, str], *args: str) -> Result:
 def test_checks_command_exits_zero_on_a_fresh_install(fresh_database: FreshDatabase) -> None:
     result = _cli(fresh_database(), "tenancy", "check")
     assert result.exit_code == 0, result.output
-    assert "tenant isolation check passed: 2 tenant table(s)" in result.output
+    tables = len(tenant_tables())
+    assert f"tenant isolation check passed: {tables} tenant table(s)" in result.output
 
 
 def test_checks_command_fails_naming_a_table_with_a_single_column_reference_to_users(
