@@ -25,9 +25,16 @@ _TOTAL = "_total"
 
 @dataclass(frozen=True)
 class Resource:
-    """A model and its schemas; ``filters`` are query fields compared for equality."""
+    """A model and its schemas; ``filters`` are query fields compared for equality.
+
+    ``name`` is the plural of the URL (``/v1/<name>``) and the OpenAPI tag, ``title`` the
+    singular of the OpenAPI schema names (``<title>``, ``<title>Create``...) and of the
+    messages ("no such user"). Declared, never derived: "status" is not a plural.
+    app/api mounts every Resource declared in one of its modules (app/api/__init__.py).
+    """
 
     name: str
+    title: str
     model: type[TenantScoped]
     output: Schema
     create: Schema
@@ -35,10 +42,6 @@ class Resource:
     query: ListQuerySchema
     page: type[PageSchema]
     filters: tuple[str, ...] = ()
-
-    @property
-    def title(self) -> str:
-        return self.name.capitalize().rstrip("s")
 
 
 def make_blueprint(resource: Resource) -> Blueprint:

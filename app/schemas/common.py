@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow.schema import SchemaMeta
 
 MAX_PAGE = 100_000
 MAX_PAGE_SIZE = 100
@@ -99,7 +100,32 @@ class ColumnList(fields.Field[list[str]]):
         return names
 
 
-class ListQuerySchema(Schema):
+class _ListQueryMeta(SchemaMeta):
+    """Gives each list query schema the fields its own whitelists call for.
+
+    Made after marshmallow collected the class's fields, on the class's own field dict, so
+    no schema changes its parent's or its siblings' fields.
+    """
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> _ListQueryMeta:
+        klass = super().__new__(mcs, name, bases, attrs)
+        sortable: tuple[str, ...] = getattr(klass, "SORTABLE", ())
+        searchable: tuple[str, ...] = getattr(klass, "SEARCHABLE", ())
+        declared = klass._declared_fields
+        declared["sort_column"] = fields.String(
+            load_default="created_at", validate=validate.OneOf(sortable)
+        )
+        # No searchable column: no search parameter (nor in the OpenAPI document), so
+        # ``search=`` is a 422, never a search that matches everything.
+        declared.pop("search", None)
+        declared.pop("search_columns", None)
+        if searchable:
+            declared["search"] = SafeString(validate=validate.Length(1, 100))
+            declared["search_columns"] = ColumnList(searchable)
+        return cast(_ListQueryMeta, klass)  # made by this metaclass, so it is one
+
+
+class ListQuerySchema(Schema, metaclass=_ListQueryMeta):
     """Query string of a list endpoint; subclasses name their sortable and searchable columns."""
 
     SORTABLE: ClassVar[tuple[str, ...]] = ("created_at",)
@@ -107,21 +133,17 @@ class ListQuerySchema(Schema):
 
     page = fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
     page_size = fields.Integer(load_default=10, validate=validate.Range(1, MAX_PAGE_SIZE))
-    search = SafeString(validate=validate.Length(1, 100))
-    sort_column = fields.String(load_default="created_at")
     sort_direction = fields.String(
         load_default="ascending", validate=validate.OneOf(SORT_DIRECTIONS)
     )
     date_after = UtcDateTime(default_timezone=dt.UTC)
     date_before = UtcDateTime(default_timezone=dt.UTC)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Whitelists are per resource, so the fields that use them are made per subclass.
-        cls._declared_fields["sort_column"] = fields.String(
-            load_default="created_at", validate=validate.OneOf(cls.SORTABLE)
-        )
-        cls._declared_fields["search_columns"] = ColumnList(cls.SEARCHABLE)
+    @pre_load
+    def _nothing_to_search(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if not self.SEARCHABLE and ("search" in data or "search_columns" in data):
+            raise ValidationError("this resource has no searchable columns", "search")
+        return data
 
     @validates_schema
     def _search_columns_need_search(self, data: dict[str, Any], **kwargs: Any) -> None:
