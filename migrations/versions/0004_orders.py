@@ -1,4 +1,4 @@
-"""Tenant-safe references: UNIQUE (tenant_id, id) on every tenant table.
+"""Tenant-safe references: UNIQUE (tenant_id, id) on every tenant table; orders.
 
 A reference between tenant tables is ``(tenant_id, user_id) REFERENCES users (tenant_id,
 id)`` (``ddl.tenant_reference``), so a row can never name another tenant's row: a plain
@@ -7,6 +7,9 @@ composite reference needs ``UNIQUE (tenant_id, id)`` on the table it points at;
 ``make_tenant_scoped`` adds it to tables made from now on, this adds it to the tenant tables
 made before (found in the catalog: users, products, and any a team added).
 
+``orders`` (app/models/order.py) is the worked example of docs/extending.md: a table, made
+tenant-scoped in one call, and its two references to other tenant tables.
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-10
@@ -14,9 +17,11 @@ Create Date: 2026-12-10
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import UUID
 
-from app.tenancy.control.ddl import POLICY_NAME
+from app.tenancy.control.ddl import POLICY_NAME, make_tenant_scoped, tenant_reference
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -45,9 +50,35 @@ def upgrade() -> None:
         END $$
         """
     )
+    _create_orders()
+
+
+def _create_orders() -> None:
+    op.create_table(
+        "orders",
+        sa.Column(
+            "id", UUID(as_uuid=True), primary_key=True, server_default=sa.func.gen_random_uuid()
+        ),
+        sa.Column("user_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("product_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("quantity", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.CheckConstraint("quantity >= 1", name="quantity_positive"),
+        sa.CheckConstraint("status IN ('pending', 'paid', 'shipped', 'cancelled')", name="status"),
+    )
+    make_tenant_scoped(op, "orders")
+    tenant_reference(op, "orders", "user_id", "users", on_delete="CASCADE")
+    tenant_reference(op, "orders", "product_id", "products", on_delete="RESTRICT")
 
 
 def downgrade() -> None:
+    op.drop_table("orders")
     op.execute(
         f"""
         DO $$ DECLARE r record; BEGIN
