@@ -1,46 +1,136 @@
-"""Gunicorn settings and worker hooks; values come from the APP_* environment."""
+"""Gunicorn settings and worker hooks; values come from the APP_* environment.
 
+The master imports none of the service's own code, so a graceful reload (``kill -HUP``,
+which re-runs this file) starts workers that import the code on disk: a changed module is
+served by the new workers. That is why
+
+- the settings are read here and ``config`` is then forgotten (``_forget``);
+- the log format is read from app/logs.py by path, not imported as ``app.logs`` (which
+  would import the whole ``app`` package, and its metrics, into the master);
+- the start-up checks (capacity, affinity) run in a short-lived forked child, and so does
+  the master's part of the metrics when a worker exits (``child_exit``);
+- the worker hooks import what they need inside the worker.
+
+The multiprocess metrics directory this master makes is named after its pid and removed when
+the master's interpreter exits, however it stops (SIGTERM, a refusal to start, a port in
+use); one left by a master that could not exit (``kill -9``, a crash) is removed by the next
+start.
+"""
+
+import atexit
+import contextlib
+import importlib.util
 import math
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-# config imports no prometheus_client (see the metrics directory below).
-from config import ConfigError, load_settings
+from gunicorn.glogging import Logger
+
+_ROOT = Path(__file__).resolve().parent
+_OURS = ("app", "config", "wsgi")
+_METRICS_PREFIX = "tenantpool-metrics-"
+_MASTERS_DIR = re.compile(rf"^{_METRICS_PREFIX}(\d+)-")
 
 
-def _fresh_metrics_dir() -> tuple[Path, bool]:
-    """The multiprocess metrics directory of this run, emptied; and whether we made it."""
+def _forget(*packages: str) -> None:
+    """Drop our modules from the master's ``sys.modules``: workers forked after a reload
+    import them again from disk. (Only ours: they register nothing outside themselves.)"""
+    for name in list(sys.modules):
+        if name.split(".", 1)[0] in packages:
+            del sys.modules[name]
+
+
+def _load_settings() -> Any:
+    """The settings, or exit with the one line naming the bad variable."""
+    try:
+        from config import ConfigError, load_settings  # forgotten right after
+
+        try:
+            return load_settings()
+        except ConfigError as error:
+            sys.exit(f"tenantpool: configuration error: {error}")
+    finally:
+        _forget(*_OURS)
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """app/logs.py's gunicorn_logconfig, from the file under a name of the master's own."""
+    spec = importlib.util.spec_from_file_location(
+        "_tenantpool_master_logs", _ROOT / "app" / "logs.py"
+    )
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file has both
+        raise RuntimeError(f"cannot load {_ROOT / 'app' / 'logs.py'}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config: dict[str, Any] = module.gunicorn_logconfig(level)
+    return config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _remove_dead_masters_dirs() -> None:
+    """Metrics directories of masters that are gone (killed, crashed) without cleaning up."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*"):
+        made_by = _MASTERS_DIR.match(path.name)
+        if made_by and path.is_dir() and not _alive(int(made_by[1])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _metrics_dir() -> Path:
+    """The multiprocess metrics directory of this master.
+
+    A reload finds its own directory in the environment and keeps it as it is: the old
+    workers still write there until they finish.
+    """
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not given:
-        return Path(tempfile.mkdtemp(prefix="tenantpool-metrics-")), True
-    path = Path(given)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):  # samples of a previous run's workers
-        stale.unlink()
-    return path, False
+    made_by = _MASTERS_DIR.match(Path(given).name) if given else None
+    if given and made_by and int(made_by[1]) == os.getpid():
+        return Path(given)
+    if given and not made_by:  # the operator's choice: emptied of a previous run's samples
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path
+    _remove_dead_masters_dirs()
+    made = Path(tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-"))
+    _remove_when_this_process_exits(made)
+    return made
+
+
+def _remove_when_this_process_exits(path: Path) -> None:
+    """At the master's exit, not its workers' (they inherit the handler with the fork)."""
+    master = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 # Settings first: a bad one stops start-up before anything is created on disk.
-try:
-    _settings = load_settings()
-except ConfigError as error:
-    sys.exit(f"tenantpool: configuration error: {error}")
+_settings = _load_settings()
 
-# Before anything imports prometheus_client (the app does): it chooses multiprocess
-# storage from this variable at import time, and the workers inherit it.
-_METRICS_DIR, _METRICS_DIR_OURS = _fresh_metrics_dir()
+# Before anything imports prometheus_client (the workers do): it chooses multiprocess
+# storage from this variable at import time.
+_METRICS_DIR = _metrics_dir()
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_METRICS_DIR)
-
-from gunicorn.glogging import Logger  # noqa: E402
-
-from app import metrics as app_metrics  # noqa: E402 - must follow the variable above
-from app.affinity import AffinityError, check_affinity  # noqa: E402
-from app.capacity import CapacityError, check_capacity  # noqa: E402
-from app.logs import gunicorn_logconfig  # noqa: E402
-from app.tenancy.serving.reaper import process_reaper, shutdown_process  # noqa: E402
 
 bind = _settings.bind
 workers = _settings.workers
@@ -70,7 +160,7 @@ class _AppLogsRequests(Logger):  # type: ignore[misc]
 
 logger_class = _AppLogsRequests
 loglevel = _settings.log_level.lower()
-logconfig_dict = gunicorn_logconfig(_settings.log_level)  # gunicorn's own lines are JSON too
+logconfig_dict = _log_config(_settings.log_level)  # gunicorn's own lines are JSON too
 # Request head limits (gunicorn's defaults, stated because tests and docs rely on them):
 # a longer request line gets 414, more or larger header fields get 431, all from gunicorn
 # with an HTML body before the app sees the request. Bodies are limited by the app (413).
@@ -82,35 +172,131 @@ preload_app = False
 control_socket_disable = True
 
 
+_CHECKS_PASSED = "ok"
+
+
+def _fork_helper() -> int:
+    """``os.fork()``; the child is a helper, not a worker: gunicorn's signal handlers undone."""
+    pid = os.fork()
+    if pid == 0:
+        for number in _MASTER_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
+    return pid
+
+
+_MASTER_SIGNALS = (
+    *(signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD),
+    *(signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU),
+)
+
+
+def _preflight() -> str | None:
+    """The start-up checks, in a forked child so the master imports none of the app: why
+    the service must not start, or None."""
+    read_end, write_end = os.pipe()
+    pid = _fork_helper()
+    if pid == 0:  # the child: check, say the outcome, exit without the master's cleanup
+        os.close(read_end)
+        os.write(write_end, _checked().encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode(errors="replace")
+    # Should the master's SIGCHLD handler have reaped the child already, nothing is lost.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    if outcome == _CHECKS_PASSED:
+        return None
+    return outcome or "the start-up checks ended without an answer"
+
+
+def _checked() -> str:
+    """In the preflight child: run the checks; their refusal, or ``_CHECKS_PASSED``."""
+    scratch = tempfile.mkdtemp(prefix="tenantpool-preflight-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch  # its metrics are nobody's
+    try:
+        # Imported in the child only, which exits right after.
+        from app.affinity import AffinityError, check_affinity
+        from app.capacity import CapacityError, check_capacity
+        from config import load_settings
+
+        settings = load_settings()
+        check_capacity(settings)
+        check_affinity(settings)
+    except (CapacityError, AffinityError) as error:
+        return str(error)
+    except Exception as error:  # any failure must reach the master as a reason not to start
+        return f"the start-up checks failed: {type(error).__name__}: {error}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _CHECKS_PASSED
+
+
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Refuse to start when the workers' connections cannot fit in the database servers, or
     when shared connections would go through a pooler that moves them between backends."""
-    try:
-        check_capacity(_settings)
-        check_affinity(_settings)
-    except (CapacityError, AffinityError) as error:
-        sys.exit(f"tenantpool: not starting: {error}")
+    refusal = _preflight()
+    if refusal:
+        sys.exit(f"tenantpool: not starting: {refusal}")
 
 
 def post_fork(server, worker):  # type: ignore[no-untyped-def]
     """Start the worker's reaper before the app is loaded; registries attach to it later."""
+    from app import metrics  # in the worker
+    from app.tenancy.serving.reaper import process_reaper  # in the worker
+
     process_reaper().configure(interval=_settings.reaper_interval)
     process_reaper().start()
-    app_metrics.worker_started()
+    metrics.worker_started()
 
 
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the reaper and dispose every engine of this worker; it leaves gracefully."""
-    app_metrics.worker_exiting()
+    from app import metrics  # in the worker
+    from app.tenancy.serving.reaper import shutdown_process  # in the worker
+
+    metrics.worker_exiting()
     shutdown_process()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """In the master: count how the worker went; drop its live gauges and files."""
-    app_metrics.worker_exited(worker.pid, aborted=worker.aborted)
+    """In the master: count how the worker went; drop its live gauges and files.
+
+    Done by a forked helper that imports the metrics afresh, so the master imports none of
+    the app and a reload serves new code. Counters of a process that ended are kept, so the
+    helper's count stays. Not while the master stops (``LISTENERS`` emptied): the metrics
+    directory goes with it.
+    """
+    if not server.LISTENERS:
+        return
+    pid = _fork_helper()
+    if pid == 0:
+        code = 1
+        try:
+            from prometheus_client import multiprocess  # imported by app.metrics already
+
+            from app import metrics  # in the helper, which exits right after
+
+            metrics.worker_exited(worker.pid, aborted=worker.aborted)
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+            code = 0
+        except BaseException:
+            server.log.exception("tenantpool: counting the exit of worker %s failed", worker.pid)
+        finally:
+            os._exit(code)
+    # gunicorn reaps the helper when it ends, as a child that is not a worker.
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    """Remove the metrics directory this run made."""
-    if _METRICS_DIR_OURS:
-        shutil.rmtree(_METRICS_DIR, ignore_errors=True)
+    """Let a helper still counting a worker's exit finish before the directory goes (its
+    workers are gone by now: any child left is a helper); 10 s at most."""
+    deadline = time.monotonic() + _HELPER_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                time.sleep(0.05)
+        except ChildProcessError:  # no child left
+            return
+
+
+_HELPER_GRACE_SECONDS = 10

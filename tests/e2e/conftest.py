@@ -45,9 +45,14 @@ class SeededTenant:
 
 
 def start_service(
-    env: dict[str, str], log_path: Path, *, workers: int = 2, threads: int = 4
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    cwd: Path = REPO_ROOT,
 ) -> tuple[subprocess.Popen[bytes], Service]:
-    """Start gunicorn as `make run` does and wait until /healthz answers."""
+    """Start gunicorn as `make run` does (from ``cwd``) and wait until /healthz answers."""
     port = free_port()
     service_env = {
         **os.environ,
@@ -59,7 +64,7 @@ def start_service(
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=service_env,
         stdout=log,
         stderr=subprocess.STDOUT,
