@@ -34,7 +34,7 @@ from types import FrameType
 from app.dev.cluster import LocalCluster
 from app.dev.errors import ClusterError, PostgresNotFound
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VAR = REPO_ROOT / "var"
 DEV_ENV = VAR / "dev.env"
 PORT_FILE = VAR / "pg.port"

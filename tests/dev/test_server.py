@@ -72,3 +72,9 @@ def test_server_readme_second_terminal_commands_work_as_written(
     )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert "tenant isolation check passed" in result.stdout
+
+
+def test_server_runs_from_the_repository_root() -> None:
+    # Where `flask --app wsgi` finds wsgi.py and where var/ belongs (README).
+    assert server.REPO_ROOT == REPO_ROOT
+    assert server.DEV_ENV == REPO_ROOT / "var" / "dev.env"
