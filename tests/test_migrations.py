@@ -112,3 +112,20 @@ def test_migrations_0002_downgrade_refuses_to_orphan_a_data_clusters_tenants(
     _scalar(fresh_url, "DELETE FROM tenant_placements WHERE tenant_id = :id", id=foreign)
     command.downgrade(config, "0001")
     command.upgrade(config, "head")
+
+
+def test_migrations_0004_gives_a_teams_own_tenant_table_its_key_too(fresh_url: str) -> None:
+    config = alembic_config(fresh_url)
+    command.upgrade(config, "head")
+    command.downgrade(config, "0003")
+    # A table a team made tenant-scoped before 0004 existed: no UNIQUE (tenant_id, id).
+    _scalar(fresh_url, "CREATE TABLE invoices (id uuid PRIMARY KEY, created_at timestamptz)")
+    for statement in tenant_scoped_ddl("invoices", unique_key=False):
+        _scalar(fresh_url, statement)
+    key = "SELECT count(*) FROM pg_constraint WHERE conname = 'uq_invoices_tenant_id_id'"
+    command.upgrade(config, "head")
+    assert _scalar(fresh_url, key) == 1
+    command.downgrade(config, "0003")
+    assert _scalar(fresh_url, key) == 0
+    _scalar(fresh_url, "DROP TABLE invoices")
+    command.upgrade(config, "head")

@@ -83,21 +83,7 @@ def seed_tenants(
         raise click.UsageError("--keep-keys reads the keys from --output: give it")
     tenancy = tenancy_of(current_app)
     names = [f"{prefix}-{number:04d}" for number in range(1, count + 1)]
-    existing = _existing_tenants(tenancy, names)
-    kept = _kept_keys(tenancy, output, existing) if keep_keys and output else {}
-    missing = [name for name in names if name not in existing]
-    actor = cli_actor()
-    created = _create_tenants(tenancy, missing, cluster=cluster, actor=actor)
-    seeded = []
-    for name in names:
-        if name in kept:
-            tenant_id, api_key = existing[name], kept[name]
-        elif name in existing:
-            tenant_id = existing[name]
-            api_key = rotate_api_key(tenancy.control_engine, tenant_id, actor=actor)
-        else:
-            tenant_id, api_key = created[name].id, created[name].api_key
-        seeded.append({"id": str(tenant_id), "name": name, "api_key": api_key})
+    seeded = _tenants_and_keys(tenancy, names, cluster, output if keep_keys else None)
     wanted = {
         "users": users_per_tenant,
         "products": products_per_tenant,
@@ -117,6 +103,32 @@ def seed_tenants(
         click.echo(f"{tenant['name']}  id={tenant['id']}  api_key={tenant['api_key']}")
     if output is not None:
         click.echo(f"wrote {len(seeded)} tenants to {output}")
+
+
+def _tenants_and_keys(
+    tenancy: Tenancy, names: list[str], cluster: str, keys_from: Path | None
+) -> list[dict[str, str]]:
+    """``{"id", "name", "api_key"}`` of each of ``names``, creating those that are missing.
+
+    An existing tenant keeps the key ``keys_from`` holds for it if that key still opens it;
+    else it gets a new one (only hashes are stored, so there is no other way to show one).
+    """
+    existing = _existing_tenants(tenancy, names)
+    kept = _kept_keys(tenancy, keys_from, existing) if keys_from else {}
+    missing = [name for name in names if name not in existing]
+    actor = cli_actor()
+    created = _create_tenants(tenancy, missing, cluster=cluster, actor=actor)
+    seeded = []
+    for name in names:
+        if name in kept:
+            tenant_id, api_key = existing[name], kept[name]
+        elif name in existing:
+            tenant_id = existing[name]
+            api_key = rotate_api_key(tenancy.control_engine, tenant_id, actor=actor)
+        else:
+            tenant_id, api_key = created[name].id, created[name].api_key
+        seeded.append({"id": str(tenant_id), "name": name, "api_key": api_key})
+    return seeded
 
 
 def _existing_tenants(tenancy: Tenancy, names: list[str]) -> dict[str, uuid.UUID]:

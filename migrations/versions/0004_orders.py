@@ -39,17 +39,21 @@ _EACH_TENANT_TABLE = f"""
 """
 
 
-def upgrade() -> None:
+def _on_each_tenant_table(alter: str) -> None:
+    """Run ``alter``, a format() string of the table (%s) and its key's name (%I), on each."""
     op.execute(
         f"""
         DO $$ DECLARE r record; BEGIN
           FOR r IN {_EACH_TENANT_TABLE} LOOP
-            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE (tenant_id, id)',
-                           r.tbl, 'uq_' || r.name || '_tenant_id_id');
+            EXECUTE format('{alter}', r.tbl, 'uq_' || r.name || '_tenant_id_id');
           END LOOP;
         END $$
         """
     )
+
+
+def upgrade() -> None:
+    _on_each_tenant_table("ALTER TABLE %s ADD CONSTRAINT %I UNIQUE (tenant_id, id)")
     _create_orders()
 
 
@@ -79,13 +83,4 @@ def _create_orders() -> None:
 
 def downgrade() -> None:
     op.drop_table("orders")
-    op.execute(
-        f"""
-        DO $$ DECLARE r record; BEGIN
-          FOR r IN {_EACH_TENANT_TABLE} LOOP
-            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I',
-                           r.tbl, 'uq_' || r.name || '_tenant_id_id');
-          END LOOP;
-        END $$
-        """
-    )
+    _on_each_tenant_table("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I")
