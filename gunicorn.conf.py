@@ -5,11 +5,16 @@ which re-runs this file) starts workers that import the code on disk: a changed 
 served by the new workers. That is why
 
 - the settings are read here and ``config`` is then forgotten (``_forget``);
-- the log format is read from app/logs.py by path, not imported as ``app.logs`` (which
-  would import the whole ``app`` package, and its metrics, into the master);
-- the start-up checks (capacity, affinity) run in a short-lived forked child, and so does
-  the master's part of the metrics when a worker exits (``child_exit``);
+- the log format (app/logs.py) and what the master records of a worker's exit
+  (app/worker_exits.py) are loaded from their files by path, not imported as ``app.*``
+  (which would import the whole ``app`` package, and its metrics, into the master); both
+  import nothing of ``app`` (tests/test_layout.py);
+- the start-up checks (capacity, affinity) run in a short-lived forked child;
 - the worker hooks import what they need inside the worker.
+
+The third-party libraries every worker imports are imported once here (``_LIBRARIES``), so
+a worker boots in about a tenth of a second, as when the master held the whole app; they
+are not the service's code (a new version of one needs a restart, not a reload).
 
 The multiprocess metrics directory this master makes is named after its pid and removed when
 the master's interpreter exits, however it stops (SIGTERM, a refusal to start, a port in
@@ -18,16 +23,13 @@ start.
 """
 
 import atexit
-import contextlib
 import importlib.util
 import math
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +62,17 @@ def _load_settings() -> Any:
         _forget(*_OURS)
 
 
-def _log_config(level: str) -> dict[str, Any]:
-    """app/logs.py's gunicorn_logconfig, from the file under a name of the master's own."""
-    spec = importlib.util.spec_from_file_location(
-        "_tenantpool_master_logs", _ROOT / "app" / "logs.py"
-    )
+def _load_by_path(relative: str) -> Any:
+    """A module of the app from its file, under a name of the master's own: a fresh copy at
+    every (re)load of this file, and no ``app`` package in the master."""
+    path = _ROOT / relative
+    name = "_tenantpool_master_" + path.stem
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - a .py file has both
-        raise RuntimeError(f"cannot load {_ROOT / 'app' / 'logs.py'}")
+        raise RuntimeError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config: dict[str, Any] = module.gunicorn_logconfig(level)
-    return config
+    return module
 
 
 def _alive(pid: int) -> bool:
@@ -132,6 +134,15 @@ _settings = _load_settings()
 _METRICS_DIR = _metrics_dir()
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_METRICS_DIR)
 
+# Pinned in requirements.txt and imported by every worker; never OpenTelemetry, which the
+# app loads only when tracing is on.
+_LIBRARIES = (
+    *("flask", "sqlalchemy", "sqlalchemy.orm", "psycopg2", "marshmallow", "apispec"),
+    *("alembic", "cryptography", "orjson", "pythonjsonlogger", "prometheus_client"),
+)
+for _library in _LIBRARIES:
+    importlib.import_module(_library)
+
 bind = _settings.bind
 workers = _settings.workers
 threads = _settings.threads
@@ -160,7 +171,8 @@ class _AppLogsRequests(Logger):  # type: ignore[misc]
 
 logger_class = _AppLogsRequests
 loglevel = _settings.log_level.lower()
-logconfig_dict = _log_config(_settings.log_level)  # gunicorn's own lines are JSON too
+# gunicorn's own lines are JSON too
+logconfig_dict = _load_by_path("app/logs.py").gunicorn_logconfig(_settings.log_level)
 # Request head limits (gunicorn's defaults, stated because tests and docs rely on them):
 # a longer request line gets 414, more or larger header fields get 431, all from gunicorn
 # with an HTML body before the app sees the request. Bodies are limited by the app (413).
@@ -175,26 +187,11 @@ control_socket_disable = True
 _CHECKS_PASSED = "ok"
 
 
-def _fork_helper() -> int:
-    """``os.fork()``; the child is a helper, not a worker: gunicorn's signal handlers undone."""
-    pid = os.fork()
-    if pid == 0:
-        for number in _MASTER_SIGNALS:
-            signal.signal(number, signal.SIG_DFL)
-    return pid
-
-
-_MASTER_SIGNALS = (
-    *(signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD),
-    *(signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU),
-)
-
-
 def _preflight() -> str | None:
     """The start-up checks, in a forked child so the master imports none of the app: why
     the service must not start, or None."""
     read_end, write_end = os.pipe()
-    pid = _fork_helper()
+    pid = os.fork()
     if pid == 0:  # the child: check, say the outcome, exit without the master's cleanup
         os.close(read_end)
         os.write(write_end, _checked().encode())
@@ -202,9 +199,8 @@ def _preflight() -> str | None:
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         outcome = pipe.read().decode(errors="replace")
-    # Should the master's SIGCHLD handler have reaped the child already, nothing is lost.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    # (Before gunicorn's SIGCHLD handler exists: nobody else reaps it.)
+    os.waitpid(pid, 0)
     if outcome == _CHECKS_PASSED:
         return None
     return outcome or "the start-up checks ended without an answer"
@@ -250,6 +246,11 @@ def post_fork(server, worker):  # type: ignore[no-untyped-def]
     metrics.worker_started()
 
 
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """The worker loaded the app and serves from now on: one line says so."""
+    worker.log.info("worker ready")
+
+
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Stop the reaper and dispose every engine of this worker; it leaves gracefully."""
     from app import metrics  # in the worker
@@ -259,44 +260,11 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     shutdown_process()
 
 
+# After PROMETHEUS_MULTIPROC_DIR is set: prometheus_client reads it when first imported.
+_worker_exits = _load_by_path("app/worker_exits.py")
+_exits = _worker_exits.exits_counter(registry=None)  # the master serves no /metrics
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """In the master: count how the worker went; drop its live gauges and files.
-
-    Done by a forked helper that imports the metrics afresh, so the master imports none of
-    the app and a reload serves new code. Counters of a process that ended are kept, so the
-    helper's count stays. Not while the master stops (``LISTENERS`` emptied): the metrics
-    directory goes with it.
-    """
-    if not server.LISTENERS:
-        return
-    pid = _fork_helper()
-    if pid == 0:
-        code = 1
-        try:
-            from prometheus_client import multiprocess  # imported by app.metrics already
-
-            from app import metrics  # in the helper, which exits right after
-
-            metrics.worker_exited(worker.pid, aborted=worker.aborted)
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-            code = 0
-        except BaseException:
-            server.log.exception("tenantpool: counting the exit of worker %s failed", worker.pid)
-        finally:
-            os._exit(code)
-    # gunicorn reaps the helper when it ends, as a child that is not a worker.
-
-
-def on_exit(server):  # type: ignore[no-untyped-def]
-    """Let a helper still counting a worker's exit finish before the directory goes (its
-    workers are gone by now: any child left is a helper); 10 s at most."""
-    deadline = time.monotonic() + _HELPER_GRACE_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                time.sleep(0.05)
-        except ChildProcessError:  # no child left
-            return
-
-
-_HELPER_GRACE_SECONDS = 10
+    """In the master: count how the worker went; drop its live gauges and files."""
+    _worker_exits.record_exit(_exits, _METRICS_DIR, worker.pid, aborted=worker.aborted)

@@ -28,9 +28,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from app import top_tenants
+from app import top_tenants, worker_exits
 from app.tenancy.serving.observer import Observer
-from app.tenancy.serving.peers import socket_path
 
 __all__ = [
     "TenancyMetrics",
@@ -150,13 +149,8 @@ FAIR_SHARE = Counter(
     ["outcome"],
 )
 WORKER_STARTS = Counter("tenantpool_worker_starts", "Gunicorn workers started (forked).")
-WORKER_EXITS = Counter(
-    "tenantpool_worker_exits",
-    "Gunicorn workers gone, by how: graceful (stopped or reloaded), timeout (killed by "
-    "gunicorn after its worker timeout), killed (died without exiting: OOM, a crash).",
-    ["how"],
-)
-WORKER_EXIT_KINDS = ("graceful", "timeout", "killed")
+WORKER_EXITS = worker_exits.exits_counter()
+WORKER_EXIT_KINDS = worker_exits.EXIT_KINDS
 # Label values known in advance are exported from the start, at 0: a rule or a graph then
 # sees a series instead of nothing until the first event.
 for _way in ("dedicated", "shared"):
@@ -253,27 +247,16 @@ def worker_exiting() -> None:
     """In a worker that leaves by itself (``worker_exit``): its exit is not a death."""
     directory = worker_directory()
     if directory is not None:
-        _exit_marker(directory, os.getpid()).touch()
+        worker_exits.exit_marker(directory, os.getpid()).touch()
 
 
 def worker_exited(pid: int, *, aborted: bool) -> None:
-    """In the master (``child_exit``): count how the worker went, forget its live files.
+    """What the master does at a worker's exit (gunicorn.conf.py runs app/worker_exits.py
+    itself, loaded by path): count how it went, forget its live files.
 
     ``aborted``: gunicorn killed it after its worker timeout.
     """
-    directory = worker_directory()
-    marker = None if directory is None else _exit_marker(directory, pid)
-    graceful = marker is not None and marker.exists()
-    WORKER_EXITS.labels("timeout" if aborted else "graceful" if graceful else "killed").inc()
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-    if directory is not None and marker is not None:
-        marker.unlink(missing_ok=True)
-        socket_path(directory, pid).unlink(missing_ok=True)
-        top_tenants.remove_files(directory, pid)
-
-
-def _exit_marker(directory: Path, pid: int) -> Path:
-    return directory / f"exiting-{pid}"
+    worker_exits.record_exit(WORKER_EXITS, worker_directory(), pid, aborted=aborted)
 
 
 def render() -> tuple[bytes, str]:

@@ -18,7 +18,6 @@ others saw, which can only hide a tenant that no worker finds busy.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.tenancy.serving.activity import TenantActivity
+from app.worker_exits import top_file
 
 __all__ = ["TOP", "TopTenantsCollector", "top_file", "write_top"]
 
@@ -39,10 +39,6 @@ TOP = 10
 """Series per top metric."""
 STALE_AFTER = 300.0
 """Seconds after which a worker's file is ignored (a worker that stopped writing)."""
-
-
-def top_file(directory: Path, pid: int) -> Path:
-    return directory / f"top-{pid}.json"
 
 
 def write_top(directory: Path, activity: TenantActivity, count: int = TOP) -> None:
@@ -108,9 +104,3 @@ class TopTenantsCollector(Collector):
             for tenant, value in values.items():
                 family.add_metric([tenant], value)
             yield family
-
-
-def remove_files(directory: Path, pid: int) -> None:
-    """Forget a gone worker's file."""
-    with contextlib.suppress(OSError):
-        top_file(directory, pid).unlink(missing_ok=True)

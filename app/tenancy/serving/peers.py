@@ -33,21 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.worker_exits import SOCKET_PREFIX, socket_path
+
 __all__ = ["PeerServer", "ask_peers", "socket_path"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_DATAGRAM = 65_536
-_PREFIX = "peer-"
+_PREFIX = SOCKET_PREFIX
 _PATH_MAX = 100  # below AF_UNIX's 108 bytes, with room for the request socket's name
 
 Answer = Callable[[uuid.UUID], dict[str, Any]]
 """This worker's view of one tenant, as JSON-ready values."""
-
-
-def socket_path(directory: Path, pid: int) -> Path:
-    """Where the worker ``pid`` answers its peers."""
-    return directory / f"{_PREFIX}{pid}.sock"
 
 
 class PeerServer:
