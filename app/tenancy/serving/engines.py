@@ -128,6 +128,8 @@ class TenantEngineFactory:
                 ),
             },
         )
+        # After the dialect's own connect hook (autocommit), before anyone uses it.
+        sa.event.listen(engine, "connect", refuse_unless_logged_in_as(credentials.db_user))
         sa.event.listen(engine, "handle_error", translate_moving)
         if pooled:
             sa.event.listen(engine, "checkout", discard_if_closed_by_server)
@@ -155,6 +157,49 @@ def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) 
     poller.register(dbapi_connection.fileno(), select.POLLIN)
     if poller.poll(0):  # readable, hung up or failed
         raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+_WHO_AM_I = "SELECT current_user, session_user"
+
+
+def refuse_unless_logged_in_as(role: str) -> Callable[[Any, Any], None]:
+    """Pool ``connect`` hook: a new connection that is not ``role`` is closed and refused.
+
+    Asked once per connection, on connect (one round trip; connections are pooled). What
+    libpq logs in as can differ from the URL's user: a DSN whose query string names another
+    user, a service or a whole connection string in ``dbname``, a ``-c role=`` option, or
+    ``ALTER ROLE ... SET role`` on the server. Serving a tenant as anyone but its own role
+    would be wrong whatever RLS then allows, so the connection is closed and the request
+    gets 503 (``TenantUnavailable``, code ``wrong_role``), and the log says what was found.
+    """
+
+    def check(dbapi_connection: Any, record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(_WHO_AM_I)
+            current_user, session_user = cursor.fetchone()
+        if not dbapi_connection.autocommit:
+            dbapi_connection.rollback()  # the SELECT opened a transaction: end it
+        refuse_wrong_role(dbapi_connection, role, current_user, session_user)
+
+    return check
+
+
+def refuse_wrong_role(
+    dbapi_connection: Any, expected: str, current_user: str, session_user: str
+) -> None:
+    """Close ``dbapi_connection`` and raise TenantUnavailable unless both users are ``expected``."""
+    if current_user == expected and session_user == expected:
+        return
+    logger.error(
+        "refused a new connection meant for role %s: the server says session_user=%s "
+        "current_user=%s; check the query strings of APP_DATABASE_URL and APP_CLUSTERS "
+        "and the role's settings (ALTER ROLE ... SET role)",
+        expected,
+        session_user,
+        current_user,
+    )
+    dbapi_connection.close()
+    raise TenantUnavailable("the connection is not the expected role", code="wrong_role")
 
 
 def decrypt_password(keyring: Keyring, credentials: TenantCredentials) -> str:
