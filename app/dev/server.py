@@ -9,7 +9,8 @@ Steps (DESIGN section 2), each printed as it happens:
 2. development secrets generated once into ``var/dev.env`` (mode 0600) and reused;
 3. the child environment: ours, plus ``var/dev.env`` (explicit ``APP_*`` win), plus the
    local cluster's URL;
-4. ``flask db upgrade``; 5. ``flask seed-tenants`` (prints ids and API keys);
+4. ``flask db upgrade``; 5. ``flask seed-tenants`` (keys into ``var/tenants.json``, ids and
+   names printed);
 6. the URL and a curl line that works as-is; 7. gunicorn in the foreground.
 
 Ctrl-C (or SIGTERM) stops gunicorn, then the cluster if this command started it. No secret
