@@ -9,8 +9,11 @@ from typing import Any, ClassVar
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-MAX_PAGE = 100_000
+MAX_OFFSET = 10_000
+"""Rows a page may skip, ``(page - 1) * page_size``; deeper pages follow ``after=`` cursors."""
+MAX_PAGE = MAX_OFFSET + 1
 MAX_PAGE_SIZE = 100
+MAX_CURSOR_LENGTH = 1024
 SORT_DIRECTIONS = ("ascending", "descending", "asc", "desc")
 
 
@@ -92,10 +95,18 @@ class ColumnList(fields.Field[list[str]]):
     ) -> list[str]:
         if not isinstance(value, str):
             raise ValidationError("must be a comma-separated list of column names")
+        # Bounded before it is split: each choice at most once, with its comma.
+        if len(value) > sum(len(choice) + 1 for choice in self.choices) + len(self.choices):
+            raise ValidationError(f"must be a comma-separated subset of: {', '.join(self.choices)}")
         names = [name.strip() for name in value.split(",") if name.strip()]
         unknown = [name for name in names if name not in self.choices]
         if not names or unknown:
             raise ValidationError(f"must be a comma-separated subset of: {', '.join(self.choices)}")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            # Refused rather than merged: each spelling would otherwise be a list shape of
+            # its own (app/api/listing.py), and a column named twice is a client's mistake.
+            raise ValidationError(f"names {', '.join(repeated)} more than once")
         return names
 
 
@@ -114,6 +125,7 @@ class ListQuerySchema(Schema):
     )
     date_after = UtcDateTime(default_timezone=dt.UTC)
     date_before = UtcDateTime(default_timezone=dt.UTC)
+    after = fields.String(validate=validate.Length(1, MAX_CURSOR_LENGTH))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,6 +139,18 @@ class ListQuerySchema(Schema):
     def _search_columns_need_search(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "search_columns" in data and "search" not in data:
             raise ValidationError("search_columns needs search", "search_columns")
+
+    @validates_schema
+    def _offset_within_bound(self, data: dict[str, Any], **kwargs: Any) -> None:
+        page, size = data.get("page", 1), data.get("page_size", 10)
+        if "after" in data and page != 1:
+            raise ValidationError("after continues a list from a cursor: leave page out", "page")
+        if (page - 1) * size > MAX_OFFSET:
+            raise ValidationError(
+                f"pages may start at most {MAX_OFFSET} rows in; follow the Link rel=next "
+                "cursor (after=) of the previous page to go deeper",
+                "page",
+            )
 
 
 class PageSchema(Schema):

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import LRUCache
 
 from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
@@ -28,6 +29,9 @@ from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import TENANT_DRIVER, translate_moving
 
 logger = logging.getLogger(__name__)
+
+COMPILED_CACHE_SIZE = 1000
+"""Compiled statements kept per worker for all tenant engines together (see below)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,12 @@ class TenantEngineFactory:
         self._budget = budget
         self._backoff = backoff
         self._observer = observer or Observer()
+        # One compiled-statement cache for every tenant engine of the worker. SQLAlchemy
+        # gives each engine its own (500 entries, some 16 kB each): with APP_MAX_ENGINES
+        # engines that bound is gigabytes. Entries are keyed by the engine's dialect, so
+        # engines do not share hits, but the worker's total is LRU-bounded: at most
+        # 1.5 x COMPILED_CACHE_SIZE entries (SQLAlchemy prunes at capacity x 1.5).
+        self.compiled_cache: LRUCache[Any, Any] = LRUCache(COMPILED_CACHE_SIZE)
 
     def __call__(self, tenant_id: uuid.UUID) -> sa.Engine:
         self._backoff.check(tenant_id)
@@ -120,6 +130,7 @@ class TenantEngineFactory:
         engine = sa.create_engine(
             url,
             **pool_args,
+            execution_options={"compiled_cache": self.compiled_cache},
             connect_args={
                 "application_name": application_name(credentials.id),
                 # No wait on the server longer than these bounds (see app.dbwait).
