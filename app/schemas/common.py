@@ -97,7 +97,7 @@ class ColumnList(fields.Field[list[str]]):
             raise ValidationError("must be a comma-separated list of column names")
         # Bounded before it is split: each choice at most once, with its comma.
         if len(value) > sum(len(choice) + 1 for choice in self.choices) + len(self.choices):
-            raise ValidationError(f"must be a comma-separated subset of: {', '.join(self.choices)}")
+            raise ValidationError(f"names each of {', '.join(self.choices)} at most once")
         names = [name.strip() for name in value.split(",") if name.strip()]
         unknown = [name for name in names if name not in self.choices]
         if not names or unknown:
