@@ -140,15 +140,13 @@ class Tenancy:
             raise self.backoff.unavailable(tenant_id) from None
 
     def _connected_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
-        entry = self.registry.get(tenant_id)
-        try:
-            connection = entry.engine.connect()
-        except sa.exc.OperationalError as error:
-            if is_auth_failure(error):
-                # A new connection of a cached engine; the factory counts its own.
-                self.observer.login_rejected()
-            raise
+        entry, connection = self.registry.connect(tenant_id, failed=self._connect_failed)
         return entry.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+
+    def _connect_failed(self, error: BaseException) -> None:
+        # A new connection of a cached engine; the factory counts its own.
+        if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
+            self.observer.login_rejected()
 
     def _shared_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         """A session on a gateway connection of the tenant's cluster (DESIGN section 3a)."""
