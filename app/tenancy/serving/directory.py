@@ -31,12 +31,19 @@ class TenantRecord:
 
 @dataclass(frozen=True)
 class TenantCredentials:
-    """The tenant's role and its encrypted password, read fresh for every new engine."""
+    """The tenant's role and its encrypted password, read fresh for every new engine.
+
+    ``version`` tells whether anything an engine depends on changed since it was read: the
+    role, the ciphertext (a rotation, even one made behind the service's back), the cluster,
+    the status and ``updated_at``, which every change that announces an event bumps (new
+    role limits included). Empty when unknown.
+    """
 
     id: uuid.UUID
     db_user: str
     db_password_encrypted: str
     cluster: str
+    version: tuple[object, ...] = ()
 
 
 UNKNOWN_CACHE_SIZE = 10_000
@@ -155,15 +162,23 @@ class TenantDirectory:
             self._unknown.popitem(last=False)
 
     def credentials(self, tenant_id: uuid.UUID) -> TenantCredentials | None:
-        """The tenant's role and encrypted password, never cached."""
+        """The tenant's role, encrypted password and version, never cached."""
         query = sa.select(
-            Tenant.id, Tenant.db_user, Tenant.db_password_encrypted, Tenant.cluster
+            Tenant.id,
+            Tenant.db_user,
+            Tenant.db_password_encrypted,
+            Tenant.cluster,
+            Tenant.status,
+            Tenant.updated_at,
         ).where(Tenant.id == tenant_id)
         with self._engine.connect() as connection:
             row = connection.execute(query).one_or_none()
         if row is None:
             return None
-        return TenantCredentials(row.id, row.db_user, row.db_password_encrypted, row.cluster)
+        version = (row.db_user, row.db_password_encrypted, row.cluster, row.status, row.updated_at)
+        return TenantCredentials(
+            row.id, row.db_user, row.db_password_encrypted, row.cluster, version
+        )
 
     def _load(self, tenant_id: uuid.UUID) -> TenantRecord | None:
         query = sa.select(

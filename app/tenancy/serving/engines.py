@@ -11,6 +11,7 @@ import logging
 import os
 import select
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,10 @@ class TenantEngineFactory:
         # engines do not share hits, but the worker's total is LRU-bounded: at most
         # 1.5 x COMPILED_CACHE_SIZE entries (SQLAlchemy prunes at capacity x 1.5).
         self.compiled_cache: LRUCache[Any, Any] = LRUCache(COMPILED_CACHE_SIZE)
+        # The credentials' version each live engine was built from (held weakly).
+        self._versions: weakref.WeakKeyDictionary[sa.Engine, tuple[object, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __call__(self, tenant_id: uuid.UUID) -> sa.Engine:
         self._backoff.check(tenant_id)
@@ -101,10 +106,15 @@ class TenantEngineFactory:
             engine.dispose()
             if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
                 self._observer.login_rejected()
-                self._backoff.failed(tenant_id)
+                self._backoff.failed(tenant_id, credentials.version)
             raise
         self._backoff.succeeded(tenant_id)
+        self._versions[engine] = credentials.version
         return engine
+
+    def version_of(self, engine: sa.Engine) -> tuple[object, ...] | None:
+        """The version of the credentials ``engine`` was built from; None if not ours."""
+        return self._versions.get(engine)
 
     def engine_for(
         self, credentials: TenantCredentials, cluster_url: sa.URL, *, pooled: bool = True

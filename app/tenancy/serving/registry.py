@@ -127,6 +127,11 @@ class EngineRegistry(Generic[S]):
         with self._lock:
             return tenant_id in self._entries
 
+    def peek(self, tenant_id: uuid.UUID) -> EngineEntry[S] | None:
+        """The tenant's entry if it has one; does not count as a use."""
+        with self._lock:
+            return self._entries.get(tenant_id)
+
     def get(self, tenant_id: uuid.UUID) -> EngineEntry[S]:
         """The tenant's entry, creating its engine on first use.
 
