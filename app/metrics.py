@@ -77,6 +77,16 @@ AUTH_FAILURES = Counter(
     "tenantpool_tenant_auth_failures",
     "Tenant logins rejected by PostgreSQL (SQLSTATE 28P01).",
 )
+FAIR_SHARE = Counter(
+    "tenantpool_fair_share",
+    "Tenant requests by fair-share outcome: admitted at once, admitted after a wait, or "
+    "rejected with 429 (over the tenant's share of a worker's threads).",
+    ["outcome"],
+)
+AUTH_THROTTLED = Counter(
+    "tenantpool_auth_throttled",
+    "Requests answered 429 because their client failed to authenticate too often.",
+)
 
 
 class TenancyMetrics(Observer):
@@ -98,6 +108,12 @@ class TenancyMetrics(Observer):
 
     def login_rejected(self) -> None:
         AUTH_FAILURES.inc()
+
+    def fair_share(self, outcome: str) -> None:
+        FAIR_SHARE.labels(outcome).inc()
+
+    def auth_throttled(self) -> None:
+        AUTH_THROTTLED.inc()
 
 
 def observe_request(method: str, route: str | None, status: int, seconds: float) -> None:

@@ -81,6 +81,9 @@ class Settings:
     trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     trusted_proxies: int
     log_level: str
+    tenant_thread_share: int
+    tenant_share_wait: float
+    auth_failure_limit: int
 
 
 BUDGET_HEADROOM = 2
@@ -152,6 +155,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=reader.get(
             "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
         ),
+        # Half the threads: a noisy tenant leaves the other half to everyone else.
+        tenant_thread_share=reader.get(
+            "APP_TENANT_THREAD_SHARE", max(1, threads // 2), _int_between(1, threads)
+        ),
+        tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, _float_between(0.0, 60.0)),
+        auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, _int_between(1, 1_000_000)),
     )
     if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
         raise ConfigError(

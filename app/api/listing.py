@@ -189,6 +189,10 @@ class ListStatements:
         """Statements held (for tests of the bound)."""
         return len(self._pages) + len(self._window_ends)
 
+    def shapes(self) -> frozenset[ListShape]:
+        """The shapes a page statement was built for."""
+        return frozenset(self._pages)
+
     def page(self, shape: ListShape) -> sa.Select[Any]:
         """One page of rows, each carrying the (capped) total: one query, one round trip.
 

@@ -98,7 +98,7 @@ def _error_responses() -> dict[str, Any]:
     """The error responses every operation may give, by status code."""
     errors: dict[str, Any] = {
         str(code): {"description": "problem", "content": _PROBLEM}
-        for code in (400, 401, 403, 404, 413, 415, 422, 503)
+        for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)
     }
     # Refused by gunicorn before the app sees the request, so with gunicorn's HTML body.
     errors["414"] = {"description": "request line too long (gunicorn limit_request_line)"}

@@ -42,6 +42,28 @@ class CapacityExhausted(TenancyError):
         self.retry_after = retry_after
 
 
+class TooManyAuthFailures(TenancyError):
+    """The client failed to authenticate too often lately (429), whoever it names.
+
+    ``retry_after`` is the number of seconds until it may try again.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TenantOverShare(TenancyError):
+    """The tenant holds its share of the worker's threads while others are served (429).
+
+    ``retry_after`` is the number of seconds a client should wait.
+    """
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class TenantNotFound(TenancyError, LookupError):
     """An admin operation named a tenant that does not exist (404)."""
 

@@ -27,6 +27,7 @@ from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
 from app.tenancy.serving.events import TenantEvent
+from app.tenancy.serving.fairshare import FairShare
 from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener
 from app.tenancy.serving.observer import Observer
@@ -34,6 +35,7 @@ from app.tenancy.serving.reaper import Reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
+from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.ways import ServingMode, ServingWays
 
 
@@ -52,6 +54,8 @@ class Tenancy:
     engines: TenantEngineFactory
     gateways: Gateways
     ways: ServingWays
+    fair_share: FairShare
+    auth_throttle: AuthThrottle
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
     # The process's reaper, watching this registry and listener; started by

@@ -25,3 +25,9 @@ class Observer:
 
     def login_rejected(self) -> None:
         """PostgreSQL rejected a tenant role's credentials (SQLSTATE 28P01)."""
+
+    def fair_share(self, outcome: str) -> None:
+        """A tenant request was ``admitted`` at once, ``waited`` for its share, or ``rejected``."""
+
+    def auth_throttled(self) -> None:
+        """A client over its allowance of failed authentications was answered 429."""
