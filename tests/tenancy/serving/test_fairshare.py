@@ -32,6 +32,13 @@ def _share(
     return FairShare(threads, share, wait=wait, clock=clock, observer=outcomes), clock, outcomes
 
 
+def _crowd(share: FairShare) -> None:
+    """B present with one request, A running its share of two."""
+    share.enter(B)
+    share.enter(A)
+    share.enter(A)
+
+
 def test_fairshare_tenant_alone_uses_every_thread() -> None:
     share, _, outcomes = _share()
     for _ in range(4):
@@ -42,9 +49,7 @@ def test_fairshare_tenant_alone_uses_every_thread() -> None:
 
 def test_fairshare_over_share_is_refused_at_once_when_every_thread_is_taken() -> None:
     share, _, outcomes = _share()
-    share.enter(B)
-    share.enter(A)
-    share.enter(A)
+    _crowd(share)
     share.enter(B)  # four threads in use, two of them A's
 
     with pytest.raises(TenantOverShare) as raised:
@@ -66,9 +71,7 @@ def test_fairshare_other_tenants_never_wait() -> None:
 
 def test_fairshare_over_share_waits_for_its_tenant_while_a_thread_is_free() -> None:
     share, _, outcomes = _share(threads=5)
-    share.enter(B)
-    share.enter(A)
-    share.enter(A)
+    _crowd(share)
     admitted = threading.Event()
     waiter = threading.Thread(target=lambda: (share.enter(A), admitted.set()))
     waiter.start()
@@ -85,9 +88,7 @@ def test_fairshare_over_share_waits_for_its_tenant_while_a_thread_is_free() -> N
 
 def test_fairshare_waiting_request_gives_up_when_the_last_thread_is_taken() -> None:
     share, _, outcomes = _share(threads=5)
-    share.enter(B)
-    share.enter(A)
-    share.enter(A)
+    _crowd(share)
     refused = threading.Event()
 
     def over() -> None:
@@ -109,9 +110,7 @@ def test_fairshare_waiting_request_gives_up_when_the_last_thread_is_taken() -> N
 
 def test_fairshare_wait_is_bounded() -> None:
     share, _, outcomes = _share(threads=8, wait=0.05)
-    share.enter(B)
-    share.enter(A)
-    share.enter(A)
+    _crowd(share)
     with pytest.raises(TenantOverShare):
         share.enter(A)
     assert outcomes.counts["rejected"] == 1
