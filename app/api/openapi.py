@@ -45,6 +45,10 @@ _PROBLEM_SCHEMA = {
     },
 }
 _RECORD_ID = {"in": "path", "name": "record_id", "required": True, "schema": _UUID}
+_NEXT_LINK = {
+    "description": '`<same list, after=<cursor>>; rel="next"` when more rows may follow',
+    "schema": {"type": "string"},
+}
 _TENANT_ID = {"in": "path", "name": "tenant_id", "required": True, "schema": _UUID}
 _ADMIN_OPERATION = {"tags": ["admin"], "security": [{"adminToken": []}]}
 _ADMIN_TENANT_OPERATION = {**_ADMIN_OPERATION, "parameters": [_TENANT_ID]}
@@ -126,7 +130,14 @@ def _add_collection_path(
                 **common,
                 "operationId": f"list_{resource.name}{_suffix(prefix)}",
                 "parameters": [*_TENANT_HEADERS, {"in": "query", "schema": type(resource.query)}],
-                "responses": {"200": {"description": "a page", **_json(f"{title}Page")}, **errors},
+                "responses": {
+                    "200": {
+                        "description": "a page",
+                        "headers": {"Link": _NEXT_LINK},
+                        **_json(f"{title}Page"),
+                    },
+                    **errors,
+                },
             },
             "post": {
                 **common,

@@ -154,12 +154,17 @@ class ListQuerySchema(Schema):
 
 
 class PageSchema(Schema):
-    """The list response shape of the Rust template, kept for its clients."""
+    """The list response shape of the Rust template, kept for its clients.
+
+    ``total_capped`` appears (true) only when ``total`` is a lower bound: counted up to a cap,
+    or among the rows a search examined (app/api/listing.py).
+    """
 
     page = fields.Integer(required=True)
     page_size = fields.Integer(required=True)
     total = fields.Integer(required=True)
     total_pages = fields.Integer(required=True)
+    total_capped = fields.Boolean()
 
 
 Dumper = Callable[[Any], dict[str, Any]]
