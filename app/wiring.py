@@ -86,7 +86,7 @@ def build_tenancy(settings: Settings) -> Tenancy:
         _serving_ways(settings),
         FairShare(
             settings.threads,
-            settings.tenant_thread_share,
+            min(settings.tenant_thread_share, settings.threads),
             wait=settings.tenant_share_wait,
             observer=observer,
         ),

@@ -155,9 +155,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=reader.get(
             "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
         ),
-        # Half the threads: a noisy tenant leaves the other half to everyone else.
+        # Half the threads: a noisy tenant leaves the other half to everyone else. At or
+        # above APP_THREADS there is no cap (the wiring takes the smaller of the two).
         tenant_thread_share=reader.get(
-            "APP_TENANT_THREAD_SHARE", max(1, threads // 2), _int_between(1, threads)
+            "APP_TENANT_THREAD_SHARE", max(1, threads // 2), _int_between(1, 256)
         ),
         tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, _float_between(0.0, 60.0)),
         auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, _int_between(1, 1_000_000)),

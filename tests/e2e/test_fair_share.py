@@ -39,7 +39,9 @@ def one_worker(
 ) -> Iterator[tuple[Service, list[SeededTenant]]]:
     folder = tmp_path_factory.mktemp("fair")
     tenants = seed(app_env, folder / "tenants.json", count=2, prefix="fair", users_per_tenant=1)
-    process, service = start_service(app_env, folder / "gunicorn.log", workers=1, threads=THREADS)
+    # The product's default share (half the threads), not the suite's "no cap".
+    env = {key: value for key, value in app_env.items() if key != "APP_TENANT_THREAD_SHARE"}
+    process, service = start_service(env, folder / "gunicorn.log", workers=1, threads=THREADS)
     yield service, tenants
     stop_service(process)
 
