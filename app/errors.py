@@ -154,6 +154,7 @@ def _too_many(error: TenantOverShare | TooManyAuthFailures) -> Response:
     if isinstance(error, TenantOverShare):
         code, detail = "tenant_busy", "this tenant's requests hold their share of the service"
     else:
+        metrics.count_auth_throttled()
         code, detail = "too_many_auth_failures", "too many failed authentications; retry later"
     return problem(429, code, "Too many requests", detail, {"Retry-After": str(error.retry_after)})
 

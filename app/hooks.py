@@ -13,7 +13,7 @@ import uuid
 from flask import Blueprint, Flask, current_app, g, request
 
 from app.tenancy import Tenancy, attach, tenancy_of
-from app.tenancy.errors import AuthenticationFailed, TooManyAuthFailures
+from app.tenancy.errors import AuthenticationFailed
 from app.tenancy.serving.resolve import parse_bearer, parse_tenant_id
 from app.tenancy.serving.session import TenantSession
 
@@ -59,11 +59,7 @@ def _bind_tenant() -> None:
 def _authenticate(tenancy: Tenancy, tenant_id: uuid.UUID) -> None:
     """The tenant's key, unless this client failed too often lately (429, no lookup then)."""
     client = client_address()
-    try:
-        tenancy.auth_throttle.check(client)
-    except TooManyAuthFailures:
-        tenancy.observer.auth_throttled()
-        raise
+    tenancy.auth_throttle.check(client)
     try:
         tenancy.authenticate(tenant_id, parse_bearer(request.headers.getlist("Authorization")))
     except AuthenticationFailed:

@@ -29,7 +29,13 @@ from prometheus_client import (
 
 from app.tenancy.serving.observer import Observer
 
-__all__ = ["TenancyMetrics", "count_capacity_rejection", "observe_request", "render"]
+__all__ = [
+    "TenancyMetrics",
+    "count_auth_throttled",
+    "count_capacity_rejection",
+    "observe_request",
+    "render",
+]
 
 UNMATCHED_ROUTE = "<unmatched>"
 """The route label of requests that matched no URL rule (404s for arbitrary paths)."""
@@ -112,9 +118,6 @@ class TenancyMetrics(Observer):
     def fair_share(self, outcome: str) -> None:
         FAIR_SHARE.labels(outcome).inc()
 
-    def auth_throttled(self) -> None:
-        AUTH_THROTTLED.inc()
-
 
 def observe_request(method: str, route: str | None, status: int, seconds: float) -> None:
     """Count one answered request and its latency."""
@@ -127,6 +130,11 @@ def observe_request(method: str, route: str | None, status: int, seconds: float)
 def count_capacity_rejection() -> None:
     """Count one 503 ``capacity`` answer."""
     CAPACITY_REJECTIONS.inc()
+
+
+def count_auth_throttled() -> None:
+    """Count one 429 ``too_many_auth_failures`` answer (tenant keys and the admin token)."""
+    AUTH_THROTTLED.inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -289,5 +289,5 @@ def test_config_tenant_thread_share_defaults_to_half_the_threads() -> None:
     assert load_settings({**VALID, "APP_THREADS": "1"}).tenant_thread_share == 1
     explicit = {**VALID, "APP_THREADS": "4", "APP_TENANT_THREAD_SHARE": "99"}
     assert load_settings(explicit).tenant_thread_share == 99  # at or above threads: no cap
-    with pytest.raises(ConfigError, match="^APP_TENANT_THREAD_SHARE:"):
+    with pytest.raises(ConfigError, match=r"^APP_TENANT_THREAD_SHARE:"):
         load_settings({**VALID, "APP_TENANT_THREAD_SHARE": "0"})

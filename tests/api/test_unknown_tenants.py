@@ -8,6 +8,7 @@ addresses of their own through the WSGI environment.
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import uuid
 from collections import Counter
@@ -112,6 +113,8 @@ def test_unknown_tenants_admin_token_failures_spend_the_same_allowance(strict_ap
         for _ in range(LIMIT + 1)
     ]
     assert codes == [401] * LIMIT + [429]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert re.search(r"^tenantpool_auth_throttled_total [1-9]", metrics, re.MULTILINE)
 
 
 def test_unknown_tenants_unknown_id_and_wrong_key_answer_alike(

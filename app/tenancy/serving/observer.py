@@ -28,6 +28,3 @@ class Observer:
 
     def fair_share(self, outcome: str) -> None:
         """A tenant request was ``admitted`` at once, ``waited`` for its share, or ``rejected``."""
-
-    def auth_throttled(self) -> None:
-        """A client over its allowance of failed authentications was answered 429."""
