@@ -14,11 +14,13 @@ Cost. One request does a bounded amount of work (docs/operations.md, "Cost of a 
 - an offset (``page``) reaches at most ``MAX_OFFSET`` rows; deeper pages are read with the
   ``after=`` cursor every full page hands out (``Link: <...>; rel="next"``), which the
   ``(tenant_id, <sort column>, id)`` indexes turn into an index range scan;
-- a search examines at most ``SEARCH_SCAN`` rows (in the requested order, from the cursor),
-  because an ``ILIKE '%text%'`` cannot use an index under row level security (the operator
-  is not leakproof, so PostgreSQL may not evaluate it inside the index scan that the policy
-  restricts); its ``total`` counts the matches among the rows examined, and when rows were
-  left unexamined the response says ``total_capped`` and links to the next stretch.
+- a search, an equality filter, or a date range the order's index cannot serve (a
+  "windowed" shape) examines at most ``SEARCH_SCAN`` rows (in the requested order, from the
+  cursor), because such a condition is checked row by row: an ``ILIKE '%text%'`` cannot use
+  an index under row level security (the operator is not leakproof, so PostgreSQL may not
+  evaluate it inside the index scan that the policy restricts). Its ``total`` counts the
+  matches among the rows examined, and when rows were left unexamined the response says
+  ``total_capped`` and links to the next stretch.
 """
 
 from __future__ import annotations
