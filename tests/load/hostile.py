@@ -134,7 +134,7 @@ def _ms(text: str) -> float:
 def _service(
     env: dict[str, str], folder: Path, args: argparse.Namespace, **extra: str
 ) -> Iterator[Any]:
-    log = folder / f"gunicorn-{len(extra)}.log"
+    log = folder / f"gunicorn-{uuid.uuid4().hex[:8]}.log"
     process, service = start_service(
         {**env, **extra}, log, workers=args.workers, threads=args.threads
     )
@@ -232,6 +232,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--share", type=int, default=None, help="APP_TENANT_THREAD_SHARE (default: the product's)"
+    )
+    parser.add_argument("--flood-only", action="store_true", help="measure the flood only")
     args = parser.parse_args()
     figures: dict[str, Any] = {
         "workers": args.workers,
@@ -247,10 +251,13 @@ def main() -> None:
             env, folder / "tenants.json", count=2, prefix="load", users_per_tenant=20
         )
         _fill(env, noisy, args.rows)
-        with _service(env, folder, args) as service:
+        share = {} if args.share is None else {"APP_TENANT_THREAD_SHARE": str(args.share)}
+        with _service(env, folder, args, **share) as service:
             figures["fair_share_on"] = _flood(service, noisy, quiet, args.seconds)
-            figures["search_columns_spellings"] = _shapes(service, quiet)
-            figures["unknown_tenants"] = _unknown(service, cluster.superuser_url("tenantpool"))
+            if not args.flood_only:
+                figures["search_columns_spellings"] = _shapes(service, quiet)
+                superuser_url = cluster.superuser_url("tenantpool")
+                figures["unknown_tenants"] = _unknown(service, superuser_url)
         with _service(env, folder, args, APP_TENANT_THREAD_SHARE=str(args.threads)) as service:
             figures["fair_share_off"] = _flood(service, noisy, quiet, args.seconds)
     print(json.dumps(figures, indent=2))
