@@ -24,8 +24,10 @@ from app.tenancy.errors import (
     InvalidTenantHeader,
     TenantNameTaken,
     TenantNotFound,
+    TenantOverShare,
     TenantSuspended,
     TenantUnavailable,
+    TooManyAuthFailures,
 )
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,16 @@ def _tenant_unavailable(error: TenantUnavailable) -> Response:
     )
 
 
+def _too_many(error: TenantOverShare | TooManyAuthFailures) -> Response:
+    # 429s are counted by outcome in the metrics (fair share, auth throttle), never by tenant.
+    if isinstance(error, TenantOverShare):
+        code, detail = "tenant_busy", "this tenant's requests hold their share of the service"
+    else:
+        metrics.count_auth_throttled()
+        code, detail = "too_many_auth_failures", "too many failed authentications; retry later"
+    return problem(429, code, "Too many requests", detail, {"Retry-After": str(error.retry_after)})
+
+
 def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     code = (error.name or "error").lower().replace(" ", "_")
@@ -260,6 +272,8 @@ def init_app(app: Flask) -> None:
     for error_type in _TENANCY_ERRORS:
         app.register_error_handler(error_type, _tenancy_error)
     app.register_error_handler(TenantUnavailable, _tenant_unavailable)
+    app.register_error_handler(TenantOverShare, _too_many)
+    app.register_error_handler(TooManyAuthFailures, _too_many)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(sqlalchemy.exc.TimeoutError, _capacity)
     app.register_error_handler(CapacityExhausted, _capacity)

@@ -33,6 +33,7 @@ from app.tenancy.serving.observer import Observer
 
 __all__ = [
     "TenancyMetrics",
+    "count_auth_throttled",
     "count_capacity_rejection",
     "observe_request",
     "render",
@@ -140,8 +141,6 @@ CONTROL_PLANE_UP = Gauge(
     "scrape of /metrics), else 0.",
     multiprocess_mode="livemostrecent",
 )
-# Declared as the fair share (issue 18) declares it, so that the alert rule and the dashboard
-# name a series that exists: recorded by its Observer hook below.
 FAIR_SHARE = Counter(
     "tenantpool_fair_share",
     "Tenant requests by fair-share outcome: admitted at once, admitted after a wait, or "
@@ -159,6 +158,10 @@ for _how in WORKER_EXIT_KINDS:
     WORKER_EXITS.labels(_how)
 for _outcome in ("admitted", "waited", "rejected"):
     FAIR_SHARE.labels(_outcome)
+AUTH_THROTTLED = Counter(
+    "tenantpool_auth_throttled",
+    "Requests answered 429 because their client failed to authenticate too often.",
+)
 
 
 class TenancyMetrics(Observer):
@@ -257,6 +260,11 @@ def worker_exited(pid: int, *, aborted: bool) -> None:
     ``aborted``: gunicorn killed it after its worker timeout.
     """
     worker_exits.record_exit(WORKER_EXITS, worker_directory(), pid, aborted=aborted)
+
+
+def count_auth_throttled() -> None:
+    """Count one 429 ``too_many_auth_failures`` answer (tenant keys and the admin token)."""
+    AUTH_THROTTLED.inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -27,12 +27,14 @@ from app.tenancy.serving.backoff import LoginBackoff
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory
 from app.tenancy.serving.engines import PoolSettings, TenantEngineFactory
+from app.tenancy.serving.fairshare import FairShare
 from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener, connector
 from app.tenancy.serving.peers import PeerServer
 from app.tenancy.serving.reaper import Reaper, process_reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.session import tenant_sessionmaker
+from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings
 
@@ -95,6 +97,13 @@ def build_tenancy(settings: Settings) -> Tenancy:
         engines,
         gateways,
         _serving_ways(settings),
+        FairShare(
+            settings.threads,
+            min(settings.tenant_thread_share, settings.threads),
+            wait=settings.tenant_share_wait,
+            observer=observer,
+        ),
+        AuthThrottle(settings.auth_failure_limit),
         observer=observer,
         activity=activity,
     )

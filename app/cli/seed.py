@@ -49,7 +49,7 @@ _USER_WRITERS = 4  # tenants whose rows are written at once
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write ids and API keys as JSON.",
+    help="Write ids, names and API keys as JSON (mode 0600); stdout then shows no key.",
 )
 @click.option(
     "--cluster",
@@ -94,15 +94,25 @@ def seed_tenants(
     with progress(len(seeded), "seeding tenants") as bar, ThreadPoolExecutor(_USER_WRITERS) as pool:
         for _ in pool.map(lambda at: _top_up(tenancy, at, seeded[at], wanted), range(len(seeded))):
             bar.update()
+    _report(seeded, output)
+
+
+def _report(seeded: list[dict[str, str]], output: Path | None) -> None:
+    """Write the keys to ``output`` (0600); stdout gets ids and names only when there is one.
+
+    Terminals scroll into logs and CI output: with a file to hold them, keys never go to
+    stdout. Without ``--output`` stdout is the only place they could go.
+    """
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.touch(mode=0o600)
         output.chmod(0o600)
         output.write_text(json.dumps(seeded, indent=2) + "\n")
     for tenant in seeded:
-        click.echo(f"{tenant['name']}  id={tenant['id']}  api_key={tenant['api_key']}")
+        key = "" if output is not None else f"  api_key={tenant['api_key']}"
+        click.echo(f"{tenant['name']}  id={tenant['id']}{key}")
     if output is not None:
-        click.echo(f"wrote {len(seeded)} tenants to {output}")
+        click.echo(f"wrote {len(seeded)} tenants with their API keys to {output}")
 
 
 def _tenants_and_keys(

@@ -12,7 +12,8 @@ Steps (DESIGN section 2), each printed as it happens:
 3. the child environment: ours, plus ``var/dev.env`` (explicit ``APP_*`` win), plus the
    local cluster's URL;
 4. ``flask db upgrade``; 5. ``flask seed-tenants`` with demo users, products and orders,
-   reusing the API keys ``var/tenants.json`` holds (printed each time);
+   reusing the API keys ``var/tenants.json`` holds (the command prints ids and names only;
+   this server prints the keys from the file, each time);
 6. the URL and a curl line that works as-is; 7. gunicorn in the foreground.
 
 Ctrl-C (or SIGTERM) stops gunicorn, then the cluster if this command started it. No secret
@@ -179,13 +180,21 @@ def run_step(description: str, args: list[str], env: Mapping[str, str]) -> None:
         raise DevServerError(f"`{' '.join(args[1:])}` failed (exit {result.returncode})")
 
 
-def curl_line(bind: str, tenants_file: Path = TENANTS_FILE) -> str | None:
-    """A curl command for the first seeded tenant, or None if there is no seed file."""
+def demo_tenants(tenants_file: Path = TENANTS_FILE) -> list[dict[str, str]]:
+    """The seeded demo tenants (id, name, api_key); [] if there is no usable seed file."""
     try:
         tenants = json.loads(tenants_file.read_text())
-        tenant_id, api_key = tenants[0]["id"], tenants[0]["api_key"]
+        return [{key: str(t[key]) for key in ("id", "name", "api_key")} for t in tenants]
     except (OSError, ValueError, LookupError, TypeError):
+        return []
+
+
+def curl_line(bind: str, tenants_file: Path = TENANTS_FILE) -> str | None:
+    """A curl command for the first seeded tenant, or None if there is no seed file."""
+    tenants = demo_tenants(tenants_file)
+    if not tenants:
         return None
+    tenant_id, api_key = tenants[0]["id"], tenants[0]["api_key"]
     return (
         f'curl -s -H "X-Tenant-ID: {tenant_id}" -H "Authorization: Bearer {api_key}" '
         f"{base_url(bind)}/v1/users"
@@ -226,8 +235,11 @@ def _tell_where_things_are(bind: str, *, local: bool) -> None:
     say(f"serving on {base_url(bind)} (Ctrl-C stops everything)")
     say(
         f"development secrets are in {_shown(DEV_ENV)}; the demo tenants' ids and API keys in "
-        f"{_shown(TENANTS_FILE)} (kept across restarts)"
+        f"{_shown(TENANTS_FILE)} (kept across restarts):"
     )
+    # A development terminal: the demo keys are what a person needs next.
+    for tenant in demo_tenants():
+        say(f"    {tenant['name']}  X-Tenant-ID: {tenant['id']}  API key: {tenant['api_key']}")
     if local:
         say(f"flask commands in another terminal: {SECOND_TERMINAL}, then e.g.")
         say("    flask --app wsgi tenancy check")

@@ -10,8 +10,11 @@ from typing import Any, ClassVar, cast
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 from marshmallow.schema import SchemaMeta
 
-MAX_PAGE = 100_000
+MAX_OFFSET = 10_000
+"""Rows a page may skip, ``(page - 1) * page_size``; deeper pages follow ``after=`` cursors."""
+MAX_PAGE = MAX_OFFSET + 1
 MAX_PAGE_SIZE = 100
+MAX_CURSOR_LENGTH = 1024
 SORT_DIRECTIONS = ("ascending", "descending", "asc", "desc")
 
 
@@ -93,10 +96,18 @@ class ColumnList(fields.Field[list[str]]):
     ) -> list[str]:
         if not isinstance(value, str):
             raise ValidationError("must be a comma-separated list of column names")
+        # Bounded before it is split: each choice at most once, with its comma.
+        if len(value) > sum(len(choice) + 1 for choice in self.choices) + len(self.choices):
+            raise ValidationError(f"names each of {', '.join(self.choices)} at most once")
         names = [name.strip() for name in value.split(",") if name.strip()]
         unknown = [name for name in names if name not in self.choices]
         if not names or unknown:
             raise ValidationError(f"must be a comma-separated subset of: {', '.join(self.choices)}")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            # Refused rather than merged: each spelling would otherwise be a list shape of
+            # its own (app/api/listing.py), and a column named twice is a client's mistake.
+            raise ValidationError(f"names {', '.join(repeated)} more than once")
         return names
 
 
@@ -138,6 +149,7 @@ class ListQuerySchema(Schema, metaclass=_ListQueryMeta):
     )
     date_after = UtcDateTime(default_timezone=dt.UTC)
     date_before = UtcDateTime(default_timezone=dt.UTC)
+    after = fields.String(validate=validate.Length(1, MAX_CURSOR_LENGTH))
 
     @pre_load
     def _nothing_to_search(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -150,14 +162,31 @@ class ListQuerySchema(Schema, metaclass=_ListQueryMeta):
         if "search_columns" in data and "search" not in data:
             raise ValidationError("search_columns needs search", "search_columns")
 
+    @validates_schema
+    def _offset_within_bound(self, data: dict[str, Any], **kwargs: Any) -> None:
+        page, size = data.get("page", 1), data.get("page_size", 10)
+        if "after" in data and page != 1:
+            raise ValidationError("after continues a list from a cursor: leave page out", "page")
+        if (page - 1) * size > MAX_OFFSET:
+            raise ValidationError(
+                f"pages may start at most {MAX_OFFSET} rows in; follow the Link rel=next "
+                "cursor (after=) of the previous page to go deeper",
+                "page",
+            )
+
 
 class PageSchema(Schema):
-    """The list response shape of the Rust template, kept for its clients."""
+    """The list response shape of the Rust template, kept for its clients.
+
+    ``total_capped`` appears (true) only when ``total`` is a lower bound: counted up to a cap,
+    or among the rows a search examined (app/api/listing.py).
+    """
 
     page = fields.Integer(required=True)
     page_size = fields.Integer(required=True)
     total = fields.Integer(required=True)
     total_pages = fields.Integer(required=True)
+    total_capped = fields.Boolean()
 
 
 Dumper = Callable[[Any], dict[str, Any]]

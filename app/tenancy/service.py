@@ -29,7 +29,8 @@ from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
-from app.tenancy.serving.events import EventKind, TenantEvent
+from app.tenancy.serving.events import TenantEvent
+from app.tenancy.serving.fairshare import FairShare
 from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener
 from app.tenancy.serving.observer import Observer
@@ -38,19 +39,8 @@ from app.tenancy.serving.reaper import Reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
+from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.ways import ServingMode, ServingWays
-
-# Events after which the tenant's engine is stale (its password, its status or its server
-# changed); the others only change what the directory caches.
-_EVICTING = frozenset(
-    {
-        EventKind.CREDENTIALS_ROTATED,
-        EventKind.SUSPENDED,
-        EventKind.DELETED,
-        EventKind.MOVED,
-        EventKind.LIMITS_CHANGED,
-    }
-)
 
 
 @dataclass
@@ -68,6 +58,8 @@ class Tenancy:
     engines: TenantEngineFactory
     gateways: Gateways
     ways: ServingWays
+    fair_share: FairShare
+    auth_throttle: AuthThrottle
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
     activity: TenantActivity = field(default_factory=TenantActivity)
@@ -163,15 +155,13 @@ class Tenancy:
             raise self.backoff.unavailable(tenant_id) from None
 
     def _connected_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
-        entry = self.registry.get(tenant_id)
-        try:
-            connection = entry.engine.connect()
-        except sa.exc.OperationalError as error:
-            if is_auth_failure(error):
-                # A new connection of a cached engine; the factory counts its own.
-                self.observer.login_rejected()
-            raise
+        entry, connection = self.registry.connect(tenant_id, failed=self._connect_failed)
         return entry.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+
+    def _connect_failed(self, error: BaseException) -> None:
+        # A new connection of a cached engine; the factory counts its own.
+        if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
+            self.observer.login_rejected()
 
     def _shared_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         """A session on a gateway connection of the tenant's cluster (DESIGN section 3a)."""
@@ -225,13 +215,34 @@ class Tenancy:
         self.registry.evict(tenant_id, reason)
 
     def on_event(self, event: TenantEvent) -> None:
-        """A tenant changed, here or on another node: drop what is stale of it."""
-        # A rotation may have fixed the credentials that made the tenant back off.
-        self.backoff.reset(event.tenant_id)
-        if event.kind in _EVICTING:
-            self.forget(event.tenant_id, event.kind.value)
-        else:
-            self.directory.invalidate(event.tenant_id)
+        """A tenant may have changed, here or on another node: check, and drop what is stale.
+
+        Events are hints, never orders: any role that can connect to the control plane's
+        database may NOTIFY on its channel (PostgreSQL has no privilege for it), so an
+        event's kind is not believed. It costs at most a reload from the control plane:
+        the tenant's cached record is forgotten (its next request reads it again), and if
+        this worker holds an engine of it, or has it backing off after rejected logins,
+        its credentials are read once and compared with what the engine or the failed
+        login used. Only a real change (role, password, cluster, status, ``updated_at``;
+        gone altogether) evicts the engine or ends the back-off. So a forged ``deleted``
+        or ``suspended`` for a live tenant changes nothing, and a flood of them for ids
+        this worker holds nothing of costs no query at all.
+        """
+        tenant_id = event.tenant_id
+        self.directory.invalidate(tenant_id)
+        entry = self.registry.peek(tenant_id)
+        backing_off, failed_version = self.backoff.version_of(tenant_id)
+        if entry is None:
+            # Nothing to evict; a creation in progress fetches its credentials again.
+            self.registry.evict(tenant_id, event.kind.value)
+            if not backing_off:
+                return
+        current = self.directory.credentials(tenant_id)
+        version = None if current is None else current.version
+        if entry is not None and self.engines.version_of(entry.engine) != version:
+            self.registry.evict(tenant_id, event.kind.value)
+        if backing_off and failed_version != version:
+            self.backoff.reset(tenant_id)  # a rotation may have fixed the credentials
 
     def on_listener_reconnect(self) -> None:
         """Events sent while the listener was away are lost: refetch every tenant record."""

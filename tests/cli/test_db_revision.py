@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from app.cli.db import alembic_config
 from app.models import metadata
@@ -41,14 +42,23 @@ def _lint(path: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _head() -> str:
+    """The newest migration shipped (the tests must not hard-code it)."""
+    head = ScriptDirectory.from_config(alembic_config("postgresql://unused/x")).get_current_head()
+    assert head is not None
+    return head
+
+
 def test_db_revision_writes_the_next_number_from_the_template(
     fresh_database: FreshDatabase, tmp_path: Path
 ) -> None:
+    head = _head()
+    following = f"{int(head) + 1:04d}"
     written = _revision(fresh_database(), tmp_path, "-m", "add invoices")
-    assert written.name == "0005_add_invoices.py"
+    assert written.name == f"{following}_add_invoices.py"
     text = written.read_text()
-    assert 'revision: str = "0005"' in text
-    assert 'down_revision: str | None = "0004"' in text
+    assert f'revision: str = "{following}"' in text
+    assert f'down_revision: str | None = "{head}"' in text
     assert "from app.tenancy.control.ddl import make_tenant_scoped, tenant_reference" in text
     _lint(written)
 
@@ -79,6 +89,6 @@ def test_db_revision_autogenerate_writes_a_tenant_table_through_the_helpers(
             assert check_isolation(connection).problems == []
             diffs = compare_metadata(MigrationContext.configure(connection), metadata)
         assert [d for d in diffs if d[0] != "remove_index"] == []
-        command.downgrade(config, "0004")
+        command.downgrade(config, _head())
     finally:
         engine.dispose()

@@ -70,7 +70,7 @@ def test_seed_tenants_keep_keys_reuses_the_keys_it_wrote(app: Flask, tmp_path: P
     first = json.loads(output.read_text())
     again = _seed(app, prefix, "--count", "2", "--output", str(output), "--keep-keys")
     assert json.loads(output.read_text()) == first
-    assert first[0]["api_key"] in again.stdout
+    assert first[0]["api_key"] not in again.stdout  # keys go to the file only (make run prints them)
     # A key rotated meanwhile no longer opens its tenant: that tenant alone gets a new one.
     assert invoke(app, "tenants", "rotate", first[0]["name"], "--api-key").exit_code == 0
     _seed(app, prefix, "--count", "2", "--output", str(output), "--keep-keys")
@@ -86,3 +86,22 @@ def test_seed_tenants_keep_keys_needs_output(app: Flask) -> None:
     result = invoke(app, "seed-tenants", "--keep-keys")
     assert result.exit_code == 2
     assert "--keep-keys reads the keys from --output" in result.output
+
+
+def test_seed_tenants_with_output_prints_ids_and_names_never_keys(
+    app: Flask, tmp_path: Path
+) -> None:
+    prefix = f"seed-{uuid.uuid4().hex[:8]}"
+    output = tmp_path / "tenants.json"
+    with app.app_context():
+        args = ["seed-tenants", "--count", "2", "--users-per-tenant", "0", "--prefix", prefix]
+        result = app.test_cli_runner().invoke(args=[*args, "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    seeded = json.loads(output.read_text())
+    assert len(seeded) == 2
+    assert output.stat().st_mode & 0o777 == 0o600
+    for tenant in seeded:
+        assert f"{tenant['name']}  id={tenant['id']}" in result.stdout
+        assert tenant["api_key"] not in result.stdout
+        assert tenant["api_key"] not in result.stderr
+    assert "api_key" not in result.stdout

@@ -47,6 +47,9 @@ def is_auth_failure(error: BaseException) -> bool:
 class _Record:
     failures: int
     until: float
+    # What the control plane said of the tenant when its login last failed (``version`` of
+    # TenantCredentials): a change event ends the back-off only if that changed since.
+    version: object = None
 
 
 class LoginBackoff:
@@ -79,13 +82,17 @@ class LoginBackoff:
         if remaining > 0:
             raise self._unavailable(remaining)
 
-    def failed(self, tenant_id: uuid.UUID) -> None:
-        """Record a rejected login; from the second in a row the tenant backs off."""
+    def failed(self, tenant_id: uuid.UUID, version: object = None) -> None:
+        """Record a rejected login; from the second in a row the tenant backs off.
+
+        ``version``: what the credentials that failed were read as (see ``version_of``).
+        """
         now = self._clock()
         delay = 0.0
         with self._lock:
             record = self._records.setdefault(tenant_id, _Record(0, now))
             record.failures += 1
+            record.version = version
             if record.failures >= 2:
                 delay = min(self.cap, self.base * 2 ** (record.failures - 2))
                 record.until = now + delay
@@ -96,6 +103,12 @@ class LoginBackoff:
         """A login worked: forget the tenant's failures."""
         if tenant_id in self._records:  # unlocked peek: the common case has nothing to do
             self.reset(tenant_id)
+
+    def version_of(self, tenant_id: uuid.UUID) -> tuple[bool, object]:
+        """Whether the tenant has failed logins on record, and the version they failed with."""
+        with self._lock:
+            record = self._records.get(tenant_id)
+        return (False, None) if record is None else (True, record.version)
 
     def reset(self, tenant_id: uuid.UUID) -> None:
         """Forget the tenant's failures (a change event may have fixed its credentials)."""

@@ -37,7 +37,11 @@ from sqlalchemy import event, orm
 from app import dbwait
 from app.crypto import CryptoError
 from app.tenancy.errors import TenantUnavailable
-from app.tenancy.serving.engines import PoolSettings, discard_if_closed_by_server
+from app.tenancy.serving.engines import (
+    PoolSettings,
+    discard_if_closed_by_server,
+    refuse_wrong_role,
+)
 from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
@@ -55,9 +59,10 @@ _RETRY_AFTER_FAILURE = 1.0
 """Seconds a cluster whose gateway could not be set up is answered 503 without trying."""
 
 # The same expression as the verifier's (migration 0003), so both sides sign the same text.
+# Who the connection is, in the same round trip: see engines.refuse_unless_logged_in_as.
 _BINDING_QUERY = (
-    "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint "
-    "FROM pg_stat_get_activity(pg_backend_pid())"
+    "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint, "
+    "current_user, session_user FROM pg_stat_get_activity(pg_backend_pid())"
 )
 # A shared transaction whose role switch was refused: the gateway is no longer a member
 # (tenant suspended, being moved: 42501) or the role is gone (deleted, moved: 22023). Told
@@ -111,11 +116,16 @@ class ContextSigner:
         )
 
 
-def backend_binding(dbapi_connection: Any) -> str:
-    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection."""
+def backend_binding(dbapi_connection: Any, *, role: str) -> str:
+    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection.
+
+    Raises TenantUnavailable (and closes the connection) unless it is logged in as ``role``,
+    the gateway role: a connection that is anyone else is never used to serve a tenant.
+    """
     with dbapi_connection.cursor() as cursor:
         cursor.execute(_BINDING_QUERY)
-        pid, started = cursor.fetchone()
+        pid, started, current_user, session_user = cursor.fetchone()
+    refuse_wrong_role(dbapi_connection, role, current_user, session_user)
     return f"{int(pid)}:{int(started)}"
 
 
@@ -148,7 +158,7 @@ class _GatewayPool:
         self.engine.dialect.signer = ContextSigner(  # type: ignore[attr-defined]
             access.key, statement_timeout_ms=statement_timeout_ms
         )
-        event.listen(self.engine, "connect", _remember_binding)
+        event.listen(self.engine, "connect", _binding_of(access.role))
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
@@ -183,8 +193,13 @@ def _count_connections(engine: sa.Engine, observer: Observer) -> None:
     event.listen(engine, "checkin", checked_in)
 
 
-def _remember_binding(dbapi_connection: Any, record: Any) -> None:
-    record.info[BINDING] = backend_binding(dbapi_connection)
+def _binding_of(role: str) -> Callable[[Any, Any], None]:
+    """Pool ``connect`` hook: check the new connection is ``role`` and remember its binding."""
+
+    def remember(dbapi_connection: Any, record: Any) -> None:
+        record.info[BINDING] = backend_binding(dbapi_connection, role=role)
+
+    return remember
 
 
 def _refusals(on_refused: Callable[[uuid.UUID], object]) -> Callable[[Any], None]:
