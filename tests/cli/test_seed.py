@@ -70,7 +70,7 @@ def test_seed_tenants_keep_keys_reuses_the_keys_it_wrote(app: Flask, tmp_path: P
     first = json.loads(output.read_text())
     again = _seed(app, prefix, "--count", "2", "--output", str(output), "--keep-keys")
     assert json.loads(output.read_text()) == first
-    assert first[0]["api_key"] not in again.stdout  # keys go to the file only (make run prints them)
+    assert first[0]["api_key"] not in again.stdout  # keys go to the file (make run shows them)
     # A key rotated meanwhile no longer opens its tenant: that tenant alone gets a new one.
     assert invoke(app, "tenants", "rotate", first[0]["name"], "--api-key").exit_code == 0
     _seed(app, prefix, "--count", "2", "--output", str(output), "--keep-keys")
