@@ -60,6 +60,7 @@ def create_control_engine(
     *,
     connect_timeout: int = 5,
     io_timeout: float | None = None,
+    pool_timeout: float = 5.0,
 ) -> sa.Engine:
     """Engine of the owner role for the control plane.
 
@@ -67,19 +68,24 @@ def create_control_engine(
     cache misses, readiness probes and admin work. It is disposed without closing the
     parent's sockets in a forked child, so a pool made before a fork is never shared.
     Connecting waits at most ``connect_timeout`` s and, once :func:`dbwait.install` ran,
-    each round trip ``io_timeout`` s (None: unbounded).
+    each round trip ``io_timeout`` s (None: unbounded); waiting for one of its connections,
+    ``pool_timeout`` s. No ping: a pooled connection the server closed is replaced at
+    checkout without a round trip (``dbwait.discard_if_closed_by_server``), so a request
+    that needs the control plane while the server is silent costs one bounded round trip,
+    not a ping and a query.
     """
     engine = sa.create_engine(
         url,
         # Fixed: the start-up capacity check counts exactly CONTROL_POOL_MAX per worker.
         pool_size=CONTROL_POOL_MAX,
         max_overflow=0,
-        pool_pre_ping=True,
+        pool_timeout=pool_timeout,
         connect_args={
             "application_name": f"tp:control:{os.getpid()}",
             **dbwait.connect_args(connect_timeout=connect_timeout, io_timeout=io_timeout),
         },
     )
+    sa.event.listen(engine, "checkout", dbwait.discard_if_closed_by_server)
     _dispose_after_fork(engine)
     return engine
 

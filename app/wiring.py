@@ -46,6 +46,7 @@ def build_tenancy(settings: Settings) -> Tenancy:
         settings.database_url,
         connect_timeout=settings.connect_timeout,
         io_timeout=settings.database_io_timeout,
+        pool_timeout=settings.pool_timeout,
     )
     observer = TenancyMetrics()
     observer.budget_limit(settings.connection_budget)

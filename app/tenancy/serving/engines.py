@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import uuid
 import weakref
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from sqlalchemy.util import LRUCache
 
 from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
+from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
 from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
@@ -176,25 +176,6 @@ class TenantEngineFactory:
         except TenantUnavailable:
             self._observer.decrypt_failed()
             raise
-
-
-def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Pool ``checkout`` hook: a connection the server has closed is replaced, unused.
-
-    The zero-round-trip equivalent of ``pool_pre_ping``. A pooled connection is idle, so
-    the server has nothing to say on it: if its socket is readable (end of file, or the
-    FATAL message a server sends when it shuts down or terminates the backend), the server
-    is gone. SQLAlchemy then discards the connection and checks out another, up to three
-    times, so a restarted server costs only the requests that were in flight. A server
-    that went silent without closing anything is caught by ``APP_DATABASE_IO_TIMEOUT`` on
-    the first query, as a ping would have been.
-    """
-    if dbapi_connection.closed:
-        raise sa.exc.DisconnectionError("the connection is closed")
-    poller = select.poll()
-    poller.register(dbapi_connection.fileno(), select.POLLIN)
-    if poller.poll(0):  # readable, hung up or failed
-        raise sa.exc.DisconnectionError("the server closed this pooled connection")
 
 
 _WHO_AM_I = "SELECT current_user, session_user"

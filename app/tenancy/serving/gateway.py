@@ -36,12 +36,9 @@ from sqlalchemy import event, orm
 
 from app import dbwait
 from app.crypto import CryptoError
+from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import TenantUnavailable
-from app.tenancy.serving.engines import (
-    PoolSettings,
-    discard_if_closed_by_server,
-    refuse_wrong_role,
-)
+from app.tenancy.serving.engines import PoolSettings, refuse_wrong_role
 from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
