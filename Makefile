@@ -17,7 +17,7 @@ help:
 	@echo "make test   lint, then the whole pytest suite (PYTEST_ARGS=... passes options)"
 	@echo "make soak   the longer fault and fuzz runs (pytest -m soak), left out of make test"
 	@echo "make lint   ruff check, ruff format --check, mypy, hadolint docker/Dockerfile"
-	@echo "make bench  service vs bare baseline under wrk; writes docs/benchmarks.md (~12 min)"
+	@echo "make bench  service vs bare baseline under wrk; writes docs/benchmarks.md (~30 min)"
 	@echo "make bench-registry  pytest-benchmark of the engine registry's hot and cold paths"
 	@echo "make loadtest  locust against a serving \`make run\` (LOAD_HOST, LOAD_USERS, LOAD_TIME)"
 	@echo "make clean  stop the local cluster, remove var/ and .venv/"
@@ -49,10 +49,10 @@ lint: $(STAMP)
 
 # Not part of `make test`: minutes of load on its own cluster (tests/bench/run.py).
 bench: $(STAMP)
-	@for tool in wrk haproxy; do command -v $$tool >/dev/null || { \
+	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get install -y -qq $$tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $$tool; }; \
-		else echo "make bench needs $$tool: install it (apt-get install $$tool) and run again" >&2; exit 1; fi; }; done
+			apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }; \
+		else echo "make bench needs wrk: install it (apt-get install wrk) and run again" >&2; exit 1; fi; }
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
 
 # Seconds, on the test cluster: pytest-benchmark of the registry (tests/bench/test_registry_bench.py).

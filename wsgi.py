@@ -1,3 +1,9 @@
-from app import create_app
+"""The WSGI application (gunicorn, ``flask --app wsgi``); a bad setting is one line."""
 
-app = create_app()
+from app import create_app
+from config import ConfigError
+
+try:
+    app = create_app()
+except ConfigError as error:
+    raise SystemExit(f"tenantpool: configuration error: {error}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import api, cli, errors, hooks, logs, request_log
+from app import api, cli, errors, hooks, logs, request_log, tracing
 from app.json_provider import OrjsonProvider
 from app.wiring import build_tenancy
 from config import Settings, load_settings
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     errors.init_app(app)
     request_log.init_app(app)
+    tracing.init_app(app, settings)  # before any engine exists: it wraps create_engine
     hooks.init_app(app, build_tenancy(settings))
     api.init_app(app)
     cli.init_app(app)

@@ -30,8 +30,9 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions as pgext
+import sqlalchemy as sa
 
-__all__ = ["BoundedConnection", "connect_args", "install", "wait"]
+__all__ = ["BoundedConnection", "connect_args", "discard_if_closed_by_server", "install", "wait"]
 
 _ESTABLISHED = frozenset(
     {pgext.STATUS_READY, pgext.STATUS_BEGIN, pgext.STATUS_PREPARED},
@@ -108,3 +109,22 @@ def _bound(connection: pgext.connection) -> float | None:
     except ValueError:
         return None
     return None if seconds <= 0 else max(seconds, _LIBPQ_MIN_CONNECT_TIMEOUT)
+
+
+def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` hook: a connection the server has closed is replaced, unused.
+
+    The zero-round-trip equivalent of ``pool_pre_ping``. A pooled connection is idle, so
+    the server has nothing to say on it: if its socket is readable (end of file, or the
+    FATAL message a server sends when it shuts down or terminates the backend), the server
+    is gone. SQLAlchemy then discards the connection and checks out another, up to three
+    times, so a restarted server costs only the requests that were in flight. A server
+    that went silent without closing anything is caught by ``APP_DATABASE_IO_TIMEOUT`` on
+    the first query, as a ping would have been.
+    """
+    if dbapi_connection.closed:
+        raise sa.exc.DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):  # readable, hung up or failed
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")

@@ -7,23 +7,27 @@ client: those go to the log, which never holds secrets either.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 import sqlalchemy.exc
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g, json, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from app import metrics
+from app import metrics, models
 from app.tenancy.errors import (
     AuthenticationFailed,
     CapacityExhausted,
     InvalidTenantHeader,
     TenantNameTaken,
     TenantNotFound,
+    TenantOverShare,
     TenantSuspended,
     TenantUnavailable,
+    TooManyAuthFailures,
 )
 
 log = logging.getLogger(__name__)
@@ -147,6 +151,16 @@ def _tenant_unavailable(error: TenantUnavailable) -> Response:
     )
 
 
+def _too_many(error: TenantOverShare | TooManyAuthFailures) -> Response:
+    # 429s are counted by outcome in the metrics (fair share, auth throttle), never by tenant.
+    if isinstance(error, TenantOverShare):
+        code, detail = "tenant_busy", "this tenant's requests hold their share of the service"
+    else:
+        metrics.count_auth_throttled()
+        code, detail = "too_many_auth_failures", "too many failed authentications; retry later"
+    return problem(429, code, "Too many requests", detail, {"Retry-After": str(error.retry_after)})
+
+
 def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     code = (error.name or "error").lower().replace(" ", "_")
@@ -188,8 +202,10 @@ def _database_error(error: sqlalchemy.exc.DBAPIError) -> Response:
             "the database is unavailable; retry later",
             {"Retry-After": "1"},
         )
-    if pgcode == "23505":
-        return problem(409, "conflict", "Conflict", "a record with these values exists already")
+    if pgcode is not None and pgcode.startswith("23"):
+        return _integrity_error(
+            pgcode, getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+        )
     if pgcode is not None and pgcode.startswith("22"):
         # Data exception: input that validation should have refused. Still the client's
         # input, so a 400, but logged as the validation gap it is.
@@ -197,6 +213,51 @@ def _database_error(error: sqlalchemy.exc.DBAPIError) -> Response:
         return problem(400, "invalid_value", "Bad request", "a value is out of range or malformed")
     log.error("database error sqlstate=%s type=%s", pgcode, type(error.orig).__name__)
     return _unexpected(error)
+
+
+def _integrity_error(pgcode: str, constraint: str | None) -> Response:
+    """A constraint refused the request's values: a 4xx naming the fields when known.
+
+    A reference to a missing row and to another tenant's row fail alike (the tenant's
+    composite reference finds neither), so the answer is the same: no existence oracle.
+    The constraint's name (app/db.py's naming convention) says which fields it covers.
+    """
+    fields = _constraint_fields().get(constraint or "", ())
+    if pgcode == "23503" and request.method == "DELETE":
+        # Deleting a row that others still reference (ON DELETE RESTRICT).
+        return problem(
+            409, "referenced", "Conflict", "other records refer to this one; remove them first"
+        )
+    if pgcode == "23503":
+        message = "refers to a record that does not exist"
+        raise_as = ValidationFailed({name: [message] for name in fields} or {"_schema": [message]})
+        return _api_error(raise_as)
+    if pgcode == "23505":
+        detail = "a record with these values exists already"
+        if fields:
+            errors = {name: ["already exists"] for name in fields}
+            return problem(409, "conflict", "Conflict", detail, errors=errors)
+        return problem(409, "conflict", "Conflict", detail)
+    # not null, check, exclusion: input that validation should have refused.
+    log.error("integrity error sqlstate=%s slipped past validation", pgcode)
+    return _api_error(ValidationFailed({"_schema": ["breaks a rule of the stored records"]}))
+
+
+@functools.cache
+def _constraint_fields() -> dict[str, tuple[str, ...]]:
+    """Constraint name -> the request fields it covers, for the models' references and keys.
+
+    ``tenant_id`` is never a field: the database fills it from the connected role.
+    """
+    found: dict[str, tuple[str, ...]] = {}
+    for table in models.metadata.tables.values():
+        for constraint in table.constraints:
+            if isinstance(constraint, sa.ForeignKeyConstraint | sa.UniqueConstraint) and isinstance(
+                constraint.name, str
+            ):
+                names = tuple(c.name for c in constraint.columns if c.name != "tenant_id")
+                found[constraint.name] = names
+    return found
 
 
 def _unexpected(error: Exception) -> Response:
@@ -211,6 +272,8 @@ def init_app(app: Flask) -> None:
     for error_type in _TENANCY_ERRORS:
         app.register_error_handler(error_type, _tenancy_error)
     app.register_error_handler(TenantUnavailable, _tenant_unavailable)
+    app.register_error_handler(TenantOverShare, _too_many)
+    app.register_error_handler(TooManyAuthFailures, _too_many)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(sqlalchemy.exc.TimeoutError, _capacity)
     app.register_error_handler(CapacityExhausted, _capacity)

@@ -8,10 +8,12 @@ the teardown rolls back whatever is left and returns the connection to the tenan
 from __future__ import annotations
 
 import logging
+import uuid
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from app.tenancy import Tenancy, attach, tenancy_of
+from app.tenancy.errors import AuthenticationFailed
 from app.tenancy.serving.resolve import parse_bearer, parse_tenant_id
 from app.tenancy.serving.session import TenantSession
 
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 def init_app(app: Flask, tenancy: Tenancy) -> None:
     """Attach the worker's tenancy to ``app``; refuse a second one."""
     attach(app, tenancy)
+    app.after_request(_answered)
+    # Teardowns run last registered first: the connection goes back, then the share.
+    app.teardown_request(_leave_share)
     app.teardown_request(_close_session)
 
 
@@ -40,17 +45,59 @@ def tenant_session() -> TenantSession:
 
 def _bind_tenant() -> None:
     tenant_id = parse_tenant_id(request.headers.getlist("X-Tenant-ID"))
-    api_key = parse_bearer(request.headers.getlist("Authorization"))
     tenancy = tenancy_of(current_app)
     tenancy.start_background()
-    tenancy.authenticate(tenant_id, api_key)
+    _authenticate(tenancy, tenant_id)
     g.tenant_id = tenant_id
+    # Before a connection is taken: a request waiting for its tenant's share holds none.
+    tenancy.fair_share.enter(tenant_id)
+    g.fair_share_tenant = tenant_id
+    # In flight from here until answered (the per-tenant view, app/tenancy/serving/activity).
+    tenancy.activity.started(tenant_id)
+    g.tenant_activity = tenancy.activity
     # Safe methods must not write: their statements run as read-only transactions of one
     # round trip each, with no COMMIT or ROLLBACK to send.
     g.tenant_session = tenancy.open_session(tenant_id, read_only=request.method in SAFE_METHODS)
 
 
+def _answered(response: Response) -> Response:
+    _end_activity(response.status_code)
+    return response
+
+
+def _end_activity(status: int | None) -> None:
+    """The tenant's request is answered with ``status`` (None: it ended without one)."""
+    activity = g.pop("tenant_activity", None)
+    if activity is None:
+        return
+    session: TenantSession | None = g.get("tenant_session")
+    activity.finished(g.tenant_id, status, None if session is None else session.info.get("way"))
+
+
+def _authenticate(tenancy: Tenancy, tenant_id: uuid.UUID) -> None:
+    """The tenant's key, unless this client failed too often lately (429, no lookup then)."""
+    client = client_address()
+    tenancy.auth_throttle.check(client)
+    try:
+        tenancy.authenticate(tenant_id, parse_bearer(request.headers.getlist("Authorization")))
+    except AuthenticationFailed:
+        tenancy.auth_throttle.failed(client)
+        raise
+
+
+def client_address() -> str:
+    """The client's address: the peer's, or the one trusted proxies forwarded (ProxyFix)."""
+    return request.remote_addr or ""
+
+
+def _leave_share(error: BaseException | None) -> None:
+    tenant_id: uuid.UUID | None = g.pop("fair_share_tenant", None)
+    if tenant_id is not None:
+        tenancy_of(current_app).fair_share.leave(tenant_id)
+
+
 def _close_session(error: BaseException | None) -> None:
+    _end_activity(None)  # if no answer was made (an after_request hook failed)
     session: TenantSession | None = g.pop("tenant_session", None)
     if session is None:
         return

@@ -10,26 +10,31 @@ short-lived ``flask`` command no thread.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from app import dbwait
+from app import dbwait, top_tenants
 from app.crypto import Keyring
 from app.db import create_control_engine
-from app.metrics import TenancyMetrics
+from app.metrics import TenancyMetrics, worker_directory
 from app.tenancy import Tenancy
 from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.gateways import gateway_access
 from app.tenancy.control.roles import RoleLimits
+from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory
 from app.tenancy.serving.engines import PoolSettings, TenantEngineFactory
+from app.tenancy.serving.fairshare import FairShare
 from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener, connector
-from app.tenancy.serving.reaper import process_reaper
+from app.tenancy.serving.peers import PeerServer
+from app.tenancy.serving.reaper import Reaper, process_reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.session import tenant_sessionmaker
+from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings
 
@@ -41,18 +46,28 @@ def build_tenancy(settings: Settings) -> Tenancy:
         settings.database_url,
         connect_timeout=settings.connect_timeout,
         io_timeout=settings.database_io_timeout,
+        pool_timeout=settings.pool_timeout,
     )
     observer = TenancyMetrics()
+    observer.budget_limit(settings.connection_budget)
+    activity = TenantActivity()
     directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
     clusters = Clusters.configured(control_engine, settings.clusters)
     budget = ConnectionBudget(
         settings.connection_budget, timeout=settings.pool_timeout, observer=observer
     )
-    backoff = LoginBackoff()
+    backoff = LoginBackoff(observer=observer)
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
     pool = _pool_settings(settings)
     engines = TenantEngineFactory(
-        directory, keyring, clusters.url, pool, budget=budget, backoff=backoff, observer=observer
+        directory,
+        keyring,
+        clusters.url,
+        pool,
+        budget=budget,
+        backoff=backoff,
+        observer=observer,
+        activity=activity,
     )
     gateways = Gateways(
         functools.partial(
@@ -62,6 +77,7 @@ def build_tenancy(settings: Settings) -> Tenancy:
         size=settings.gateway_pool_size,
         statement_timeout_ms=settings.tenant_statement_timeout_ms,
         on_refused=directory.invalidate,
+        observer=observer,
     )
     registry = EngineRegistry(
         engines,
@@ -82,7 +98,15 @@ def build_tenancy(settings: Settings) -> Tenancy:
         engines,
         gateways,
         _serving_ways(settings),
+        FairShare(
+            settings.threads,
+            min(settings.tenant_thread_share, settings.threads),
+            wait=settings.tenant_share_wait,
+            observer=observer,
+        ),
+        AuthThrottle(settings.auth_failure_limit),
         observer=observer,
+        activity=activity,
     )
     _attach_background(tenancy, settings, control_engine)
     return tenancy
@@ -119,9 +143,20 @@ def _attach_background(tenancy: Tenancy, settings: Settings, control_engine: sa.
         connector(control_engine.url, connect_timeout=settings.connect_timeout),
         tenancy.on_event,
         on_reconnect=tenancy.on_listener_reconnect,
+        observer=tenancy.observer,
     )
     reaper = process_reaper()
     reaper.configure(interval=settings.reaper_interval)
     reaper.watch(tenancy.registry)
     reaper.listen(tenancy.listener)
     tenancy.reaper = reaper
+    workers = worker_directory()
+    if workers is not None:  # under gunicorn: workers that can ask and tell each other
+        _attach_peers(tenancy, reaper, workers)
+
+
+def _attach_peers(tenancy: Tenancy, reaper: Reaper, workers: Path) -> None:
+    """Answer the other workers about a tenant; publish this worker's busiest tenants."""
+    tenancy.peers = PeerServer(workers, tenancy.worker_view)
+    reaper.listen(tenancy.peers)
+    reaper.add_task(functools.partial(top_tenants.write_top, workers, tenancy.activity))

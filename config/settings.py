@@ -15,15 +15,31 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 ENVIRONMENTS = ("development", "testing", "production")
 SERVING_MODES = ("dedicated", "shared", "mix")
 """How tenants reach PostgreSQL (app/tenancy/serving/ways.py)."""
+TRACING_MODES = ("off", "console", "otlp")
+"""Where OpenTelemetry spans go (app/tracing.py); off by default."""
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 _CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# libpq (and psycopg2, which SQLAlchemy hands the query as keywords) lets a DSN's query
+# string override what the rest of the URL says, and tenant engines only replace the URL's
+# user and password: these would decide who every tenant connection logs in as, or where.
+_QUERY_REFUSED = {
+    "user": "credentials belong before the host (postgresql://user:password@host/db)",
+    "password": "credentials belong before the host (postgresql://user:password@host/db)",
+    "passfile": "a password file would decide the password of every connection",
+    "service": "a service may name the user, password, host and database of every connection",
+    "servicefile": "a service file may name the user, password, host and database",
+    "dbname": "it may hold a whole connection string (user, password, host)",
+    "dsn": "it may hold a whole connection string (user, password, host)",
+    "options": "server options may set the role every connection runs as (-c role=...)",
+}
+_QUERY_HOST_KEYS = ("host", "hostaddr", "port")
 T = TypeVar("T")
 
 
@@ -67,6 +83,10 @@ class Settings:
     trusted_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     trusted_proxies: int
     log_level: str
+    tracing: str
+    tenant_thread_share: int
+    tenant_share_wait: float
+    auth_failure_limit: int
 
 
 BUDGET_HEADROOM = 2
@@ -138,6 +158,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=reader.get(
             "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
         ),
+        tracing=reader.get("APP_TRACING", "off", _choice(TRACING_MODES)),
+        # Half the threads: a noisy tenant leaves the other half to everyone else. At or
+        # above APP_THREADS there is no cap (the wiring takes the smaller of the two).
+        tenant_thread_share=reader.get(
+            "APP_TENANT_THREAD_SHARE", max(1, threads // 2), _int_between(1, 256)
+        ),
+        tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, _float_between(0.0, 60.0)),
+        auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, _int_between(1, 1_000_000)),
     )
     if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
         raise ConfigError(
@@ -153,7 +181,7 @@ def _refuse_unsafe_production(settings: Settings) -> None:
     if settings.admin_token is None:
         raise ConfigError("APP_ADMIN_TOKEN: required when APP_ENV=production")
     url = make_url(settings.database_url)
-    if not url.password and "password" not in url.query:
+    if not url.password:
         raise ConfigError("APP_DATABASE_URL: production needs a password-authenticated DSN")
 
 
@@ -248,7 +276,27 @@ def _database_url(raw: str) -> str:
         raise ValueError("names no database (postgresql://user:password@host:port/db)")
     if url.drivername not in ("postgresql", "postgresql+psycopg2"):
         raise ValueError(f"driver {url.drivername!r} is not supported; use postgresql://")
+    _check_query(url)
     return psycopg2_url(raw)
+
+
+def _check_query(url: URL) -> None:
+    """Refuse query parameters that would override who logs in, or where (never echoes values).
+
+    Tenant engines take the DSN and set the tenant's own user and password on it; a
+    ``?user=...&password=...`` in the query would win over both, and every tenant would run
+    as whoever the query names (the owner, say). ``host``/``port`` in the query are allowed
+    only when the URL names no host of its own (libpq's multi-host or socket form).
+    """
+    for key in sorted(url.query):
+        name = key.lower()
+        if name in _QUERY_REFUSED:
+            raise ValueError(f"?{key}= is not allowed in the query string: {_QUERY_REFUSED[name]}")
+        if name in _QUERY_HOST_KEYS and (url.host or url.port):
+            raise ValueError(
+                f"?{key}= in the query string would override the host of the URL; "
+                "name the hosts in one place (postgresql://user:password@/db?host=h1&host=h2)"
+            )
 
 
 def psycopg2_url(raw: str) -> str:
@@ -292,7 +340,10 @@ def _clusters(raw: str) -> dict[str, str]:
     for name, dsn in value.items():
         if not _CLUSTER_NAME.match(name):
             raise ValueError(f"cluster name {name!r} must be lower-case letters, digits, _ or -")
-        clusters[name] = _database_url(dsn)
+        try:
+            clusters[name] = _database_url(dsn)
+        except ValueError as error:
+            raise ValueError(f"cluster {name!r}: {error}") from None
         # Only default may lack them: its owner work goes through APP_DATABASE_URL.
         if name != "default" and not make_url(clusters[name]).username:
             raise ValueError(

@@ -7,8 +7,13 @@ Create Date: ${create_date}
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
+import sqlalchemy as sa  # noqa: F401 - for the operations below; unused in an empty revision
 from alembic import op
+
+# A new tenant table: op.create_table (no tenant_id), then make_tenant_scoped(op, "<table>")
+# and one tenant_reference(op, "<table>", "<column>", "<parent>", on_delete=...) per reference
+# to another tenant table (docs/extending.md). Never REFERENCES <parent> (id) alone.
+from app.tenancy.control.ddl import make_tenant_scoped, tenant_reference  # noqa: F401 - see above
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

@@ -123,6 +123,14 @@ def app_env(owner_url: str) -> dict[str, str]:
         # Most tests are about one way of serving; the isolation tests run every way
         # (serving_app below), whatever the product's default is.
         "APP_SERVING": "dedicated",
+        # Every test client is 127.0.0.1: the suite's 401s would add up to a 429 for the
+        # tests after them. The throttle's own tests give their app a low limit.
+        "APP_AUTH_FAILURE_LIMIT": "1000000",
+        # The services of other tests (faults, lifecycle, PgBouncer...) load 4-thread workers
+        # with several tenants at once, which the fair share answers with 429s those tests
+        # are not about: no cap for them. tests/e2e/test_fair_share.py and the unit tests run
+        # the product's default.
+        "APP_TENANT_THREAD_SHARE": "256",
     }
 
 

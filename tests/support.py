@@ -24,11 +24,12 @@ import yaml
 from click.testing import Result
 from flask import Flask
 
-from app import create_app
+from app import create_app, models
 from app.crypto import Keyring, tenant_aad
 from app.dev.cluster import LocalCluster
 from app.models import Tenant
 from app.tenancy import tenancy_of
+from app.tenancy.control.ddl import PLACEMENTS_TABLE
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.control.roles import role_name
 from app.tenancy.control.scram import generate_password, scram_sha256_verifier
@@ -37,6 +38,20 @@ from config import Settings, load_settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = REPO_ROOT / "docker" / "compose.yaml"
 INIT_SCRIPT = REPO_ROOT / "docker" / "postgres" / "initdb" / "10-tenantpool.sh"
+
+
+def tenant_tables() -> list[str]:
+    """Every tenant table of the models, parents before children, from the metadata.
+
+    Tests derive the tables from here (or from the catalog), never count them: a table a
+    team adds must not break tests unrelated to it.
+    """
+    return [
+        table.name
+        for table in models.metadata.sorted_tables
+        if "tenant_id" in table.c and table.name != PLACEMENTS_TABLE
+    ]
+
 
 MakePlaced = Callable[[str], ProvisionedTenant]
 """The ``make_placed`` fixture: a fresh tenant on the named cluster."""
@@ -187,6 +202,25 @@ def stored_password(control_engine: sa.Engine, keyring: Keyring, tenant_id: uuid
     return keyring.decrypt_str(row.db_password_encrypted, tenant_aad(tenant_id, row.db_user))
 
 
+def backends_by_worker(
+    superuser_url: str, tenant_id: uuid.UUID | str
+) -> dict[int, tuple[int, int]]:
+    """pg_stat_activity as the superuser sees it: per worker pid, the tenant's backends
+    (``application_name`` ``tp:<tenant>:<pid>``) and how many of them wait on a lock."""
+    connection = psycopg2.connect(superuser_url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT split_part(application_name, ':', 3)::int, count(*), "
+                "count(*) FILTER (WHERE wait_event_type = 'Lock') "
+                "FROM pg_stat_activity WHERE application_name LIKE %s GROUP BY 1",
+                (f"tp:{tenant_id}:%",),
+            )
+            return {pid: (total, waiting) for pid, total, waiting in cursor.fetchall()}
+    finally:
+        connection.close()
+
+
 def connect_as(
     control_url: str | sa.URL, tenant_id: uuid.UUID, password: str
 ) -> psycopg2.extensions.connection:
@@ -268,7 +302,7 @@ class Inspector:
 
     def holds_nothing_of(self, cluster: str, tenant_id: uuid.UUID) -> bool:
         """No placement, no role, no row of the tenant is left on the cluster."""
-        rows = sum(self.tenant_rows(cluster, table, tenant_id) for table in ("users", "products"))
+        rows = sum(self.tenant_rows(cluster, table, tenant_id) for table in tenant_tables())
         return (
             rows == 0
             and not self.placed(cluster, tenant_id)

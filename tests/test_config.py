@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from app.tenancy.control.clusters import Clusters, cluster_urls
 from app.tenancy.errors import UnknownCluster
 from config import ConfigError, load_settings
+from tests.support import gunicorn_refusal
 
 KEY = "a" * 64
 VALID = {
@@ -225,3 +226,68 @@ def test_config_bad_key_in_a_file_names_the_variable(tmp_path: Path) -> None:
     }
     with pytest.raises(ConfigError, match=r"^APP_ENCRYPTION_KEYS: key 'k1' must be 64 hex"):
         load_settings(env)
+
+
+OWNER_DSN = "postgresql://owner:pw@127.0.0.1:5432/tenantpool"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "user=owner&password=pw",
+        "password=pw",
+        "USER=owner",
+        "passfile=/tmp/pgpass",
+        "service=prod",
+        "servicefile=/tmp/pg_service.conf",
+        "dbname=postgresql://owner:pw@elsewhere/app",
+        "dsn=host%3Delsewhere",
+        "options=-c%20role%3Dtenant_base",
+        "host=elsewhere",
+        "port=6543",
+        "hostaddr=10.0.0.9",
+    ],
+)
+def test_config_dsn_query_overriding_login_stops_start_up(query: str) -> None:
+    """libpq lets the query win over the URL: tenants would log in as whoever it names."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings({**VALID, "APP_DATABASE_URL": f"{OWNER_DSN}?{query}"})
+    message = str(raised.value)
+    assert message.startswith("APP_DATABASE_URL: ?")
+    assert "\n" not in message
+    assert "pw" not in message.replace("password", "")  # no value is echoed
+
+
+def test_config_cluster_dsn_query_overriding_login_names_variable_and_cluster() -> None:
+    clusters = '{"c2": "postgresql://owner:pw@h:5432/db?user=owner&password=pw"}'
+    with pytest.raises(ConfigError, match=r"^APP_CLUSTERS: cluster 'c2': \?password= is not"):
+        load_settings({**VALID, "APP_CLUSTERS": clusters})
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"{OWNER_DSN}?sslmode=require&connect_timeout=3&target_session_attrs=read-write",
+        "postgresql://owner:pw@/tenantpool?host=db1:5432&host=db2:5432",
+        "postgresql://owner:pw@/tenantpool?host=/var/run/postgresql",
+    ],
+)
+def test_config_dsn_transport_options_and_multi_host_are_accepted(dsn: str) -> None:
+    assert load_settings({**VALID, "APP_DATABASE_URL": dsn}).database_url
+
+
+def test_config_gunicorn_refuses_dsn_with_credentials_in_query() -> None:
+    env = {**VALID, "APP_DATABASE_URL": f"{OWNER_DSN}?user=owner&password=pw"}
+    assert gunicorn_refusal(env) == [
+        "tenantpool: configuration error: APP_DATABASE_URL: ?password= is not allowed in the "
+        "query string: credentials belong before the host (postgresql://user:password@host/db)"
+    ]
+
+
+def test_config_tenant_thread_share_defaults_to_half_the_threads() -> None:
+    assert load_settings({**VALID, "APP_THREADS": "8"}).tenant_thread_share == 4
+    assert load_settings({**VALID, "APP_THREADS": "1"}).tenant_thread_share == 1
+    explicit = {**VALID, "APP_THREADS": "4", "APP_TENANT_THREAD_SHARE": "99"}
+    assert load_settings(explicit).tenant_thread_share == 99  # at or above threads: no cap
+    with pytest.raises(ConfigError, match=r"^APP_TENANT_THREAD_SHARE:"):
+        load_settings({**VALID, "APP_TENANT_THREAD_SHARE": "0"})

@@ -1,7 +1,9 @@
 """docker/: compose.yaml parses and points at files that exist; the Dockerfile copies what exists.
 
 No Docker engine runs here (`make lint` runs hadolint on the Dockerfile); these checks catch a
-renamed file or a typo before someone's `docker compose up` does.
+renamed file or a typo before someone's `docker compose up` does. compose.yaml is validated
+against a schema of the Compose file keys this repo uses (tests/compose_schema.py);
+`docker compose config` runs too where the Compose v2 CLI is installed.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 import yaml
 
 from config import ConfigError, load_settings
+from tests.compose_schema import COMPOSE_SCHEMA
 from tests.support import REPO_ROOT
 
 DOCKER = REPO_ROOT / "docker"
@@ -71,7 +75,102 @@ def _env_files(service: dict[str, Any]) -> list[Path]:
 def test_compose_parses_with_the_expected_services() -> None:
     services = _services()
     assert {"postgres", "pgbouncer", "migrate", "app", "locust"} <= set(services)
+    assert {"prometheus", "grafana"} <= set(services)
     assert services["locust"]["profiles"] == ["load"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+
+
+def _spec_errors(document: dict[str, Any]) -> list[str]:
+    validator = jsonschema_rs.validator_for(COMPOSE_SCHEMA)
+    return [str(error).splitlines()[0] for error in validator.iter_errors(document)]
+
+
+def test_compose_matches_the_compose_file_schema() -> None:
+    assert _spec_errors(_compose()) == []
+
+
+def test_compose_schema_check_catches_mistakes() -> None:
+    """The schema check is not vacuous: a misspelt key and a wrong type are reported."""
+    document = _compose()
+    document["services"]["grafana"]["helthcheck"] = {}
+    document["services"]["prometheus"]["profiles"] = "monitoring"
+    assert len(_spec_errors(document)) == 2
+
+
+def _compose_v2() -> list[str] | None:
+    """The command of an installed Compose v2 CLI, or None."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        version = subprocess.run(
+            [*command, "version", "--short"], capture_output=True, text=True, check=False
+        )
+        if version.returncode == 0 and version.stdout.strip().lstrip("v").startswith("2"):
+            return command
+    return None
+
+
+@pytest.mark.skipif(
+    _compose_v2() is None,
+    reason="no Compose v2 CLI (Debian 12 ships only v1 docker-compose, which cannot read the "
+    "specification's name:); the schema check above covers the keys this repo uses",
+)
+def test_compose_config_accepts_the_file_with_every_profile(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(ENV_EXAMPLE.read_text().replace("CHANGE_ME", "x"))
+    command = _compose_v2()
+    assert command is not None
+    result = subprocess.run(
+        [*command, "--env-file", str(env), "-f", str(COMPOSE), "--profile", "*", "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _container_path(service: dict[str, Any], host: Path) -> str:
+    """Where ``service`` mounts the host path ``host``."""
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        if (DOCKER / source).resolve() == host.resolve():
+            return target
+    raise AssertionError(f"{host} is not mounted")
+
+
+def test_compose_prometheus_loads_the_tested_rules_and_scrapes_the_app() -> None:
+    services = _services()
+    prometheus = services["prometheus"]
+    config_path = _container_path(prometheus, DOCKER / "prometheus" / "prometheus.yml")
+    assert f"--config.file={config_path}" in prometheus["command"]
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    rules_in_container = str(Path(config_path).parent / config["rule_files"][0])
+    assert _container_path(prometheus, DOCKER / "prometheus" / "rules.yml") == rules_in_container
+    [scrape] = config["scrape_configs"]
+    assert scrape["job_name"] == "tenantpool"  # the rules' TenantpoolDown selects this job
+    assert scrape["static_configs"][0]["targets"] == ["app:8080"]
+    assert services["app"]["ports"][0].endswith(":8080")
+
+
+def test_compose_grafana_provisions_the_data_source_and_the_generated_dashboard() -> None:
+    grafana = _services()["grafana"]
+    dashboards = _container_path(grafana, DOCKER / "grafana" / "dashboards")
+    assert (
+        _container_path(grafana, DOCKER / "grafana" / "provisioning") == "/etc/grafana/provisioning"
+    )
+    provisioning = DOCKER / "grafana" / "provisioning"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "tenantpool.yml").read_text())[
+        "providers"
+    ]
+    assert provider["options"]["path"] == dashboards
+    assert (DOCKER / "grafana" / "dashboards" / "tenantpool.json").exists()
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert all(port.startswith("127.0.0.1:") for port in grafana["ports"])
 
 
 def test_compose_router_profile_routes_tenants_to_single_worker_apps() -> None:

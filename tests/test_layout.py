@@ -98,3 +98,13 @@ def test_layout_check_catches_a_reverse_import(tmp_path: Path, statement: str) -
     (serving / "sneaky.py").write_text(statement + "\n", encoding="utf-8")
     found = violations([serving / "sneaky.py"], ("app.tenancy.control",), root=tmp_path)
     assert found, statement
+
+
+@pytest.mark.parametrize("module", ["app/logs.py", "app/worker_exits.py"])
+def test_layout_modules_the_gunicorn_master_loads_by_path_import_nothing_of_the_app(
+    module: str,
+) -> None:
+    # gunicorn.conf.py loads these from their files so that the master imports none of the
+    # app package (a graceful reload then serves new code): they must stay leaves.
+    assert violations([REPO_ROOT / module], ("app", "config")) == []
+    assert f'_load_by_path("{module}")' in (REPO_ROOT / "gunicorn.conf.py").read_text()

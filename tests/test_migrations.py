@@ -16,6 +16,7 @@ from app.db import Base
 from app.dev.cluster import LocalCluster
 from app.tenancy.control.ddl import tenant_scoped_ddl
 from config import psycopg2_url
+from tests.support import tenant_tables
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +38,11 @@ def _tables(url: str) -> set[str]:
 def test_migrations_upgrade_downgrade_upgrade(fresh_url: str) -> None:
     config = alembic_config(fresh_url)
     command.upgrade(config, "head")
-    assert {"tenants", "users", "products"} <= _tables(fresh_url)
+    assert {"tenants", *tenant_tables()} <= _tables(fresh_url)
     command.downgrade(config, "base")
     assert _tables(fresh_url) == {"alembic_version"}
     command.upgrade(config, "head")
-    assert {"tenants", "users", "products"} <= _tables(fresh_url)
+    assert {"tenants", *tenant_tables()} <= _tables(fresh_url)
 
 
 def test_migrations_match_the_models(fresh_url: str) -> None:
@@ -110,4 +111,21 @@ def test_migrations_0002_downgrade_refuses_to_orphan_a_data_clusters_tenants(
         command.downgrade(config, "0001")
     _scalar(fresh_url, "DELETE FROM tenant_placements WHERE tenant_id = :id", id=foreign)
     command.downgrade(config, "0001")
+    command.upgrade(config, "head")
+
+
+def test_migrations_0004_gives_a_teams_own_tenant_table_its_key_too(fresh_url: str) -> None:
+    config = alembic_config(fresh_url)
+    command.upgrade(config, "head")
+    command.downgrade(config, "0003")
+    # A table a team made tenant-scoped before 0004 existed: no UNIQUE (tenant_id, id).
+    _scalar(fresh_url, "CREATE TABLE invoices (id uuid PRIMARY KEY, created_at timestamptz)")
+    for statement in tenant_scoped_ddl("invoices", unique_key=False):
+        _scalar(fresh_url, statement)
+    key = "SELECT count(*) FROM pg_constraint WHERE conname = 'uq_invoices_tenant_id_id'"
+    command.upgrade(config, "head")
+    assert _scalar(fresh_url, key) == 1
+    command.downgrade(config, "0003")
+    assert _scalar(fresh_url, key) == 0
+    _scalar(fresh_url, "DROP TABLE invoices")
     command.upgrade(config, "head")

@@ -24,8 +24,11 @@ import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app import metrics
 from app.api.body import json_object, page_response, query_args
 from app.errors import Forbidden, Unauthorized, ValidationFailed
+from app.hooks import client_address
+from app.schemas.stats import TenantStatsSchema
 from app.schemas.tenants import (
     TenantCreateSchema,
     TenantListQuerySchema,
@@ -37,6 +40,7 @@ from app.tenancy.control import provisioning, queries
 from app.tenancy.control.clusters import DEFAULT_CLUSTER, Clusters
 from app.tenancy.control.queries import TenantInfo
 from app.tenancy.serving.events import EventKind, TenantEvent
+from app.tenant_stats import tenant_stats
 from config import Settings
 
 EXTENSION = "tenantpool.admin"
@@ -44,6 +48,7 @@ _TENANT = TenantSchema()
 _TENANT_WITH_KEY = TenantWithKeySchema()
 _CREATE = TenantCreateSchema()
 _LIST_QUERY = TenantListQuerySchema()
+_STATS = TenantStatsSchema()
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -105,7 +110,11 @@ def _authorize() -> None:
     guard: AdminGuard = current_app.extensions[EXTENSION]
     if not guard.allows_address(request.remote_addr):
         raise Forbidden("the admin API is not available from this address")
+    # Failed tokens spend the same per-client allowance as failed tenant keys (429 past it).
+    throttle = tenancy_of(current_app).auth_throttle
+    throttle.check(client_address())
     if not guard.allows_token(request.headers.getlist("Authorization")):
+        throttle.failed(client_address())
         raise Unauthorized("missing or invalid admin token")
 
 
@@ -142,6 +151,19 @@ def create_tenant() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/tenants/<uuid:tenant_id>")
 def get_tenant(tenant_id: uuid.UUID) -> Response:
     return jsonify(_TENANT.dump(queries.get_tenant(_engine(), tenant_id)))
+
+
+@bp.get("/tenants/<uuid:tenant_id>/stats")
+def get_tenant_stats(tenant_id: uuid.UUID) -> Response:
+    """The tenant across this service's workers and on its database server (tenant_stats)."""
+    info = queries.get_tenant(_engine(), tenant_id)
+    report = tenant_stats(
+        tenancy_of(current_app),
+        info,
+        workers_directory=metrics.worker_directory(),
+        include_self=True,
+    )
+    return jsonify(_STATS.dump(report))
 
 
 @bp.post("/tenants/<uuid:tenant_id>/rotate-credentials")

@@ -74,12 +74,20 @@ def _load_query(schema: Schema, query_string: bytes) -> Mapping[str, Any]:
     return MappingProxyType(loaded)
 
 
-def page_response(records: list[Any], *, page: int, page_size: int, total: int) -> Response:
-    """A list endpoint's answer, in the Rust template's shape (``PageSchema``)."""
+def page_response(
+    records: list[Any], *, page: int, page_size: int, total: int, total_capped: bool = False
+) -> Response:
+    """A list endpoint's answer, in the Rust template's shape (``PageSchema``).
+
+    ``total_capped``: ``total`` is a lower bound (app/api/listing.py); only then does the
+    answer carry ``"total_capped": true``, so small lists keep the template's exact shape.
+    """
+    extra = {"total_capped": True} if total_capped else {}
     return jsonify(
         records=records,
         page=page,
         page_size=page_size,
         total=total,
         total_pages=math.ceil(total / page_size),
+        **extra,
     )

@@ -12,6 +12,7 @@ from marshmallow import fields
 
 from app.api.resource import Resource
 from app.schemas.common import ColumnList
+from app.schemas.stats import TenantStatsSchema
 from app.schemas.tenants import (
     TenantCreateSchema,
     TenantListQuerySchema,
@@ -45,6 +46,10 @@ _PROBLEM_SCHEMA = {
     },
 }
 _RECORD_ID = {"in": "path", "name": "record_id", "required": True, "schema": _UUID}
+_NEXT_LINK = {
+    "description": '`<same list, after=<cursor>>; rel="next"` when more rows may follow',
+    "schema": {"type": "string"},
+}
 _TENANT_ID = {"in": "path", "name": "tenant_id", "required": True, "schema": _UUID}
 _ADMIN_OPERATION = {"tags": ["admin"], "security": [{"adminToken": []}]}
 _ADMIN_TENANT_OPERATION = {**_ADMIN_OPERATION, "parameters": [_TENANT_ID]}
@@ -98,7 +103,7 @@ def _error_responses() -> dict[str, Any]:
     """The error responses every operation may give, by status code."""
     errors: dict[str, Any] = {
         str(code): {"description": "problem", "content": _PROBLEM}
-        for code in (400, 401, 403, 404, 413, 415, 422, 503)
+        for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)
     }
     # Refused by gunicorn before the app sees the request, so with gunicorn's HTML body.
     errors["414"] = {"description": "request line too long (gunicorn limit_request_line)"}
@@ -126,7 +131,14 @@ def _add_collection_path(
                 **common,
                 "operationId": f"list_{resource.name}{_suffix(prefix)}",
                 "parameters": [*_TENANT_HEADERS, {"in": "query", "schema": type(resource.query)}],
-                "responses": {"200": {"description": "a page", **_json(f"{title}Page")}, **errors},
+                "responses": {
+                    "200": {
+                        "description": "a page",
+                        "headers": {"Link": _NEXT_LINK},
+                        **_json(f"{title}Page"),
+                    },
+                    **errors,
+                },
             },
             "post": {
                 **common,
@@ -177,9 +189,21 @@ def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
     spec.components.schema("TenantWithKey", schema=TenantWithKeySchema)
     spec.components.schema("TenantCreate", schema=TenantCreateSchema)
     spec.components.schema("TenantPage", schema=TenantPageSchema)
+    spec.components.schema("TenantStats", schema=TenantStatsSchema)
     _add_admin_collection_path(spec, errors)
     _add_admin_tenant_path(spec, errors)
     _add_admin_action_paths(spec, errors)
+    spec.path(
+        path="/v1/admin/tenants/{tenant_id}/stats",
+        operations={
+            "get": {
+                **_ADMIN_TENANT_OPERATION,
+                **_ok("200", "TenantStats", "the tenant across the workers", errors),
+                "summary": "Its engines, connections, requests and logins in every worker",
+                "operationId": "admin_tenant_stats",
+            }
+        },
+    )
 
 
 def _add_admin_collection_path(spec: APISpec, errors: dict[str, Any]) -> None:

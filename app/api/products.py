@@ -12,6 +12,7 @@ from app.schemas.products import (
 
 PRODUCTS = Resource(
     name="products",
+    title="Product",
     model=Product,
     output=ProductSchema(),
     create=ProductCreateSchema(),

@@ -9,25 +9,35 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 from marshmallow import Schema
 
 from app.api.body import json_object, page_response, query_args
+from app.api.cursor import Cursor
+from app.api.listing import COUNT_CAP, SCANNED, SEARCH_SCAN, TOTAL, ListShape, ListStatements
 from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
 from app.models.scoped import TenantScoped
 from app.schemas.common import ListQuerySchema, PageSchema, dumper
 
-_TOTAL = "_total"
+__all__ = ["ListShape", "ListStatements", "Resource", "make_blueprint"]
 
 
 @dataclass(frozen=True)
 class Resource:
-    """A model and its schemas; ``filters`` are query fields compared for equality."""
+    """A model and its schemas; ``filters`` are query fields compared for equality.
+
+    ``name`` is the plural of the URL (``/v1/<name>``) and the OpenAPI tag, ``title`` the
+    singular of the OpenAPI schema names (``<title>``, ``<title>Create``...) and of the
+    messages ("no such user"). Declared, never derived: "status" is not a plural.
+    app/api mounts every Resource declared in one of its modules (app/api/__init__.py).
+    """
 
     name: str
+    title: str
     model: type[TenantScoped]
     output: Schema
     create: Schema
@@ -35,10 +45,6 @@ class Resource:
     query: ListQuerySchema
     page: type[PageSchema]
     filters: tuple[str, ...] = ()
-
-    @property
-    def title(self) -> str:
-        return self.name.capitalize().rstrip("s")
 
 
 def make_blueprint(resource: Resource) -> Blueprint:
@@ -68,20 +74,36 @@ class _ResourceViews:
         self._statements = ListStatements(self._table, self._output_columns)
 
     def list_records(self) -> Response:
+        """A page of records; its cost is bounded whatever the query (app/api/listing.py)."""
         params = query_args(self._resource.query)
         page, size = params["page"], params["page_size"]
-        shape = ListShape.of(self._resource, params)
-        values = shape.values(params, limit=size, offset=(page - 1) * size)
+        cursor = self._cursor(params)
+        shape = ListShape.of(self._resource, params, cursor)
+        values = shape.values(params, limit=size, offset=(page - 1) * size, cursor=cursor)
         session = tenant_session()
         rows = session.execute(self._statements.page(shape), values).all()
-        if rows:
-            total = rows[0][-1]
-        elif page == 1:
-            total = 0
-        else:  # past the end: no row carries the total, so count
-            total = session.scalar(self._statements.count(shape), values)
-        records = [self._dump(row) for row in rows]
-        return page_response(records, page=page, page_size=size, total=total or 0)
+        total, scanned = rows[0]._mapping[TOTAL], rows[0]._mapping[SCANNED]
+        rows = [row for row in rows if row.id is not None]  # an empty page is one NULL row
+        if shape.windowed:
+            capped = scanned >= SEARCH_SCAN  # rows may be left unexamined
+        else:
+            capped, total = total > COUNT_CAP, min(total, COUNT_CAP)
+        after = None
+        if len(rows) > size:  # one row more than the page: there is a next page
+            rows = rows[:size]
+            after = (getattr(rows[-1], shape.sort_column), rows[-1].id)
+        elif shape.windowed and capped:  # the next stretch of rows to examine
+            after = session.execute(self._statements.window_end(shape), values).one_or_none()
+        response = page_response(
+            [self._dump(row) for row in rows],
+            page=page,
+            page_size=size,
+            total=total,
+            total_capped=capped,
+        )
+        if after is not None:
+            response.headers["Link"] = self._next_link(shape, after[0], after[1])
+        return response
 
     def create_record(self) -> tuple[Response, int, dict[str, str]]:
         values = self._resource.create.load(json_object())
@@ -124,125 +146,20 @@ class _ResourceViews:
         session.commit()
         return "", 204
 
+    def _cursor(self, params: dict[str, Any]) -> Cursor | None:
+        if "after" not in params:
+            return None
+        descending = params["sort_direction"] in ("descending", "desc")
+        return Cursor.decode(
+            params["after"], self._table, sort_column=params["sort_column"], descending=descending
+        )
+
+    def _next_link(self, shape: ListShape, value: Any, record_id: uuid.UUID) -> str:
+        """``Link: <same list, after=<cursor of the last row>>; rel="next"`` (RFC 8288)."""
+        cursor = Cursor(shape.sort_column, shape.descending, value, record_id)
+        args = {key: value for key, value in request.args.items() if key not in ("page", "after")}
+        args["after"] = cursor.encode(self._table.c[shape.sort_column])
+        return f'<{request.script_root}{request.path}?{urlencode(args)}>; rel="next"'
+
     def _not_found(self) -> NotFound:
         return NotFound(f"no such {self._resource.title.lower()}")
-
-
-_LIKE_ESCAPE = "/"
-
-
-@dataclass(frozen=True)
-class ListShape:
-    """What a list query's SQL depends on; its values travel as bound parameters.
-
-    A handful of shapes serve every request, so each shape's statement is built (and its
-    SQLAlchemy cache key computed) once per worker, not once per request.
-    """
-
-    sort_column: str
-    descending: bool
-    search_columns: tuple[str, ...]  # empty: no search
-    date_after: bool
-    date_before: bool
-    filters: tuple[str, ...]
-
-    @classmethod
-    def of(cls, resource: Resource, params: dict[str, Any]) -> ListShape:
-        """The shape of already validated, whitelisted ``params``."""
-        searched: tuple[str, ...] = ()
-        if "search" in params:
-            searched = tuple(params.get("search_columns") or resource.query.SEARCHABLE)
-        return cls(
-            sort_column=params["sort_column"],
-            descending=params["sort_direction"] in ("descending", "desc"),
-            search_columns=searched,
-            date_after="date_after" in params,
-            date_before="date_before" in params,
-            filters=tuple(name for name in resource.filters if name in params),
-        )
-
-    def values(self, params: dict[str, Any], *, limit: int, offset: int) -> dict[str, Any]:
-        """The bound parameters of this shape's statements."""
-        values: dict[str, Any] = {"limit": limit, "offset": offset}
-        if self.search_columns:
-            # %, _ and the escape character in the search text match literally.
-            text = params["search"]
-            for char in (_LIKE_ESCAPE, "%", "_"):
-                text = text.replace(char, _LIKE_ESCAPE + char)
-            values["search"] = text
-        for name in ("date_after", "date_before", *self.filters):
-            if name in params:
-                values[name] = params[name]
-        return values
-
-
-class ListStatements:
-    """The page and count statements of one table, per :class:`ListShape`, built once."""
-
-    def __init__(self, table: sa.Table, output_columns: list[sa.Column[Any]]) -> None:
-        self._table = table
-        self._output = output_columns
-        self._pages: dict[ListShape, sa.Select[Any]] = {}
-        self._counts: dict[ListShape, sa.Select[int]] = {}
-
-    def page(self, shape: ListShape) -> sa.Select[Any]:
-        """One page of rows, each carrying the total (a window count): one query, not two."""
-        statement = self._pages.get(shape)
-        if statement is None:
-            columns = self._table.c
-            sort = columns[shape.sort_column]
-            # The id breaks ties, so pages never overlap or skip rows with equal sort keys.
-            if shape.descending:
-                order = [sort.desc(), columns.id.desc()]
-            else:
-                order = [sort.asc(), columns.id.asc()]
-            selected: list[sa.ColumnElement[Any]] = [
-                *self._output,
-                sa.func.count().over().label(_TOTAL),
-            ]
-            statement = (
-                sa.select(*selected)
-                .where(*self._conditions(shape))
-                .order_by(*order)
-                .limit(sa.bindparam("limit", type_=sa.Integer))
-                .offset(sa.bindparam("offset", type_=sa.Integer))
-            )
-            self._pages[shape] = statement  # a race builds the same statement twice
-        return statement
-
-    def count(self, shape: ListShape) -> sa.Select[int]:
-        """The number of rows matching the shape's conditions."""
-        statement = self._counts.get(shape)
-        if statement is None:
-            statement = (
-                sa.select(sa.func.count()).select_from(self._table).where(*self._conditions(shape))
-            )
-            self._counts[shape] = statement
-        return statement
-
-    def _conditions(self, shape: ListShape) -> list[sa.ColumnElement[bool]]:
-        """WHERE conditions of whitelisted columns; every value is a bound parameter."""
-        columns = self._table.c
-        conditions: list[sa.ColumnElement[bool]] = []
-        if shape.search_columns:
-            search = sa.bindparam("search", type_=sa.String)
-            conditions.append(
-                sa.or_(
-                    *(
-                        columns[name].icontains(search, escape=_LIKE_ESCAPE)
-                        for name in shape.search_columns
-                    )
-                )
-            )
-        if shape.date_after:
-            conditions.append(
-                columns.created_at > sa.bindparam("date_after", type_=columns.created_at.type)
-            )
-        if shape.date_before:
-            conditions.append(
-                columns.created_at < sa.bindparam("date_before", type_=columns.created_at.type)
-            )
-        conditions.extend(
-            columns[name] == sa.bindparam(name, type_=columns[name].type) for name in shape.filters
-        )
-        return conditions

@@ -12,6 +12,7 @@ from app.schemas.users import (
 
 USERS = Resource(
     name="users",
+    title="User",
     model=User,
     output=UserSchema(),
     create=UserCreateSchema(),

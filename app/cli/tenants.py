@@ -1,4 +1,4 @@
-"""``flask tenants create|list|rotate|suspend|resume|delete|move``: the admin API, from a shell.
+"""``flask tenants create|list|rotate|suspend|resume|delete|move|stats``: admin, from a shell.
 
 Same functions as the admin API (``app.tenancy.control.provisioning``), same events and audit
 lines; the actor is ``cli:<user>@<host>``. A tenant is named by its id or its name.
@@ -7,7 +7,10 @@ lines; the actor is ``cli:<user>@<host>``. A tenant is named by its id or its na
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 import sqlalchemy as sa
@@ -29,6 +32,7 @@ from app.tenancy.errors import (
     UnknownCluster,
 )
 from app.tenancy.serving.resolve import parse_tenant_id
+from app.tenant_stats import tenant_stats
 
 
 @click.group()
@@ -197,6 +201,69 @@ def move(tenant: str, target: str, batch_size: int) -> None:
         f"moved tenant {tenant_id} from {report.source} to {report.target} ({rows} rows); "
         f"old copy removed"
     )
+
+
+@tenants.command()
+@click.argument("tenant")
+@click.option(
+    "--workers-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The running service's PROMETHEUS_MULTIPROC_DIR, where its workers answer.",
+)
+@click.option("--as-json", "as_json", is_flag=True, help="The report as the admin API gives it.")
+def stats(tenant: str, workers_dir: Path | None, as_json: bool) -> None:
+    """TENANT across the service's workers and on its database server (the per-tenant view)."""
+    tenancy = _tenancy()
+    report = tenant_stats(
+        tenancy,
+        _find(tenancy, tenant),
+        workers_directory=workers_dir,
+        include_self=False,  # this process serves no request
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for line in _stats_lines(report):
+        click.echo(line)
+    if not report["workers"]:
+        click.echo(
+            "no worker answered: pass --workers-dir (the service's PROMETHEUS_MULTIPROC_DIR), "
+            "or ask the admin API (GET /v1/admin/tenants/<id>/stats)",
+            err=True,
+        )
+
+
+def _stats_lines(report: dict[str, Any]) -> list[str]:
+    tenant, totals = report["tenant"], report["totals"]
+    lines = [
+        f"tenant {tenant['id']} ({tenant['name']}): {tenant['status']}, cluster "
+        f"{tenant['cluster']}, serving {report['serving']}",
+        f"{'worker':>8}  {'way':9}  {'engine':6}  {'open':>4}  {'in use':>6}  {'shared':>6}  "
+        f"{'flight':>6}  {'recent':>6}  {'4xx':>4}  {'5xx':>4}  last login",
+    ]
+    for view in report["workers"]:
+        conn, recent = view["connections"], view["recent"]
+        lines.append(
+            f"{view['pid']:>8}  {view['way']:9}  {'yes' if view['engine'] else 'no':6}  "
+            f"{conn['dedicated_open']:>4}  {conn['dedicated_in_use']:>6}  "
+            f"{conn['shared_in_use']:>6}  {view['in_flight']:>6}  {recent['requests']:>6}  "
+            f"{recent['client_errors']:>4}  {recent['server_errors']:>4}  "
+            f"{view['last_login_at'] or '-'}"
+        )
+    database = report["database"]
+    by_worker = ", ".join(f"{b['pid']}: {b['connections']}" for b in database["by_worker"])
+    if database["note"]:
+        by_worker = database["note"]
+    lines += [
+        f"total: {totals['workers']} worker(s), {totals['in_flight']} in flight, "
+        f"{totals['recent']['requests']} recent requests, last request "
+        f"{totals['last_request_at'] or '-'}",
+        f"database: {database['connections']} connection(s)"
+        + (f" ({by_worker})" if by_worker else ""),
+    ]
+    if report["unanswered_workers"]:
+        lines.append(f"no answer from: {', '.join(map(str, report['unanswered_workers']))}")
+    return lines
 
 
 def _change_status(tenant: str, change: Callable[..., TenantInfo]) -> None:

@@ -6,10 +6,14 @@ Steps (DESIGN section 2), each printed as it happens:
    (``APP_PG_DATADIR`` to move it): initdb once, start on the port used last time if it
    is free (else any free port), and an owner role ``tenantpool`` owning database
    ``tenantpool``;
-2. development secrets generated once into ``var/dev.env`` (mode 0600) and reused;
+2. development secrets generated once into ``var/dev.env`` (mode 0600) and reused; the
+   local cluster's URL is written there too (``APP_DATABASE_URL``), so a second terminal
+   that sources the file runs every ``flask`` command against it (README, Command line);
 3. the child environment: ours, plus ``var/dev.env`` (explicit ``APP_*`` win), plus the
    local cluster's URL;
-4. ``flask db upgrade``; 5. ``flask seed-tenants`` (prints ids and API keys);
+4. ``flask db upgrade``; 5. ``flask seed-tenants`` with demo users, products and orders,
+   reusing the API keys ``var/tenants.json`` holds (the command prints ids and names only;
+   this server prints the keys from the file, each time);
 6. the URL and a curl line that works as-is; 7. gunicorn in the foreground.
 
 Ctrl-C (or SIGTERM) stops gunicorn, then the cluster if this command started it. No secret
@@ -31,7 +35,7 @@ from types import FrameType
 from app.dev.cluster import LocalCluster
 from app.dev.errors import ClusterError, PostgresNotFound
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VAR = REPO_ROOT / "var"
 DEV_ENV = VAR / "dev.env"
 PORT_FILE = VAR / "pg.port"
@@ -42,6 +46,10 @@ DEFAULT_BIND = "127.0.0.1:8080"
 _SUPERUSER_PW_NAME = "DEV_PG_SUPERUSER_PASSWORD"
 _OWNER_PW_NAME = "DEV_PG_OWNER_PASSWORD"
 _GUNICORN_GRACE_SECONDS = 30
+DATABASE_URL_NAME = "APP_DATABASE_URL"
+SECOND_TERMINAL = "source .venv/bin/activate; set -a; . var/dev.env; set +a"
+"""What README's "Command line" tells a second terminal to run before any ``flask`` command."""
+DEMO_ROWS = ("--users-per-tenant", "5", "--products-per-tenant", "4", "--orders-per-tenant", "3")
 
 
 class DevServerError(RuntimeError):
@@ -66,24 +74,59 @@ def _generators() -> dict[str, str]:
 
 def load_dev_env(path: Path = DEV_ENV) -> dict[str, str]:
     """The development secrets, generating (and saving, mode 0600) those still missing."""
+    values = read_dev_env(path)
+    missing = {k: v for k, v in _generators().items() if k not in values}
+    if missing:
+        values.update(missing)
+        _write_dev_env(path, values)
+        say(f"generated development secrets: {', '.join(missing)} (in {_shown(path)})")
+    path.chmod(0o600)
+    return values
+
+
+def read_dev_env(path: Path = DEV_ENV) -> dict[str, str]:
+    """``NAME=value`` lines of ``path`` (none if it does not exist)."""
     values: dict[str, str] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             name, sep, value = line.partition("=")
             if sep and not line.lstrip().startswith("#"):
                 values[name.strip()] = value.strip()
-    missing = {k: v for k, v in _generators().items() if k not in values}
-    if missing:
-        values.update(missing)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = "# Development secrets written by `make run`; never use them elsewhere.\n"
-        text += "".join(f"{name}={value}\n" for name, value in values.items())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        say(f"generated development secrets: {', '.join(missing)} (in {_shown(path)})")
-    path.chmod(0o600)
     return values
+
+
+def record_database_url(url: str | None, path: Path = DEV_ENV) -> None:
+    """Keep the local cluster's URL in ``path`` for other terminals (None: drop it).
+
+    Only the local cluster's: an ``APP_DATABASE_URL`` given from outside stays where it
+    came from, out of var/.
+    """
+    values = read_dev_env(path)
+    if values.get(DATABASE_URL_NAME) == url:
+        return
+    values.pop(DATABASE_URL_NAME, None)
+    if url is not None:
+        values[DATABASE_URL_NAME] = url
+    _write_dev_env(path, values)
+
+
+def _write_dev_env(path: Path, values: Mapping[str, str]) -> None:
+    """``values`` as a shell-sourceable file, mode 0600 from its creation on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        "# Development secrets and the local cluster's URL, written by `make run`; never use\n"
+        "# them elsewhere. A second terminal: set -a; . var/dev.env; set +a\n"
+    )
+    text += "".join(f"{name}={value}\n" for name, value in values.items())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def wants_local_cluster(environ: Mapping[str, str], dev_env: Mapping[str, str]) -> bool:
+    """No ``APP_DATABASE_URL`` of our own, or only the one var/dev.env gave this shell."""
+    given = environ.get(DATABASE_URL_NAME)
+    return not given or given == dev_env.get(DATABASE_URL_NAME)
 
 
 def child_environment(
@@ -92,10 +135,10 @@ def child_environment(
     """Our environment plus the dev secrets (explicit APP_* win) plus the cluster's URL."""
     env = dict(environ)
     for name, value in dev_env.items():
-        if name.startswith("APP_"):
+        if name.startswith("APP_") and name != DATABASE_URL_NAME:
             env.setdefault(name, value)
     if database_url is not None:
-        env["APP_DATABASE_URL"] = database_url
+        env[DATABASE_URL_NAME] = database_url
     env.setdefault("APP_ENV", "development")
     return env
 
@@ -137,13 +180,21 @@ def run_step(description: str, args: list[str], env: Mapping[str, str]) -> None:
         raise DevServerError(f"`{' '.join(args[1:])}` failed (exit {result.returncode})")
 
 
-def curl_line(bind: str, tenants_file: Path = TENANTS_FILE) -> str | None:
-    """A curl command for the first seeded tenant, or None if there is no seed file."""
+def demo_tenants(tenants_file: Path = TENANTS_FILE) -> list[dict[str, str]]:
+    """The seeded demo tenants (id, name, api_key); [] if there is no usable seed file."""
     try:
         tenants = json.loads(tenants_file.read_text())
-        tenant_id, api_key = tenants[0]["id"], tenants[0]["api_key"]
+        return [{key: str(t[key]) for key in ("id", "name", "api_key")} for t in tenants]
     except (OSError, ValueError, LookupError, TypeError):
+        return []
+
+
+def curl_line(bind: str, tenants_file: Path = TENANTS_FILE) -> str | None:
+    """A curl command for the first seeded tenant, or None if there is no seed file."""
+    tenants = demo_tenants(tenants_file)
+    if not tenants:
         return None
+    tenant_id, api_key = tenants[0]["id"], tenants[0]["api_key"]
     return (
         f'curl -s -H "X-Tenant-ID: {tenant_id}" -H "Authorization: Bearer {api_key}" '
         f"{base_url(bind)}/v1/users"
@@ -180,6 +231,23 @@ def serve(env: Mapping[str, str]) -> int:
         return 0
 
 
+def _tell_where_things_are(bind: str, *, local: bool) -> None:
+    say(f"serving on {base_url(bind)} (Ctrl-C stops everything)")
+    say(
+        f"development secrets are in {_shown(DEV_ENV)}; the demo tenants' ids and API keys in "
+        f"{_shown(TENANTS_FILE)} (kept across restarts):"
+    )
+    # A development terminal: the demo keys are what a person needs next.
+    for tenant in demo_tenants():
+        say(f"    {tenant['name']}  X-Tenant-ID: {tenant['id']}  API key: {tenant['api_key']}")
+    if local:
+        say(f"flask commands in another terminal: {SECOND_TERMINAL}, then e.g.")
+        say("    flask --app wsgi tenancy check")
+    line = curl_line(bind)
+    if line:
+        say(f"try:\n    {line}")
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -193,22 +261,19 @@ def main() -> int:
     try:
         dev_env = load_dev_env()
         database_url = None
-        if not os.environ.get("APP_DATABASE_URL"):
+        if wants_local_cluster(os.environ, dev_env):
             cluster, started, database_url = start_local_cluster(dev_env)
         else:
             say("using the database in APP_DATABASE_URL (no local cluster)")
+        record_database_url(database_url)
         env = child_environment(os.environ, dev_env, database_url)
         flask = [python, "-m", "flask", "--app", "wsgi"]
         run_step("applying migrations", [*flask, "db", "upgrade"], env)
         TENANTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        seed = ["--count", "3", "--users-per-tenant", "5", "--output", str(TENANTS_FILE)]
+        seed = ["--count", "3", *DEMO_ROWS, "--output", str(TENANTS_FILE), "--keep-keys"]
         run_step("seeding demo tenants", [*flask, "seed-tenants", *seed], env)
         bind = env.get("APP_BIND") or DEFAULT_BIND
-        say(f"serving on {base_url(bind)} (Ctrl-C stops everything)")
-        say(f"development secrets are in {_shown(DEV_ENV)}; demo tenants in {_shown(TENANTS_FILE)}")
-        line = curl_line(bind)
-        if line:
-            say(f"try:\n    {line}")
+        _tell_where_things_are(bind, local=database_url is not None)
         return serve(env)
     except (PostgresNotFound, ClusterError, DevServerError) as exc:
         print(f"devserver: {exc}", file=sys.stderr)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow.schema import SchemaMeta
 
-MAX_PAGE = 100_000
+MAX_OFFSET = 10_000
+"""Rows a page may skip, ``(page - 1) * page_size``; deeper pages follow ``after=`` cursors."""
+MAX_PAGE = MAX_OFFSET + 1
 MAX_PAGE_SIZE = 100
+MAX_CURSOR_LENGTH = 1024
 SORT_DIRECTIONS = ("ascending", "descending", "asc", "desc")
 
 
@@ -92,14 +96,47 @@ class ColumnList(fields.Field[list[str]]):
     ) -> list[str]:
         if not isinstance(value, str):
             raise ValidationError("must be a comma-separated list of column names")
+        # Bounded before it is split: each choice at most once, with its comma.
+        if len(value) > sum(len(choice) + 1 for choice in self.choices) + len(self.choices):
+            raise ValidationError(f"names each of {', '.join(self.choices)} at most once")
         names = [name.strip() for name in value.split(",") if name.strip()]
         unknown = [name for name in names if name not in self.choices]
         if not names or unknown:
             raise ValidationError(f"must be a comma-separated subset of: {', '.join(self.choices)}")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            # Refused rather than merged: each spelling would otherwise be a list shape of
+            # its own (app/api/listing.py), and a column named twice is a client's mistake.
+            raise ValidationError(f"names {', '.join(repeated)} more than once")
         return names
 
 
-class ListQuerySchema(Schema):
+class _ListQueryMeta(SchemaMeta):
+    """Gives each list query schema the fields its own whitelists call for.
+
+    Made after marshmallow collected the class's fields, on the class's own field dict, so
+    no schema changes its parent's or its siblings' fields.
+    """
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], attrs: dict[str, Any]) -> _ListQueryMeta:
+        klass = super().__new__(mcs, name, bases, attrs)
+        sortable: tuple[str, ...] = getattr(klass, "SORTABLE", ())
+        searchable: tuple[str, ...] = getattr(klass, "SEARCHABLE", ())
+        declared = klass._declared_fields
+        declared["sort_column"] = fields.String(
+            load_default="created_at", validate=validate.OneOf(sortable)
+        )
+        # No searchable column: no search parameter (nor in the OpenAPI document), so
+        # ``search=`` is a 422, never a search that matches everything.
+        declared.pop("search", None)
+        declared.pop("search_columns", None)
+        if searchable:
+            declared["search"] = SafeString(validate=validate.Length(1, 100))
+            declared["search_columns"] = ColumnList(searchable)
+        return cast(_ListQueryMeta, klass)  # made by this metaclass, so it is one
+
+
+class ListQuerySchema(Schema, metaclass=_ListQueryMeta):
     """Query string of a list endpoint; subclasses name their sortable and searchable columns."""
 
     SORTABLE: ClassVar[tuple[str, ...]] = ("created_at",)
@@ -107,35 +144,49 @@ class ListQuerySchema(Schema):
 
     page = fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
     page_size = fields.Integer(load_default=10, validate=validate.Range(1, MAX_PAGE_SIZE))
-    search = SafeString(validate=validate.Length(1, 100))
-    sort_column = fields.String(load_default="created_at")
     sort_direction = fields.String(
         load_default="ascending", validate=validate.OneOf(SORT_DIRECTIONS)
     )
     date_after = UtcDateTime(default_timezone=dt.UTC)
     date_before = UtcDateTime(default_timezone=dt.UTC)
+    after = fields.String(validate=validate.Length(1, MAX_CURSOR_LENGTH))
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Whitelists are per resource, so the fields that use them are made per subclass.
-        cls._declared_fields["sort_column"] = fields.String(
-            load_default="created_at", validate=validate.OneOf(cls.SORTABLE)
-        )
-        cls._declared_fields["search_columns"] = ColumnList(cls.SEARCHABLE)
+    @pre_load
+    def _nothing_to_search(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if not self.SEARCHABLE and ("search" in data or "search_columns" in data):
+            raise ValidationError("this resource has no searchable columns", "search")
+        return data
 
     @validates_schema
     def _search_columns_need_search(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "search_columns" in data and "search" not in data:
             raise ValidationError("search_columns needs search", "search_columns")
 
+    @validates_schema
+    def _offset_within_bound(self, data: dict[str, Any], **kwargs: Any) -> None:
+        page, size = data.get("page", 1), data.get("page_size", 10)
+        if "after" in data and page != 1:
+            raise ValidationError("after continues a list from a cursor: leave page out", "page")
+        if (page - 1) * size > MAX_OFFSET:
+            raise ValidationError(
+                f"pages may start at most {MAX_OFFSET} rows in; follow the Link rel=next "
+                "cursor (after=) of the previous page to go deeper",
+                "page",
+            )
+
 
 class PageSchema(Schema):
-    """The list response shape of the Rust template, kept for its clients."""
+    """The list response shape of the Rust template, kept for its clients.
+
+    ``total_capped`` appears (true) only when ``total`` is a lower bound: counted up to a cap,
+    or among the rows a search examined (app/api/listing.py).
+    """
 
     page = fields.Integer(required=True)
     page_size = fields.Integer(required=True)
     total = fields.Integer(required=True)
     total_pages = fields.Integer(required=True)
+    total_capped = fields.Boolean()
 
 
 Dumper = Callable[[Any], dict[str, Any]]

@@ -31,15 +31,24 @@ class TenantUnavailable(TenancyError):
         self.code = code
 
 
-class CapacityExhausted(TenancyError):
-    """Every connection this worker may open is busy, and none freed up in time (503).
-
-    ``retry_after`` is the number of seconds a client should wait.
-    """
+class RetryLater(TenancyError):
+    """A refusal that passes: ``retry_after`` is the number of seconds a client should wait."""
 
     def __init__(self, message: str, *, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CapacityExhausted(RetryLater):
+    """Every connection this worker may open is busy, and none freed up in time (503)."""
+
+
+class TooManyAuthFailures(RetryLater):
+    """The client failed to authenticate too often lately (429), whoever it names."""
+
+
+class TenantOverShare(RetryLater):
+    """The tenant holds its share of the worker's threads while others are served (429)."""
 
 
 class TenantNotFound(TenancyError, LookupError):

@@ -7,6 +7,8 @@ an ``extensions`` dict will do.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,31 +24,23 @@ from app.tenancy.errors import (
     TenantSuspended,
     TenantUnavailable,
 )
+from app.tenancy.serving.activity import DEDICATED, SHARED, TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
-from app.tenancy.serving.events import EventKind, TenantEvent
+from app.tenancy.serving.events import TenantEvent
+from app.tenancy.serving.fairshare import FairShare
 from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.listener import TenantEventListener
 from app.tenancy.serving.observer import Observer
+from app.tenancy.serving.peers import PeerServer
 from app.tenancy.serving.reaper import Reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
+from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.ways import ServingMode, ServingWays
-
-# Events after which the tenant's engine is stale (its password, its status or its server
-# changed); the others only change what the directory caches.
-_EVICTING = frozenset(
-    {
-        EventKind.CREDENTIALS_ROTATED,
-        EventKind.SUSPENDED,
-        EventKind.DELETED,
-        EventKind.MOVED,
-        EventKind.LIMITS_CHANGED,
-    }
-)
 
 
 @dataclass
@@ -64,8 +58,13 @@ class Tenancy:
     engines: TenantEngineFactory
     gateways: Gateways
     ways: ServingWays
+    fair_share: FairShare
+    auth_throttle: AuthThrottle
     listener: TenantEventListener | None = None
     observer: Observer = field(default_factory=Observer)
+    activity: TenantActivity = field(default_factory=TenantActivity)
+    # Under gunicorn: this worker's socket for the other workers' questions (peers.py).
+    peers: PeerServer | None = None
     # The process's reaper, watching this registry and listener; started by
     # ``start_background`` (gunicorn's post_fork starts it earlier), never by building.
     reaper: Reaper | None = None
@@ -110,13 +109,29 @@ class Tenancy:
         CapacityExhausted (no connection free in time) and SQLAlchemy errors (database
         unreachable).
         """
-        if self.ways.dedicated(tenant_id):
-            try:
-                return self._dedicated_session(tenant_id, read_only)
-            except (CapacityExhausted, TenantUnavailable):
-                if self.ways.mode is not ServingMode.MIX:
-                    raise
-        return self._shared_session(tenant_id, read_only)
+        dedicated = self.ways.dedicated(tenant_id)
+        way = DEDICATED if dedicated else SHARED
+        opened = False
+        started = time.perf_counter()
+        try:
+            if dedicated:
+                try:
+                    session = self._dedicated_session(tenant_id, read_only)
+                except (CapacityExhausted, TenantUnavailable):
+                    if self.ways.mode is not ServingMode.MIX:
+                        raise
+                    way = SHARED
+                    session = self._shared_session(tenant_id, read_only)
+            else:
+                session = self._shared_session(tenant_id, read_only)
+            opened = True
+        finally:
+            # Failures too: a request that waited for nothing and got 503 waited most.
+            waited = time.perf_counter() - started
+            self.observer.pool_wait(way, waited)
+            self.activity.session_opened(tenant_id, way, waited, opened=opened)
+        session.info["way"] = way
+        return session
 
     def _dedicated_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         """A session on the tenant's own engine.
@@ -140,15 +155,13 @@ class Tenancy:
             raise self.backoff.unavailable(tenant_id) from None
 
     def _connected_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
-        entry = self.registry.get(tenant_id)
-        try:
-            connection = entry.engine.connect()
-        except sa.exc.OperationalError as error:
-            if is_auth_failure(error):
-                # A new connection of a cached engine; the factory counts its own.
-                self.observer.login_rejected()
-            raise
+        entry, connection = self.registry.connect(tenant_id, failed=self._connect_failed)
         return entry.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+
+    def _connect_failed(self, error: BaseException) -> None:
+        # A new connection of a cached engine; the factory counts its own.
+        if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
+            self.observer.login_rejected()
 
     def _shared_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
         """A session on a gateway connection of the tenant's cluster (DESIGN section 3a)."""
@@ -157,19 +170,79 @@ class Tenancy:
             raise AuthenticationFailed("tenant no longer exists")
         return self.gateways.session(tenant_id, record.cluster, read_only=read_only)
 
+    def worker_view(self, tenant_id: uuid.UUID) -> dict[str, Any]:
+        """What this worker holds and did for the tenant now: plain JSON-ready values.
+
+        Connections: of its own engine's pool (open, in use) and the gateway connections
+        its requests hold; the way it is served here; its recent requests and logins.
+        """
+        pool = self.registry.pool_status(tenant_id)
+        activity = self.activity.snapshot(tenant_id)
+        failures, retry_in = self.backoff.state(tenant_id)
+        if self.ways.mode is ServingMode.MIX:
+            way = DEDICATED if tenant_id in self.ways.hot() else SHARED
+        else:
+            way = DEDICATED if self.ways.mode is ServingMode.DEDICATED else SHARED
+        recent = activity.recent
+        return {
+            "pid": os.getpid(),
+            "way": way,
+            "engine": pool is not None,
+            "connections": {
+                "dedicated_open": 0 if pool is None else pool[0],
+                "dedicated_in_use": 0 if pool is None else pool[1],
+                "shared_in_use": activity.shared_in_use,
+            },
+            "in_flight": activity.in_flight,
+            "last_request_at": activity.last_request_at,
+            "last_login_at": activity.last_login_at,
+            "login_failures": failures,
+            "login_retry_in": round(retry_in, 3),
+            "recent": {
+                "since": activity.recent_since,
+                "requests": recent.requests,
+                "client_errors": recent.client_errors,
+                "server_errors": recent.server_errors,
+                "dedicated": recent.dedicated,
+                "shared": recent.shared,
+                "pool_wait_seconds": round(recent.pool_wait_seconds, 6),
+            },
+        }
+
     def forget(self, tenant_id: uuid.UUID, reason: str) -> None:
         """Drop what this worker holds of the tenant: cached record and engine."""
         self.directory.invalidate(tenant_id)
         self.registry.evict(tenant_id, reason)
 
     def on_event(self, event: TenantEvent) -> None:
-        """A tenant changed, here or on another node: drop what is stale of it."""
-        # A rotation may have fixed the credentials that made the tenant back off.
-        self.backoff.reset(event.tenant_id)
-        if event.kind in _EVICTING:
-            self.forget(event.tenant_id, event.kind.value)
-        else:
-            self.directory.invalidate(event.tenant_id)
+        """A tenant may have changed, here or on another node: check, and drop what is stale.
+
+        Events are hints, never orders: any role that can connect to the control plane's
+        database may NOTIFY on its channel (PostgreSQL has no privilege for it), so an
+        event's kind is not believed. It costs at most a reload from the control plane:
+        the tenant's cached record is forgotten (its next request reads it again), and if
+        this worker holds an engine of it, or has it backing off after rejected logins,
+        its credentials are read once and compared with what the engine or the failed
+        login used. Only a real change (role, password, cluster, status, ``updated_at``;
+        gone altogether) evicts the engine or ends the back-off. So a forged ``deleted``
+        or ``suspended`` for a live tenant changes nothing, and a flood of them for ids
+        this worker holds nothing of costs no query at all.
+        """
+        tenant_id = event.tenant_id
+        self.directory.invalidate(tenant_id)
+        entry = self.registry.peek(tenant_id)
+        backing_off, failed_version = self.backoff.version_of(tenant_id)
+        if entry is None:
+            # Nothing to evict; a creation in progress fetches its credentials again.
+            self.registry.evict(tenant_id, event.kind.value)
+            if not backing_off:
+                return
+        current = self.directory.credentials(tenant_id)
+        version = None if current is None else current.version
+        if entry is not None and self.engines.version_of(entry.engine) != version:
+            self.registry.evict(tenant_id, event.kind.value)
+        if backing_off and failed_version != version:
+            self.backoff.reset(tenant_id)  # a rotation may have fixed the credentials
 
     def on_listener_reconnect(self) -> None:
         """Events sent while the listener was away are lost: refetch every tenant record."""
@@ -179,6 +252,8 @@ class Tenancy:
         """Stop listening and dispose every engine of this worker (worker exit)."""
         if self.listener is not None:
             self.listener.close()
+        if self.peers is not None:
+            self.peers.close()
         self.registry.dispose_all()
         self.gateways.dispose()
         self.clusters.dispose()

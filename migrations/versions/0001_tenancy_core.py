@@ -6,6 +6,7 @@ Create Date: 2026-11-26
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -17,6 +18,13 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+_AS_IN_0001: dict[str, Any] = {
+    "parent": ("tenants", "id"),
+    "predicate": TWO_SIDED_PREDICATE,
+    "unique_key": False,
+}
 
 
 def _timestamps() -> list[sa.Column[object]]:
@@ -98,8 +106,8 @@ def upgrade() -> None:
         *_timestamps(),
     )
     # Pinned as they ran: the helper's default parent became tenant_placements in 0002, its
-    # default policy gained a third term in 0003.
-    make_tenant_scoped(op, "users", parent=("tenants", "id"), predicate=TWO_SIDED_PREDICATE)
+    # default policy gained a third term in 0003, its UNIQUE (tenant_id, id) came with 0004.
+    make_tenant_scoped(op, "users", **_AS_IN_0001)
 
     op.create_table(
         "products",
@@ -114,7 +122,7 @@ def upgrade() -> None:
         sa.CheckConstraint("price >= 0", name="price_not_negative"),
         sa.CheckConstraint("stock >= 0", name="stock_not_negative"),
     )
-    make_tenant_scoped(op, "products", parent=("tenants", "id"), predicate=TWO_SIDED_PREDICATE)
+    make_tenant_scoped(op, "products", **_AS_IN_0001)
 
 
 def downgrade() -> None:

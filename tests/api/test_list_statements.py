@@ -1,12 +1,16 @@
-"""List statements are built once per query shape; their values are bound parameters."""
+"""List statements are built once per query shape; the shapes are a finite set."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
-from app.api.resource import ListShape, ListStatements
+import pytest
+
+from app.api.listing import Keyset, ListShape, ListStatements
+from app.api.products import PRODUCTS
+from app.api.resource import Resource
 from app.api.users import USERS
-from app.models import User
 
 
 def _shape(**params: object) -> ListShape:
@@ -14,14 +18,18 @@ def _shape(**params: object) -> ListShape:
     return ListShape.of(USERS, {**base, **params})
 
 
+def _statements(resource: Resource = USERS) -> ListStatements:
+    table = resource.model.__table__
+    return ListStatements(table, [table.c[name] for name in resource.output.dump_fields])  # type: ignore[attr-defined]
+
+
 def test_one_statement_per_shape_whatever_the_values() -> None:
-    table = User.__table__
-    statements = ListStatements(table, [table.c.id])  # type: ignore[arg-type]
+    statements = _statements()
     first = _shape(search="ada", date_after=dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
     second = _shape(search="bob", date_after=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
     assert first == second
     assert statements.page(first) is statements.page(second)
-    assert statements.count(first) is statements.count(second)
+    assert statements.window_end(first) is statements.window_end(second)
     other = _shape(search="ada", sort_direction="desc")
     assert other != first
     assert statements.page(other) is not statements.page(first)
@@ -30,8 +38,60 @@ def test_one_statement_per_shape_whatever_the_values() -> None:
 def test_search_text_is_escaped_for_like_and_never_in_the_sql() -> None:
     shape = _shape(search="100%_a/b")
     values = shape.values({"search": "100%_a/b"}, limit=10, offset=20)
-    assert values == {"search": "100/%/_a//b", "limit": 10, "offset": 20}
-    table = User.__table__
-    sql = str(ListStatements(table, [table.c.id]).page(shape))  # type: ignore[arg-type]
+    assert values == {"search": "100/%/_a//b", "limit": 11, "offset": 20, "scan": 10_000}
+    sql = str(_statements().page(shape))
     assert "100" not in sql
     assert "ESCAPE '/'" in sql
+
+
+def test_search_columns_in_any_order_are_one_shape() -> None:
+    names = USERS.query.SEARCHABLE
+    shapes = {
+        _shape(search="x", search_columns=list(order))
+        for size in range(1, len(names) + 1)
+        for chosen in itertools.combinations(names, size)
+        for order in itertools.permutations(chosen)
+    }
+    # One shape per subset of the columns, however many orders each was spelled in.
+    assert len(shapes) == 2 ** len(names) - 1
+    assert all(
+        shape.search_columns == tuple(n for n in names if n in shape.search_columns)
+        for shape in shapes
+    )
+
+
+@pytest.mark.parametrize("resource", [USERS, PRODUCTS], ids=lambda r: r.name)
+def test_shape_space_is_finite_and_holds_every_request(resource: Resource) -> None:
+    space = set(ListShape.space(resource))
+    query = resource.query
+    subsets = 2 ** len(query.SEARCHABLE)
+    expected = len(query.SORTABLE) * 2 * subsets * 2 * 2 * 2 ** len(resource.filters) * len(Keyset)
+    assert len(space) == expected
+    # Every combination of parameters a request may give lands in it.
+    for sort, direction, columns, after, before in itertools.product(
+        query.SORTABLE,
+        ("asc", "desc", "ascending", "descending"),
+        [
+            None,
+            *(list(c) for n in range(1, 3) for c in itertools.permutations(query.SEARCHABLE, n)),
+        ],
+        (False, True),
+        (False, True),
+    ):
+        params: dict[str, object] = {"sort_column": sort, "sort_direction": direction}
+        if columns is not None:
+            params.update(search="x", search_columns=columns)
+        if after:
+            params["date_after"] = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+        if before:
+            params["date_before"] = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+        assert ListShape.of(resource, params) in space
+
+
+def test_statement_cache_is_bounded_by_the_space() -> None:
+    statements = _statements()
+    space = list(ListShape.space(USERS))
+    for _ in range(2):
+        for shape in space:
+            statements.page(shape)
+    assert len(statements) == len(space)  # one page statement per shape, never more

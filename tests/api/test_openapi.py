@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from app.api import declared_resources
+
 
 @pytest.fixture
 def document(client: FlaskClient) -> dict[str, Any]:
@@ -38,3 +40,16 @@ def test_openapi_documents_refusals_of_oversized_requests(
     document: dict[str, Any], status: str
 ) -> None:
     assert status in document["paths"]["/v1/users"]["post"]["responses"]
+
+
+def test_openapi_describes_every_declared_resource(document: dict[str, Any]) -> None:
+    for resource in declared_resources():
+        assert f"/v1/{resource.name}" in document["paths"]
+        assert f"/v1/{resource.name}/{{record_id}}" in document["paths"]
+        for suffix in ("", "Create", "Patch", "Page"):
+            assert resource.title + suffix in document["components"]["schemas"]
+
+
+def test_openapi_titles_are_declared_not_derived() -> None:
+    titles = {resource.name: resource.title for resource in declared_resources()}
+    assert titles.items() >= {("users", "User"), ("products", "Product")}

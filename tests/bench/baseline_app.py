@@ -12,9 +12,11 @@ the same amount of data. Served by gunicorn with the service's settings
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, Response, jsonify, request
@@ -117,3 +119,20 @@ def create_app(database_url: str | None = None) -> Flask:
 def setup_schema(connection: sa.Connection) -> None:
     """Create the baseline table (idempotent)."""
     metadata.create_all(connection)
+
+
+def insert_users(connection: sa.Connection, records: dict[str, list[dict[str, Any]]]) -> None:
+    """Insert records as ``GET /v1/users`` answers them, by tenant id, ids and times kept."""
+    rows = [
+        {
+            **{name: record[name] for name in FIELDS},
+            "tenant_id": uuid.UUID(tenant_id),
+            "id": uuid.UUID(record["id"]),
+            "created_at": dt.datetime.fromisoformat(record["created_at"]),
+            "updated_at": dt.datetime.fromisoformat(record["updated_at"]),
+        }
+        for tenant_id, tenant_records in records.items()
+        for record in tenant_records
+    ]
+    if rows:
+        connection.execute(sa.insert(users), rows)

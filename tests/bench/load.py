@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -155,16 +156,14 @@ def first_requests(url: str, tenants: Sequence[Tenant], path: str) -> list[float
     """Milliseconds of one GET per tenant, in order, on one keep-alive connection.
 
     Right after a fresh start every request is its tenant's first in that worker: it
-    authenticates through the control plane and creates the tenant's engine.
+    authenticates through the control plane, then connects as the serving way does.
     """
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    connection = _connection(url)
     timings = []
     try:
         for tenant in tenants:
-            headers = {"X-Tenant-ID": tenant.id, "Authorization": f"Bearer {tenant.api_key}"}
             started = time.perf_counter()
-            connection.request("GET", path, headers=headers)
+            connection.request("GET", path, headers=tenant_headers(tenant))
             response = connection.getresponse()
             response.read()
             timings.append((time.perf_counter() - started) * 1000)
@@ -173,6 +172,29 @@ def first_requests(url: str, tenants: Sequence[Tenant], path: str) -> list[float
     finally:
         connection.close()
     return timings
+
+
+def get_json(url: str, tenant: Tenant, path: str) -> Any:
+    """The JSON body of one GET by ``tenant``; RuntimeError unless it is a 200."""
+    connection = _connection(url)
+    try:
+        connection.request("GET", path, headers=tenant_headers(tenant))
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"GET {path} for tenant {tenant.id} got {response.status}: {body!r}")
+    return json.loads(body)
+
+
+def tenant_headers(tenant: Tenant) -> dict[str, str]:
+    return {"X-Tenant-ID": tenant.id, "Authorization": f"Bearer {tenant.api_key}"}
+
+
+def _connection(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
 
 
 def connect_times(dsns: dict[str, str], rounds: int) -> dict[str, float]:
@@ -198,9 +220,8 @@ def requests_on_one_connection(
 ) -> None:
     """``warm`` then ``count`` requests by ``tenant`` on one keep-alive connection, so one
     worker; ``after_warm`` runs in between. Each request must succeed."""
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-    headers = {"X-Tenant-ID": tenant.id, "Authorization": f"Bearer {tenant.api_key}"}
+    connection = _connection(url)
+    headers = tenant_headers(tenant)
     body = None
     if method == "POST":
         headers["Content-Type"] = "application/json"

@@ -1,15 +1,18 @@
 """``make bench`` (``python -m tests.bench.run``): the service against a bare baseline.
 
-Starts its own PostgreSQL cluster, seeds tenants with ``flask seed-tenants``, serves the
-service (gunicorn.conf.py) and the baseline (tests/bench/baseline_app.py) with the same
-gunicorn settings, drives both with wrk, interleaved, and writes docs/benchmarks.md and
-docs/benchmarks/*.png. Progress goes to stderr as it happens.
+Starts its own PostgreSQL cluster and seeds tenants with ``flask seed-tenants``; copies
+their rows into the baseline's database through the service's API. Then, per cluster
+(``max_connections`` 100 with the service at its defaults, 2000 with it sized for it; one
+cluster restarted between) and per way of serving (``APP_SERVING``), it serves the service
+(gunicorn.conf.py) and the baseline (tests/bench/baseline_app.py) with the same gunicorn
+settings, checks that both answer alike, and drives both with wrk, interleaved. On the
+stock cluster the shared way is also profiled (py-spy) and its verifier measured apart.
+Writes docs/benchmarks.md and docs/benchmarks/*.png. Progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import os
 import platform
@@ -18,17 +21,20 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import psycopg2
 import sqlalchemy as sa
 
 from app.capacity import LISTENER_CONNECTIONS
 from app.db import CONTROL_POOL_MAX
+from app.tenancy.control.ddl import POLICY_NAME, POLICY_PREDICATE, TWO_SIDED_PREDICATE
 from app.tenancy.control.scram import scram_sha256_verifier
-from config import load_settings
-from tests.bench import baseline_app, load, report, stack
-from tests.bench.report import AFFINE, DEFAULTS, SHARED, Figures, Run, Scenario, Setup
+from config import Settings, load_settings
+from tests.bench import baseline_app, load, profile, report, rows, stack
+from tests.bench.report import STOCK, WAYS, Deployment, Figures, Run, Scenario
 from tests.support import REPO_ROOT
 
 DOCS = REPO_ROOT / "docs"
@@ -44,15 +50,24 @@ SCENARIOS = (
     ),
     Scenario("create_users", "POST /v1/users, 100 tenants", "POST", "/v1/users", 100, "uniform"),
 )
+APART = "users_100"
+"""The scenario of the profile and of the verifier's runs (shared, max_connections 100)."""
+CLUSTERS = (STOCK, 2000)
 USERS_PER_TENANT = 20
-WORKERS = 4
-DEFAULT_BUDGET_SCENARIOS = ("users_100", "users_1000_zipf")
-"""Where the service also runs with every setting at its default, to show what sizing buys."""
-AFFINE_SCENARIOS = ("users_100", "users_1000", "users_1000_zipf")
-"""Where the apps also run tenant-affine (HAProxy over single-worker gunicorns)."""
 SUPERUSER_RESERVED = 3  # PostgreSQL's default superuser_reserved_connections
 BESIDE_THE_SERVICE = 100
-"""Server connections left to what runs beside the service: the baseline, probes, commands."""
+"""Server connections left to what runs beside a sized service: the baseline, probes, tools."""
+BASELINE_DATABASE = "baseline"
+SERVICE_ARGS = ["-c", "gunicorn.conf.py", "wsgi:app"]
+BASELINE_ARGS = [
+    "-c",
+    "python:tests.bench.baseline_gunicorn",
+    "tests.bench.baseline_app:create_app()",
+]
+ROUND_TRIP_REQUESTS = (
+    ("GET /v1/users?page_size=20", "GET", LIST_PATH),
+    ("POST /v1/users", "POST", "/v1/users"),
+)
 _started = time.monotonic()
 
 
@@ -96,29 +111,28 @@ def machine() -> dict[str, str]:
     }
 
 
-def setup_baseline(db: stack.Database, tenants: list[stack.Tenant]) -> str:
-    """A ``baseline`` role and database with the same rows per tenant id; its URL."""
+def setup_baseline(db: stack.Database, users: dict[str, list[dict[str, object]]]) -> str:
+    """A ``baseline`` role and database holding ``users`` (tenant id -> records); its password."""
     password = secrets.token_urlsafe(24)
     with db.superuser("postgres") as cursor:
         cursor.execute("CREATE ROLE baseline LOGIN PASSWORD %s", (password,))
-        cursor.execute("CREATE DATABASE baseline OWNER baseline")
+        cursor.execute(f"CREATE DATABASE {BASELINE_DATABASE} OWNER baseline")
+    engine = sa.create_engine(baseline_url(db, password))
+    with engine.begin() as connection:
+        baseline_app.setup_schema(connection)
+        baseline_app.insert_users(connection, users)
+        connection.exec_driver_sql("ANALYZE users")
+    engine.dispose()
+    return password
+
+
+def baseline_url(db: stack.Database, password: str) -> str:
     url = sa.make_url(db.owner_url).set(
         drivername="postgresql+psycopg2",
         username="baseline",
         password=password,
-        database="baseline",
+        database=BASELINE_DATABASE,
     )
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:
-        baseline_app.setup_schema(connection)
-        connection.exec_driver_sql(
-            "INSERT INTO users (tenant_id, first_name, last_name, email, confirmed) "
-            "SELECT t::uuid, 'Ada', 'Lovelace', 'user' || n || '@example.com', n %% 2 = 0 "
-            "FROM unnest(%(ids)s::text[]) AS t, generate_series(1, %(n)s) AS n",
-            {"ids": [t.id for t in tenants], "n": USERS_PER_TENANT},
-        )
-        connection.exec_driver_sql("ANALYZE users")
-    engine.dispose()
     return url.render_as_string(hide_password=False)
 
 
@@ -139,247 +153,86 @@ def scram_connect_times(db: stack.Database, rounds: int) -> dict[int, float]:
     return {int(k): v for k, v in medians.items()}
 
 
-def sized_settings(tenants: int) -> dict[str, str]:
-    """The service's ``APP_*`` for the bench cluster, sized as docs/operations.md says.
+def sized_settings(
+    max_connections: int, way: str, tenants: int, defaults: Settings
+) -> dict[str, str]:
+    """The service's ``APP_*`` for a cluster of ``max_connections``, as docs/operations.md says.
 
     The server's connections, less the superuser reserve and what runs beside the
-    service, shared by the workers; each worker's control-plane pool and listener come
-    out of its share. Enough engines for every tenant.
+    service, shared by the workers; each worker's control-plane pool and listener, and its
+    gateway pool unless dedicated, come out of its share. Enough engines for every tenant.
     """
-    usable = stack.MAX_CONNECTIONS - SUPERUSER_RESERVED - BESIDE_THE_SERVICE
-    budget = usable // WORKERS - (CONTROL_POOL_MAX + LISTENER_CONNECTIONS)
+    usable = max_connections - SUPERUSER_RESERVED - BESIDE_THE_SERVICE
+    gateways = defaults.gateway_pool_size if way != "dedicated" else 0
+    budget = usable // defaults.workers - (CONTROL_POOL_MAX + LISTENER_CONNECTIONS) - gateways
     return {"APP_CONNECTION_BUDGET": str(budget), "APP_MAX_ENGINES": str(max(tenants, 200))}
 
 
+def service_env(db: stack.Database, cluster: int, way: str, tenants: int) -> dict[str, str]:
+    """The service's environment: defaults on the stock cluster, sized on any other."""
+    env = {**db.env, "APP_SERVING": way}
+    if cluster != STOCK:
+        env |= sized_settings(cluster, way, tenants, load_settings(env))
+    return env
+
+
+def deployment(db: stack.Database, cluster: int, way: str, env: dict[str, str]) -> Deployment:
+    settings = load_settings(env)
+    given = [f"{k}={v}" for k, v in env.items() if k not in db.env and k != "APP_SERVING"]
+    return Deployment(
+        cluster=cluster,
+        way=way,
+        workers=settings.workers,
+        threads=settings.threads,
+        budget=settings.connection_budget,
+        gateway_pool=settings.gateway_pool_size,
+        settings=", ".join(given),
+    )
+
+
 def count_round_trips(
-    db: stack.Database, service: stack.Server, baseline: stack.Server, tenant: stack.Tenant
-) -> dict[str, tuple[float, float]]:
-    """Simple-query messages per warm request: the tenant's connections, the baseline's.
+    db: stack.Database, server: stack.Server, tenant: stack.Tenant
+) -> dict[str, float]:
+    """Messages one app sends to PostgreSQL per warm request of ``tenant``, by request.
 
-    Runs before any other request to the baseline, so that its pooled connections are
-    opened after the ALTER ROLE and log their statements.
+    ``log_statement = all`` is set server-wide (a reload reaches open connections too) only
+    while the counted requests run, one at a time on one keep-alive connection (so one
+    worker) after a few uncounted ones: nothing else talks to the server meanwhile, so
+    every statement logged is theirs.
     """
-    roles = (f"t_{tenant.id.replace('-', '')}", "baseline")
-    with db.superuser() as cursor:
-        for role in roles:
-            cursor.execute(f"ALTER ROLE \"{role}\" SET log_statement = 'all'")
-    try:
-        requests = 20
-        out = {}
-        for label, method, path in (
-            ("GET /v1/users?page_size=20", "GET", LIST_PATH),
-            ("POST /v1/users", "POST", "/v1/users"),
-        ):
-            counts = []
-            for server in (service, baseline):
-                offset = 0
+    requests = 20
+    out = {}
+    for label, method, path in ROUND_TRIP_REQUESTS:
+        offset = 0
 
-                def mark() -> None:
-                    nonlocal offset
-                    time.sleep(0.5)  # the server log is written asynchronously
-                    offset = db.cluster.log_path.stat().st_size
+        def mark() -> None:
+            nonlocal offset
+            _log_statements(db, "all")
+            time.sleep(0.5)  # the reload reaches every backend, the log catches up
+            offset = db.cluster.log_path.stat().st_size
 
-                # Warm first, on the same keep-alive connection (so the same worker): the
-                # engine and a pooled connection (opened after the ALTER) exist, and what
-                # a worker asks once on its first connect is not counted.
-                load.requests_on_one_connection(
-                    server.url, tenant, method, path, requests, warm=3, after_warm=mark
-                )
-                time.sleep(0.5)
-                with db.cluster.log_path.open(errors="replace") as handle:
-                    handle.seek(offset)
-                    logged = sum(1 for line in handle if " statement: " in line)
-                counts.append(logged / requests)
-            out[label] = (counts[0], counts[1])
-    finally:
-        with db.superuser() as cursor:
-            for role in roles:
-                cursor.execute(f'ALTER ROLE "{role}" RESET log_statement')
+        try:
+            load.requests_on_one_connection(
+                server.url, tenant, method, path, requests, warm=3, after_warm=mark
+            )
+            time.sleep(0.5)
+            end = db.cluster.log_path.stat().st_size
+        finally:
+            _log_statements(db, None)
+        with db.cluster.log_path.open(errors="replace") as handle:
+            handle.seek(offset)
+            logged = handle.read(end - offset)
+        out[label] = logged.count(" statement: ") / requests
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=12, help="length of one wrk run")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
-    parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--tenants", type=int, default=1000, help="tenants to seed")
-    parser.add_argument("--cold", type=int, default=300, help="tenants in the cold-start test")
-    parser.add_argument(
-        "--scenarios", default=",".join(s.key for s in SCENARIOS), help="comma-separated keys"
-    )
-    parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
-    parser.add_argument(
-        "--render",
-        type=Path,
-        metavar="FIGURES",
-        help=f"measure nothing: write docs/ from a saved run (each run saves {FIGURES_FILE})",
-    )
-    args_given = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(args_given)
-    if args.render is not None:
-        _write(report.load(args.render), args.no_write)
-        return 0
-    wanted = args.scenarios.split(",")
-    scenarios = [s for s in SCENARIOS if s.key in wanted and s.tenants <= args.tenants]
-    load.wrk_path()  # fail now, not after seeding
-    stack.haproxy_path()
-    WORK.mkdir(parents=True, exist_ok=True)
-    figures = Figures(
-        scenarios=scenarios,
-        command=" ".join(["make bench (python -m tests.bench.run", *map(shlex.quote, args_given)])
-        + ")",
-        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    )
-    figures.machine = machine()
-    say("starting a PostgreSQL cluster and applying migrations")
-    with stack.database() as db:
-        default_env = {**db.env, "APP_WORKERS": str(WORKERS)}
-        threads = load_settings(default_env).threads
-        default_env["APP_THREADS"] = str(threads)
-        figures.machine["PostgreSQL"] = _server_version(db)
-        say(f"seeding {args.tenants} tenants x {USERS_PER_TENANT} users with flask seed-tenants")
-        tenants, figures.seed_seconds = stack.seed(
-            db.env, WORK / "tenants.json", count=args.tenants, users=USERS_PER_TENANT
-        )
-        figures.seed_tenants, figures.seed_users = len(tenants), USERS_PER_TENANT
-        say(f"seeded in {figures.seed_seconds:.1f} s; setting up the baseline database")
-        baseline_url = setup_baseline(db, tenants)
-        tenant_files = {}
-        for count in sorted({s.tenants for s in scenarios}):
-            tenant_files[count] = WORK / f"tenants-{count}.lua"
-            tenant_files[count].write_text(load.lua_tenants(tenants[:count]))
-        say("measuring connect time at SCRAM iterations 4096 and 64")
-        figures.connect_ms = scram_connect_times(db, rounds=60)
-        sized = sized_settings(len(tenants))
-        service_env = {**default_env, **sized}
-        figures.settings = {
-            "gunicorn": f"{WORKERS} workers x {threads} threads (gthread), all apps",
-            "wrk": f"{args.wrk_threads} threads, {args.connections} connections, "
-            f"{args.seconds:g} s per run, {args.rounds} rounds, after a warm-up of "
-            "max(3 s, tenants / 100 s) per target",
-            "data": f"{len(tenants)} tenants x {USERS_PER_TENANT} users; page_size=20",
-            "PostgreSQL": f"max_connections={stack.MAX_CONNECTIONS}, "
-            + ", ".join(f"{k}={v}" for k, v in stack.SERVER_SETTINGS.items()),
-            "service": ", ".join(f"{k}={v}" for k, v in sized.items())
-            + f" (({stack.MAX_CONNECTIONS} - {SUPERUSER_RESERVED} reserved - "
-            f"{BESIDE_THE_SERVICE} for the baseline and tools) / {WORKERS} workers - "
-            f"{CONTROL_POOL_MAX + LISTENER_CONNECTIONS} control-plane and listener); "
-            "APP_ENV=production, defaults otherwise",
-            "service (defaults)": "APP_ENV=production, every other APP_* at its default",
-            "service (tenant-affine)": "as service, APP_WORKERS=1 in each of the "
-            f"{WORKERS} gunicorns",
-        }
-        baseline_env = {
-            "BASELINE_DATABASE_URL": baseline_url,
-            "APP_WORKERS": str(WORKERS),
-            "APP_THREADS": str(threads),
-        }
-        service_args = ["-c", "gunicorn.conf.py", "wsgi:app"]
-        baseline_args = [
-            "-c",
-            "python:tests.bench.baseline_gunicorn",
-            "tests.bench.baseline_app:create_app()",
-        ]
-        say(f"starting the service and the baseline ({WORKERS} workers x {threads} threads)")
-        with stack.Server(
-            "baseline", baseline_args, baseline_env, WORK / "baseline.log"
-        ) as baseline:
-            with stack.Server(
-                "service", service_args, service_env, WORK / "service.log"
-            ) as service:
-                figures.round_trips = count_round_trips(db, service, baseline, tenants[0])
-                say(f"round trips per request (service, baseline): {figures.round_trips}")
-                _measure(db, scenarios, SHARED, service, baseline, tenant_files, args, figures)
-            chosen = [s for s in scenarios if s.key in DEFAULT_BUDGET_SCENARIOS]
-            if chosen:
-                say("the service again, every setting at its default")
-                with stack.Server(
-                    "service-defaults", service_args, default_env, WORK / "service-defaults.log"
-                ) as service:
-                    _measure(db, chosen, DEFAULTS, service, baseline, tenant_files, args, figures)
-        chosen = [s for s in scenarios if s.key in AFFINE_SCENARIOS]
-        if chosen:
-            say(f"tenant-affine: HAProxy over {WORKERS} single-worker gunicorns per app")
-            with contextlib.ExitStack() as running:
-
-                def affine(
-                    name: str, gunicorn_args: list[str], env: dict[str, str]
-                ) -> stack.Server:
-                    """``WORKERS`` single-worker gunicorns behind HAProxy, which is returned."""
-                    servers = [
-                        running.enter_context(
-                            stack.Server(
-                                f"{name}-{n}",
-                                gunicorn_args,
-                                {**env, "APP_WORKERS": "1"},
-                                WORK / f"{name}-affine-{n}.log",
-                            )
-                        )
-                        for n in range(WORKERS)
-                    ]
-                    return running.enter_context(stack.TenantAffineProxy(name, servers, WORK))
-
-                service_proxy = affine("service", service_args, service_env)
-                baseline_proxy = affine("baseline", baseline_args, baseline_env)
-                _measure(
-                    db, chosen, AFFINE, service_proxy, baseline_proxy, tenant_files, args, figures
-                )
-        if args.cold:
-            cold = tenants[: args.cold]
-            say(f"cold tenants: first request of {len(cold)} tenants after a fresh start")
-            with stack.Server(
-                "service", service_args, service_env, WORK / "service-cold.log"
-            ) as service:
-                figures.cold_ms = load.first_requests(service.url, cold, LIST_PATH)
-            say(
-                f"cold p50 {report.percentile(figures.cold_ms, 0.5):.1f} ms, "
-                f"p99 {report.percentile(figures.cold_ms, 0.99):.1f} ms"
-            )
-    report.save(figures, FIGURES_FILE)
-    say(f"saved the figures to {FIGURES_FILE}")
-    _write(figures, args.no_write)
-    return 0
-
-
-def _measure(
-    db: stack.Database,
-    scenarios: list[Scenario],
-    setup: Setup,
-    service: stack.Server,
-    baseline: stack.Server,
-    tenant_files: dict[int, Path],
-    args: argparse.Namespace,
-    figures: Figures,
-) -> None:
-    """Every scenario, round after round, each round running service then baseline."""
-    superuser_url = db.cluster.superuser_url()
-    targets = ((setup.service, service, "tp"), (setup.baseline, baseline, "baseline"))
-    for scenario in scenarios:
-        for round_number in range(1, args.rounds + 1):
-            for target, server, backends in targets:
-                if round_number == 1:
-                    _wrk(scenario, server.url, tenant_files, args, warm_up_seconds(scenario))
-                with load.ConnectionSampler(superuser_url) as sampler:
-                    result = _wrk(scenario, server.url, tenant_files, args, args.seconds)
-                run = Run(
-                    scenario=scenario.key,
-                    target=target,
-                    round=round_number,
-                    rps=result.rps,
-                    p50_ms=result.p50_ms,
-                    p99_ms=result.p99_ms,
-                    errors=result.errors,
-                    requests=result.requests,
-                    peak_connections=sampler.peak[backends],
-                )
-                figures.runs.append(run)
-                say(
-                    f"{scenario.key} round {round_number} {target}: {run.rps:.0f} req/s, "
-                    f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
-                    f"{run.errors} errors, {run.peak_connections} connections"
-                )
+def _log_statements(db: stack.Database, value: str | None) -> None:
+    with db.superuser() as cursor:
+        if value is None:
+            cursor.execute("ALTER SYSTEM RESET log_statement")
+        else:
+            cursor.execute("ALTER SYSTEM SET log_statement = %s", (value,))
+        cursor.execute("SELECT pg_reload_conf()")
 
 
 def warm_up_seconds(scenario: Scenario) -> float:
@@ -391,23 +244,338 @@ def warm_up_seconds(scenario: Scenario) -> float:
     return max(3.0, scenario.tenants / 100)
 
 
-def _wrk(
+@dataclass
+class Bench:
+    """A run in progress: the cluster, the options, the figures measured so far."""
+
+    db: stack.Database
+    args: argparse.Namespace
+    figures: Figures
+    tenants: list[stack.Tenant]
+    tenant_files: dict[int, Path]
+    newest_user: str
+    baseline_password: str
+    defaults: Settings
+
+    @property
+    def baseline_env(self) -> dict[str, str]:
+        """The baseline's environment: the service's gunicorn settings, its own database."""
+        return {
+            "BASELINE_DATABASE_URL": baseline_url(self.db, self.baseline_password),
+            "APP_WORKERS": str(self.defaults.workers),
+            "APP_THREADS": str(self.defaults.threads),
+        }
+
+    def measure_cluster(self, cluster: int, ways: list[str], scenarios: list[Scenario]) -> None:
+        """Every way on this cluster, each against the baseline on every scenario."""
+        first_cluster = not self.figures.deployments
+        name = f"baseline-{cluster}"
+        with stack.Server(name, BASELINE_ARGS, self.baseline_env, WORK / f"{name}.log") as baseline:
+            warmed: set[str] = set()
+            for way in ways:
+                env = service_env(self.db, cluster, way, len(self.tenants))
+                serving = deployment(self.db, cluster, way, env)
+                self.figures.deployments.append(serving)
+                say(
+                    f"max_connections {cluster}, {way}: {serving.settings or 'defaults'}, "
+                    f"bound {serving.bound} connections"
+                )
+                name = f"service-{cluster}-{way}"
+                with stack.Server(name, SERVICE_ARGS, env, WORK / f"{name}.log") as service:
+                    self.figures.same_rows = rows.check_same_rows(
+                        service.url, baseline.url, rows.sample(self.tenants), LIST_PATH
+                    )
+                    say(f"same rows: {self.figures.same_rows} tenants answered alike")
+                    if first_cluster:
+                        self.count_round_trips(way, service, baseline)
+                    for scenario in scenarios:
+                        self.measure_cell(
+                            scenario, serving, service, baseline, scenario.key not in warmed
+                        )
+                        warmed.add(scenario.key)
+                    if cluster == STOCK and way == "shared":
+                        self.measure_apart(serving, service)
+
+    def count_round_trips(self, way: str, service: stack.Server, baseline: stack.Server) -> None:
+        counted = {"baseline": baseline} if not self.figures.round_trips else {}
+        if way != "mix":  # mix serves a tenant one way or the other
+            counted[way] = service
+        for label, server in counted.items():
+            for request, count in count_round_trips(self.db, server, self.tenants[0]).items():
+                self.figures.round_trips.setdefault(request, {})[label] = count
+        say(f"round trips per request: {self.figures.round_trips}")
+
+    def measure_cell(
+        self,
+        scenario: Scenario,
+        serving: Deployment,
+        service: stack.Server,
+        baseline: stack.Server,
+        warm_baseline: bool,
+    ) -> None:
+        """A scenario, round after round, each round running service then baseline."""
+        apps = (("service", service, "tp"), ("baseline", baseline, "baseline"))
+        for round_number in range(1, self.args.rounds + 1):
+            for app, server, backends in apps:
+                if round_number == 1 and (app == "service" or warm_baseline):
+                    self.wrk(scenario, server, warm_up_seconds(scenario))
+                with load.ConnectionSampler(self.db.cluster.superuser_url()) as sampler:
+                    result = self.wrk(scenario, server, self.args.seconds)
+                run = _run(scenario, serving, app, round_number, result, sampler.peak[backends])
+                self.figures.runs.append(run)
+                say(
+                    f"{serving.cluster} {serving.way} {scenario.key} round {round_number} "
+                    f"{app}: {run.rps:.0f} req/s, p50 {run.p50_ms:.1f} ms, p99 "
+                    f"{run.p99_ms:.1f} ms, {run.errors} errors, {run.peak_connections} "
+                    "connections"
+                )
+        if scenario.method == "POST":
+            stack.remove_users_after(self.db, self.newest_user, (stack.DATABASE, BASELINE_DATABASE))
+
+    def measure_apart(self, shared: Deployment, service: stack.Server) -> None:
+        """The shared way's profile and the cost of its verifier, on the APART scenario."""
+        scenario = next(s for s in SCENARIOS if s.key == APART)
+        if scenario.tenants not in self.tenant_files:
+            say(f"no profile, no verifier runs: {APART} needs more tenants")
+            return
+        self.wrk(scenario, service, warm_up_seconds(scenario))
+        if self.args.profile_seconds:
+            pids = service.worker_pids()
+            say(f"profiling {len(pids)} workers with py-spy for {self.args.profile_seconds:g} s")
+            self.figures.profile = profile.record(
+                pids,
+                self.args.profile_seconds,
+                WORK / "profile",
+                lambda: self.wrk(scenario, service, self.args.profile_seconds),
+            )
+            found = self.figures.profile
+            say(f"profile: {found.samples} request samples; {found.note or 'all workers'}")
+            for area, share in found.areas.items():
+                say(f"  {area}: {share:.1%}")
+        if self.args.verifier_rounds:
+            self.measure_verifier(scenario, shared, service)
+
+    def measure_verifier(
+        self, scenario: Scenario, shared: Deployment, service: stack.Server
+    ) -> None:
+        """Runs with the policy's third term and without it, interleaved; restored after."""
+        owner = psycopg2.connect(self.db.owner_url, connect_timeout=10)
+        owner.autocommit = True
+        try:
+            for round_number in range(1, self.args.verifier_rounds + 1):
+                order = ("with", "without") if round_number % 2 else ("without", "with")
+                for policy in order:
+                    _set_policy(
+                        owner, POLICY_PREDICATE if policy == "with" else TWO_SIDED_PREDICATE
+                    )
+                    result = self.wrk(scenario, service, self.args.seconds)
+                    run = _run(scenario, shared, policy, round_number, result)
+                    self.figures.verifier_runs.append(run)
+                    say(f"verifier round {round_number} {policy}: {run.rps:.0f} req/s")
+        finally:
+            _set_policy(owner, POLICY_PREDICATE)
+            owner.close()
+        say(f"the verifier costs {report.verifier_cost(self.figures):.1%}")
+
+    def wrk(self, scenario: Scenario, server: stack.Server, seconds: float) -> load.WrkResult:
+        return load.run_wrk(
+            server.url,
+            self.tenant_files[scenario.tenants],
+            distribution=scenario.distribution,
+            method=scenario.method,
+            path=scenario.path,
+            seconds=seconds,
+            connections=self.args.connections,
+            threads=self.args.wrk_threads,
+        )
+
+
+def _run(
     scenario: Scenario,
-    url: str,
-    files: dict[int, Path],
-    args: argparse.Namespace,
-    seconds: float,
-) -> load.WrkResult:
-    return load.run_wrk(
-        url,
-        files[scenario.tenants],
-        distribution=scenario.distribution,
-        method=scenario.method,
-        path=scenario.path,
-        seconds=seconds,
-        connections=args.connections,
-        threads=args.wrk_threads,
+    serving: Deployment,
+    app: str,
+    round_number: int,
+    result: load.WrkResult,
+    peak_connections: int = 0,
+) -> Run:
+    return Run(
+        scenario=scenario.key,
+        cluster=serving.cluster,
+        way=serving.way,
+        app=app,
+        round=round_number,
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        errors=result.errors,
+        requests=result.requests,
+        peak_connections=peak_connections,
     )
+
+
+def _set_policy(owner: psycopg2.extensions.connection, predicate: str) -> None:
+    # The predicates are the migration's constants, not input.
+    with owner.cursor() as cursor:
+        cursor.execute(
+            f"ALTER POLICY {POLICY_NAME} ON users USING ({predicate}) WITH CHECK ({predicate})"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=7, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--tenants", type=int, default=1000, help="tenants to seed")
+    parser.add_argument("--cold", type=int, default=300, help="tenants in the cold-start test")
+    parser.add_argument(
+        "--scenarios", default=",".join(s.key for s in SCENARIOS), help="comma-separated keys"
+    )
+    parser.add_argument(
+        "--ways", type=_ways, default=list(WAYS), help="comma-separated APP_SERVING values"
+    )
+    parser.add_argument(
+        "--clusters",
+        type=_clusters,
+        default=list(CLUSTERS),
+        help=f"comma-separated max_connections; the service is at its defaults on {STOCK}, "
+        "sized on any other",
+    )
+    parser.add_argument(
+        "--verifier-rounds", type=int, default=5, help="with/without pairs (0: none)"
+    )
+    parser.add_argument(
+        "--profile-seconds", type=float, default=10, help="py-spy run length (0: none)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="FIGURES",
+        help=f"measure nothing: write docs/ from a saved run (each run saves {FIGURES_FILE})",
+    )
+    return parser
+
+
+def _ways(raw: str) -> list[str]:
+    chosen = [way for way in raw.split(",") if way]
+    if not chosen or not set(chosen) <= set(WAYS):
+        raise argparse.ArgumentTypeError(f"pick from {', '.join(WAYS)}, not {raw!r}")
+    return chosen
+
+
+def _clusters(raw: str) -> list[int]:
+    chosen = [item for item in raw.split(",") if item]
+    if not chosen or not all(item.isdigit() and int(item) >= STOCK for item in chosen):
+        raise argparse.ArgumentTypeError(f"max_connections of {STOCK} or more, not {raw!r}")
+    return [int(item) for item in chosen]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_given = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(args_given)
+    if args.render is not None:
+        _write(report.load(args.render), args.no_write)
+        return 0
+    wanted = args.scenarios.split(",")
+    scenarios = [s for s in SCENARIOS if s.key in wanted and s.tenants <= args.tenants]
+    ways, clusters = args.ways, args.clusters
+    load.wrk_path()  # fail now, not after seeding
+    WORK.mkdir(parents=True, exist_ok=True)
+    figures = Figures(
+        scenarios=scenarios,
+        command=" ".join(["make bench (python -m tests.bench.run", *map(shlex.quote, args_given)])
+        + ")",
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    figures.machine = machine()
+    load_at_start = os.getloadavg()[0]
+    say(f"starting a PostgreSQL cluster (max_connections {clusters[0]}), applying migrations")
+    with stack.database(clusters[0]) as db:
+        defaults = load_settings(db.env)
+        figures.default_way = defaults.serving
+        figures.machine["PostgreSQL"] = _server_version(db)
+        say(f"seeding {args.tenants} tenants x {USERS_PER_TENANT} users with flask seed-tenants")
+        tenants, figures.seed_seconds = stack.seed(
+            db.env, WORK / "tenants.json", count=args.tenants, users=USERS_PER_TENANT
+        )
+        figures.seed_tenants, figures.seed_users = len(tenants), USERS_PER_TENANT
+        newest = stack.newest_user(db)
+        say(f"seeded in {figures.seed_seconds:.1f} s")
+        users = _cold_and_rows(db, clusters[0], tenants, args, figures)
+        say(f"copying {sum(map(len, users.values()))} user rows into the baseline database")
+        baseline_password = setup_baseline(db, users)
+        tenant_files = {}
+        for count in sorted({s.tenants for s in SCENARIOS if s.tenants <= len(tenants)}):
+            tenant_files[count] = WORK / f"tenants-{count}.lua"
+            tenant_files[count].write_text(load.lua_tenants(tenants[:count]))
+        say("measuring connect time at SCRAM iterations 4096 and 64")
+        figures.connect_ms = scram_connect_times(db, rounds=60)
+        figures.settings = _settings_text(defaults, clusters, len(tenants), args)
+        bench = Bench(db, args, figures, tenants, tenant_files, newest, baseline_password, defaults)
+        for number, cluster in enumerate(clusters):
+            if number:
+                say(f"restarting PostgreSQL with max_connections {cluster}")
+                bench.db = stack.restart(bench.db, cluster)
+            bench.measure_cluster(cluster, ways, scenarios)
+    # Other work on the machine shows here first: it widens the spread of the rounds.
+    figures.machine["load average"] = (
+        f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1 minute)"
+    )
+    report.save(figures, FIGURES_FILE)
+    say(f"saved the figures to {FIGURES_FILE}")
+    _write(figures, args.no_write)
+    return 0
+
+
+def _cold_and_rows(
+    db: stack.Database,
+    cluster: int,
+    tenants: list[stack.Tenant],
+    args: argparse.Namespace,
+    figures: Figures,
+) -> dict[str, list[dict[str, object]]]:
+    """On a fresh service in the default way: the cold first requests, then every row."""
+    env = service_env(db, cluster, figures.default_way, len(tenants))
+    with stack.Server("service", SERVICE_ARGS, env, WORK / "service-cold.log") as service:
+        if args.cold:
+            cold = tenants[: args.cold]
+            say(f"cold tenants: first request of {len(cold)} tenants after a fresh start")
+            figures.cold_ms = load.first_requests(service.url, cold, LIST_PATH)
+            say(
+                f"cold p50 {report.percentile(figures.cold_ms, 0.5):.1f} ms, "
+                f"p99 {report.percentile(figures.cold_ms, 0.99):.1f} ms"
+            )
+        say(f"reading the users of {len(tenants)} tenants through the service's API")
+        return rows.read_users(service.url, tenants)
+
+
+def _settings_text(
+    defaults: Settings, clusters: list[int], tenants: int, args: argparse.Namespace
+) -> dict[str, str]:
+    share = (
+        f"(max_connections - {SUPERUSER_RESERVED} reserved - {BESIDE_THE_SERVICE} for the "
+        f"baseline and tools) / workers - {CONTROL_POOL_MAX + LISTENER_CONNECTIONS} "
+        "control-plane and listener - APP_GATEWAY_POOL_SIZE unless dedicated"
+    )
+    return {
+        "gunicorn": f"{defaults.workers} workers x {defaults.threads} threads (gthread), both "
+        "apps: the service's defaults on this machine",
+        "wrk": f"{args.wrk_threads} threads, {args.connections} connections, "
+        f"{args.seconds:g} s per run, {args.rounds} rounds, after a warm-up of "
+        "max(3 s, tenants / 100 s) per app and scenario",
+        "data": f"{tenants} tenants x {USERS_PER_TENANT} users, the same rows in both "
+        "databases; page_size=20; the rows a POST scenario adds are deleted from both after it",
+        "PostgreSQL": "max_connections "
+        + " then ".join(map(str, clusters))
+        + " (one cluster, restarted between), "
+        + ", ".join(f"{k}={v}" for k, v in stack.SERVER_SETTINGS.items()),
+        "service": f"APP_ENV=production and APP_SERVING per way; at max_connections {STOCK} "
+        "every other APP_* at its default; on another cluster sized as docs/operations.md "
+        f"says: APP_CONNECTION_BUDGET = {share}, APP_MAX_ENGINES = max(tenants, 200)",
+        "baseline": "one engine of APP_THREADS connections per worker, the same gunicorn settings",
+    }
 
 
 def _server_version(db: stack.Database) -> str:
@@ -420,11 +588,14 @@ def _server_version(db: stack.Database) -> str:
 def _write(figures: Figures, dry_run: bool) -> None:
     if dry_run:
         print(report.render_markdown(figures))
-        return
-    plots = report.plot(figures, DOCS / "benchmarks")
-    markdown = report.render_markdown(figures, [str(p.relative_to(DOCS)) for p in plots])
-    (DOCS / "benchmarks.md").write_text(markdown)
-    say(f"wrote {DOCS / 'benchmarks.md'} and {len(plots)} plots")
+    else:
+        directory = DOCS / "benchmarks"
+        plots = report.plot(figures, directory)
+        for stale in set(directory.glob("*.png")) - set(plots):
+            stale.unlink()
+        markdown = report.render_markdown(figures, [str(p.relative_to(DOCS)) for p in plots])
+        (DOCS / "benchmarks.md").write_text(markdown)
+        say(f"wrote {DOCS / 'benchmarks.md'} and {len(plots)} plots")
     for target, measured, met in report.targets(figures):
         say(f"target {'met    ' if met else 'NOT MET'} {target}: {measured}")
 

@@ -8,6 +8,7 @@ server binds a free port on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -19,11 +20,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+import sqlalchemy as sa
 
 from app.dev.cluster import LocalCluster
 from app.dev.ports import free_port
@@ -31,16 +33,14 @@ from tests.support import REPO_ROOT, run_flask
 
 OWNER = "tenantpool"
 DATABASE = "tenantpool"
-# The bench cluster is thrown away at the end: durability buys nothing. max_connections is
-# what a server for a thousand active tenants would be given: the service is sized from it
-# (tests/bench/run.py, sized_settings).
+# The bench cluster is thrown away at the end: durability buys nothing. Its max_connections
+# is set per run (tests/bench/run.py: PostgreSQL's stock 100, and 2000).
 SERVER_SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
     "shared_buffers": "256MB",
 }
-MAX_CONNECTIONS = 2000
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Database:
 
 
 @contextlib.contextmanager
-def database(max_connections: int = MAX_CONNECTIONS) -> Iterator[Database]:
+def database(max_connections: int) -> Iterator[Database]:
     """A started, migrated cluster; stopped and removed on exit."""
     base = Path(tempfile.mkdtemp(prefix="tenantpool-bench-"))
     try:
@@ -87,6 +87,42 @@ def database(max_connections: int = MAX_CONNECTIONS) -> Iterator[Database]:
             cluster.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def restart(db: Database, max_connections: int) -> Database:
+    """The same cluster restarted with another ``max_connections``, and its URLs.
+
+    The server may come back on another port (the old one can be held by connections in
+    TIME_WAIT for a minute), so URLs made before must be made again from the new ones.
+    """
+    db.cluster.stop()
+    db.cluster.start(max_connections=max_connections, extra_settings=SERVER_SETTINGS)
+    owner_url = (
+        sa.make_url(db.owner_url).set(port=db.cluster.port).render_as_string(hide_password=False)
+    )
+    return dataclasses.replace(
+        db, owner_url=owner_url, env={**db.env, "APP_DATABASE_URL": owner_url}
+    )
+
+
+def newest_user(db: Database) -> str:
+    """When the newest user row was created (text): rows after it are the bench's own."""
+    with db.superuser() as cursor:
+        cursor.execute("SELECT max(created_at)::text FROM users")
+        (newest,) = cursor.fetchone()
+    return str(newest)
+
+
+def remove_users_after(db: Database, newest: str, databases: Sequence[str]) -> None:
+    """Delete the users created after ``newest`` in ``databases``, then vacuum the table.
+
+    A superuser's, as setup: the rows a POST run adds would otherwise make every later
+    list count more rows, and more in the app that served more POSTs.
+    """
+    for name in databases:
+        with db.superuser(name) as cursor:
+            cursor.execute("DELETE FROM users WHERE created_at > %s::timestamptz", (newest,))
+            cursor.execute("VACUUM ANALYZE users")
 
 
 def flask(env: Mapping[str, str], *args: str) -> str:
@@ -135,7 +171,7 @@ class Server:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                self._command(args),
+                [sys.executable, "-m", "gunicorn", *args],
                 cwd=REPO_ROOT,
                 env={**os.environ, **env, "APP_BIND": f"127.0.0.1:{self.port}"},
                 stdout=log,
@@ -143,9 +179,6 @@ class Server:
             )
         self.log_path = log_path
         self._wait_ready()
-
-    def _command(self, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", *args]
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -163,6 +196,17 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.name} did not answer /healthz in {timeout:.0f} s")
 
+    def worker_pids(self) -> list[int]:
+        """The pids of gunicorn's workers (the master's children)."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                # Fields after the command name, which is in parentheses: state, ppid, ...
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self._process.pid:
+                    pids.append(int(stat.parent.name))
+        return sorted(pids)
+
     def stop(self) -> None:
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
@@ -177,52 +221,3 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class TenantAffineProxy(Server):
-    """HAProxy sending each tenant's requests to one of ``servers``, by a hash of its id.
-
-    ``balance hdr(X-Tenant-ID)`` with ``hash-type consistent``: every request of a tenant
-    reaches the same single-worker gunicorn, so its connections live in one worker only.
-    """
-
-    def __init__(self, name: str, servers: list[Server], work: Path) -> None:
-        self._servers = servers
-        self._config = work / f"{name}.haproxy.cfg"
-        super().__init__(f"haproxy for {name}", [], {}, work / f"{name}.haproxy.log")
-
-    def _command(self, args: list[str]) -> list[str]:
-        # The config names the port Server.__init__ picked just before starting us.
-        self._config.write_text(haproxy_config(self.port, [s.port for s in self._servers]))
-        return [haproxy_path(), "-f", str(self._config)]
-
-
-def haproxy_path() -> str:
-    path = shutil.which("haproxy")
-    if path is None:
-        raise RuntimeError("haproxy is not installed: `apt-get install haproxy` (make bench does)")
-    return path
-
-
-def haproxy_config(port: int, server_ports: list[int]) -> str:
-    """Listen on ``port`` on loopback; hash ``X-Tenant-ID`` over the servers, keep-alive."""
-    servers = "".join(
-        f"  server app{number} 127.0.0.1:{server_port}\n"
-        for number, server_port in enumerate(server_ports)
-    )
-    return (
-        "global\n"
-        "  maxconn 4096\n"
-        "defaults\n"
-        "  mode http\n"
-        "  option http-keep-alive\n"
-        "  timeout connect 5s\n"
-        "  timeout client 30s\n"
-        "  timeout server 30s\n"
-        "frontend tenants\n"
-        f"  bind 127.0.0.1:{port}\n"
-        "  default_backend apps\n"
-        "backend apps\n"
-        "  balance hdr(X-Tenant-ID)\n"
-        "  hash-type consistent\n" + servers
-    )

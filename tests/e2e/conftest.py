@@ -45,9 +45,16 @@ class SeededTenant:
 
 
 def start_service(
-    env: dict[str, str], log_path: Path, *, workers: int = 2, threads: int = 4
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    workers: int = 2,
+    threads: int = 4,
+    cwd: Path = REPO_ROOT,
 ) -> tuple[subprocess.Popen[bytes], Service]:
-    """Start gunicorn as `make run` does and wait until /healthz answers."""
+    """Start gunicorn as `make run` does (from ``cwd``); return once /healthz answers and
+    every worker has loaded the app (its "worker ready" line), so a test that counts on
+    several workers finds them all serving."""
     port = free_port()
     service_env = {
         **os.environ,
@@ -59,7 +66,7 @@ def start_service(
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=service_env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -71,12 +78,19 @@ def start_service(
         if process.poll() is not None:
             pytest.fail(f"gunicorn exited early:\n{log_path.read_text()}", pytrace=False)
         try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, Service(url, process.pid, log_path, service_env)
+            answered = requests.get(f"{url}/healthz", timeout=1).status_code == 200
         except (requests.ConnectionError, requests.Timeout):  # a booting worker on a busy machine
-            time.sleep(0.1)
+            answered = False
+        if answered and _ready_workers(log_path) >= workers:
+            return process, Service(url, process.pid, log_path, service_env)
+        time.sleep(0.1)
     process.kill()
     pytest.fail(f"gunicorn did not answer in 30 s:\n{log_path.read_text()}", pytrace=False)
+
+
+def _ready_workers(log_path: Path) -> int:
+    """How many workers said they loaded the app (gunicorn.conf.py's post_worker_init)."""
+    return log_path.read_text(errors="replace").count('"msg":"worker ready"')
 
 
 def stop_service(process: subprocess.Popen[bytes]) -> None:

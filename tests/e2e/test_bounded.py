@@ -26,9 +26,10 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from app.crypto import Keyring
 from app.dev.cluster import LocalCluster
 from app.tenancy.serving.events import EventKind, TenantEvent, notify
-from config import psycopg2_url
+from config import load_settings, psycopg2_url
 from tests.conftest import throwaway_cluster, upgrade_database
 from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
 from tests.support import eventually, failed_logins, gunicorn_refusal, set_role_password
@@ -188,7 +189,12 @@ def test_bounded_event_evicts_tenant_in_every_worker_within_a_second(bounded: Bo
                 assert set(pool.map(hit, range(16))) == {200}
         assert len(backends.by_worker(tenant.id)) == WORKERS, "both workers should hold A"
 
+        # A real rotation (events are hints: a worker evicts only what the control plane
+        # shows changed), made as `flask tenants rotate` would, then its event.
+        settings = load_settings(bounded.service.env)
+        keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
         engine = sa.create_engine(psycopg2_url(bounded.owner_url), poolclass=sa.pool.NullPool)
+        set_role_password(engine, uuid.UUID(tenant.id), keyring)
         with engine.begin() as connection:
             notify(connection, TenantEvent(EventKind.CREDENTIALS_ROTATED, uuid.UUID(tenant.id)))
         engine.dispose()

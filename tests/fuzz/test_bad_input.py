@@ -288,7 +288,9 @@ QUERIES: list[tuple[str, dict[str, str], int]] = [
     ("page-fraction", {"page": "1.5"}, 422),
     ("page-empty", {"page": ""}, 422),
     ("page-past-max", {"page": "100001"}, 422),
-    ("page-max", {"page": "100000"}, 200),
+    ("page-max", {"page": "1001"}, 200),  # 10 000 rows in: the deepest offset
+    ("page-past-offset-cap", {"page": "1002"}, 422),  # deeper pages follow after= cursors
+    ("cursor-garbage", {"after": "' OR 1=1 --"}, 422),
     ("page-size-0", {"page_size": "0"}, 422),
     ("page-size-negative", {"page_size": "-1"}, 422),
     ("page-size-10e19", {"page_size": str(10**19)}, 422),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
+from app.schemas.common import ListQuerySchema
 from app.schemas.products import ProductCreateSchema
 from app.schemas.users import UserCreateSchema, UserListQuerySchema, UserPatchSchema
 
@@ -50,3 +51,23 @@ def test_fields_utc_datetime_converts_offsets_postgresql_refuses() -> None:
 def test_fields_utc_datetime_out_of_range_is_invalid(moment: str) -> None:
     with pytest.raises(ValidationError, match="date_after"):
         UserListQuerySchema().load({"date_after": moment})
+
+
+class _NothingSearchable(ListQuerySchema):
+    SORTABLE = ("created_at", "quantity")
+
+
+def test_fields_list_query_without_searchable_columns_refuses_search() -> None:
+    for query in ({"search": "x"}, {"search": "x", "search_columns": "status"}):
+        with pytest.raises(ValidationError) as refused:
+            _NothingSearchable().load(query)
+        assert refused.value.messages == {"search": ["this resource has no searchable columns"]}
+    assert {"search", "search_columns"}.isdisjoint(_NothingSearchable._declared_fields)
+
+
+def test_fields_list_query_whitelists_are_each_schemas_own() -> None:
+    # Declaring a schema changes none of its siblings' or its parent's whitelists.
+    assert UserListQuerySchema().load({"search": "x", "search_columns": "last_name"})
+    with pytest.raises(ValidationError, match="sort_column"):
+        UserListQuerySchema().load({"sort_column": "quantity"})
+    assert "search" not in ListQuerySchema._declared_fields

@@ -11,7 +11,8 @@ and no other permissive policy beside it; ``tenant_id`` NOT NULL,
 cascading from ``tenant_placements`` (migration 0002) and leading an index; SELECT granted
 to ``tenant_base``, and nothing granted that RLS does not cover (TRUNCATE, TRIGGER) or to
 PUBLIC. Views over them
-use ``security_invoker``; no materialized view holds their rows.
+use ``security_invoker``; no materialized view holds their rows. References between them
+pair ``tenant_id`` (``reference_checks``).
 
 Roles: no tenant role (``t_`` + 32 hex) is superuser, BYPASSRLS or CREATEROLE, owns
 anything, or belongs to a role other than ``tenant_base``, to which each must belong;
@@ -39,6 +40,7 @@ from app.tenancy.control.ddl import (
     TENANT_ROLE_PATTERN,
     VERIFIER,
 )
+from app.tenancy.control.reference_checks import reference_problems
 
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"
 _INVOKER_ON = {"true", "on", "yes", "1"}
@@ -68,6 +70,7 @@ def check_isolation(connection: sa.Connection, *, control_plane: bool = True) ->
     tables = _tenant_tables(connection)
     for table in tables:
         problems += _table_problems(connection, table)
+    problems += reference_problems(connection)
     problems += _view_problems(connection, [table.oid for table in tables])
     problems += _base_role_problems(connection)
     roles, role_problems = _tenant_role_problems(connection)

@@ -2,8 +2,12 @@
 
 ``make_tenant_scoped(op, "invoices")`` in an Alembic migration adds ``tenant_id`` (filled
 from the connected role, a foreign key to ``tenant_placements`` so that removing a tenant
-from a cluster cascades), an index starting with it, RLS enabled and forced, the isolation
-policy and the grants to ``tenant_base``. ``flask tenancy check`` verifies the result.
+from a cluster cascades), an index starting with it, ``UNIQUE (tenant_id, id)`` (what other
+tenant tables reference), RLS enabled and forced, the isolation policy and the grants to
+``tenant_base``. ``tenant_reference(op, "invoices", "user_id", "users")`` then makes
+``(tenant_id, user_id) REFERENCES users (tenant_id, id)``: a reference that cannot name
+another tenant's row, which a plain ``REFERENCES users (id)`` can (foreign-key checks
+bypass RLS). ``flask tenancy check`` verifies the result.
 """
 
 from __future__ import annotations
@@ -44,8 +48,30 @@ CONTEXT_TERM = f"(session_user = current_user OR (SELECT {VERIFIER}))"
 POLICY_PREDICATE = f"{TWO_SIDED_PREDICATE} AND {CONTEXT_TERM}"
 
 
+ON_DELETE = ("CASCADE", "RESTRICT", "NO ACTION")
+"""What a tenant reference may do when its parent row goes. ``SET NULL`` would null
+``tenant_id`` too, which is NOT NULL: make the column nullable and reference it yourself."""
+
+
 class _Operations(Protocol):
     def execute(self, sqltext: str) -> object: ...
+
+
+def _check_identifiers(*names: str) -> None:
+    for name in names:
+        if not _IDENTIFIER.match(name):
+            raise ValueError(f"{name!r} is not a plain lower-case SQL identifier")
+
+
+def unique_key_name(table: str) -> str:
+    """The name app/db.py's naming convention gives ``UNIQUE (tenant_id, id)`` of ``table``."""
+    return f"uq_{table}_tenant_id_id"
+
+
+def unique_key_ddl(table: str) -> str:
+    """``UNIQUE (tenant_id, id)`` of ``table``: what a tenant reference points at."""
+    _check_identifiers(table)
+    return f"ALTER TABLE {table} ADD CONSTRAINT {unique_key_name(table)} UNIQUE (tenant_id, id)"
 
 
 def tenant_scoped_ddl(
@@ -54,17 +80,18 @@ def tenant_scoped_ddl(
     index_column: str = "created_at",
     parent: tuple[str, str] = PLACEMENT_KEY,
     predicate: str = POLICY_PREDICATE,
+    unique_key: bool = True,
 ) -> list[str]:
     """The statements that make ``table`` tenant-scoped; identifiers are checked, not quoted.
 
     ``parent`` is the (table, column) ``tenant_id`` references: the placements since
     migration 0002; migration 0001 pins ``("tenants", "id")``, as it ran then. Likewise
-    ``predicate``: 0001 pins the two-sided one, which 0003 extended.
+    ``predicate``: 0001 pins the two-sided one, which 0003 extended; and ``unique_key``
+    (``UNIQUE (tenant_id, id)``, which needs an ``id`` column): 0001 pins False, 0004 added
+    it to the tables 0001 made.
     """
     referenced, key = parent
-    for name in (table, index_column, referenced, key):
-        if not _IDENTIFIER.match(name):
-            raise ValueError(f"{name!r} is not a plain lower-case SQL identifier")
+    _check_identifiers(table, index_column, referenced, key)
     return [
         f"ALTER TABLE {table} ADD COLUMN tenant_id uuid NOT NULL "
         f"DEFAULT current_tenant_id() "
@@ -76,6 +103,7 @@ def tenant_scoped_ddl(
         f"CREATE POLICY {POLICY_NAME} ON {table} AS PERMISSIVE FOR ALL TO {TENANT_BASE_ROLE} "
         f"USING ({predicate}) WITH CHECK ({predicate})",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {TENANT_BASE_ROLE}",
+        *([unique_key_ddl(table)] if unique_key else []),
     ]
 
 
@@ -86,9 +114,45 @@ def make_tenant_scoped(
     index_column: str = "created_at",
     parent: tuple[str, str] = PLACEMENT_KEY,
     predicate: str = POLICY_PREDICATE,
+    unique_key: bool = True,
 ) -> None:
     """Run :func:`tenant_scoped_ddl` through Alembic's ``op``."""
     for statement in tenant_scoped_ddl(
-        table, index_column=index_column, parent=parent, predicate=predicate
+        table, index_column=index_column, parent=parent, predicate=predicate, unique_key=unique_key
     ):
+        op.execute(statement)
+
+
+def reference_name(table: str, column: str, parent: str) -> str:
+    """The name app/db.py's naming convention gives the reference ``table.column -> parent``."""
+    return f"fk_{table}_{column}_{parent}"
+
+
+def tenant_reference_ddl(
+    table: str, column: str, parent: str, *, on_delete: str = "RESTRICT"
+) -> list[str]:
+    """``(tenant_id, column) REFERENCES parent (tenant_id, id)``, and the index it needs.
+
+    Both tables must be tenant-scoped, ``parent`` with ``UNIQUE (tenant_id, id)``. The
+    reference includes ``tenant_id``, so a row can only name a row of its own tenant: a
+    plain ``REFERENCES parent (id)`` is checked by PostgreSQL as the owner, past RLS, and
+    would accept another tenant's id. The index on ``(tenant_id, column)`` makes deleting a
+    parent row (which looks for rows naming it) an index lookup, not a scan.
+    """
+    _check_identifiers(table, column, parent)
+    if on_delete not in ON_DELETE:
+        raise ValueError(f"on_delete must be one of {', '.join(ON_DELETE)}, not {on_delete!r}")
+    return [
+        f"ALTER TABLE {table} ADD CONSTRAINT {reference_name(table, column, parent)} "
+        f"FOREIGN KEY (tenant_id, {column}) REFERENCES {parent} (tenant_id, id) "
+        f"ON DELETE {on_delete}",
+        f"CREATE INDEX ix_{table}_tenant_id_{column} ON {table} (tenant_id, {column})",
+    ]
+
+
+def tenant_reference(
+    op: _Operations, table: str, column: str, parent: str, *, on_delete: str = "RESTRICT"
+) -> None:
+    """Run :func:`tenant_reference_ddl` through Alembic's ``op``."""
+    for statement in tenant_reference_ddl(table, column, parent, on_delete=on_delete):
         op.execute(statement)

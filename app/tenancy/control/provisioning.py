@@ -153,6 +153,9 @@ def set_role_limits(
                 f'ALTER ROLE "{role}" CONNECTION LIMIT {int(connection_limit)}; '
                 + statement_timeout_sql(role, statement_timeout_ms)
             )
+        # The row changes too (updated_at): workers believe an event only when the
+        # control plane shows a change (Tenancy.on_event).
+        _update(control, tenant_id)
         notify(control, TenantEvent(EventKind.LIMITS_CHANGED, tenant_id))
 
 

@@ -70,3 +70,24 @@ def list_tenants(
             .offset((page - 1) * page_size)
         ).all()
     return [TenantInfo(**row._mapping) for row in rows], total or 0
+
+
+def tenant_backends(engine: sa.Engine, tenant_id: uuid.UUID) -> dict[int, int]:
+    """Server connections attributed to the tenant, per app worker pid, on ``engine``'s server.
+
+    A backend names its tenant and worker in ``application_name`` (``tp:<tenant>:<pid>``):
+    a dedicated connection for its whole life, a shared one for its transaction. Any role
+    may read ``application_name`` in ``pg_stat_activity``; pids of different app nodes
+    are not told apart here.
+    """
+    prefix = f"tp:{tenant_id}:"
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT substr(application_name, :start)::int AS pid, count(*) AS connections "
+                "FROM pg_stat_activity WHERE starts_with(application_name, :prefix) "
+                "AND substr(application_name, :start) ~ '^[0-9]{1,9}$' GROUP BY 1"
+            ),
+            {"prefix": prefix, "start": len(prefix) + 1},
+        ).all()
+    return {int(row.pid): int(row.connections) for row in rows}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.observer import Observer
 
 __all__ = ["LoginBackoff", "is_auth_failure"]
 
@@ -46,6 +47,9 @@ def is_auth_failure(error: BaseException) -> bool:
 class _Record:
     failures: int
     until: float
+    # What the control plane said of the tenant when its login last failed (``version`` of
+    # TenantCredentials): a change event ends the back-off only if that changed since.
+    version: object = None
 
 
 class LoginBackoff:
@@ -61,10 +65,12 @@ class LoginBackoff:
         base: float = DEFAULT_BASE,
         cap: float = DEFAULT_CAP,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.base = base
         self.cap = cap
         self._clock = clock
+        self._observer = observer or Observer()
         self._lock = threading.Lock()
         self._records: dict[uuid.UUID, _Record] = {}
 
@@ -76,25 +82,46 @@ class LoginBackoff:
         if remaining > 0:
             raise self._unavailable(remaining)
 
-    def failed(self, tenant_id: uuid.UUID) -> None:
-        """Record a rejected login; from the second in a row the tenant backs off."""
+    def failed(self, tenant_id: uuid.UUID, version: object = None) -> None:
+        """Record a rejected login; from the second in a row the tenant backs off.
+
+        ``version``: what the credentials that failed were read as (see ``version_of``).
+        """
         now = self._clock()
+        delay = 0.0
         with self._lock:
             record = self._records.setdefault(tenant_id, _Record(0, now))
             record.failures += 1
+            record.version = version
             if record.failures >= 2:
                 delay = min(self.cap, self.base * 2 ** (record.failures - 2))
                 record.until = now + delay
+        if delay:
+            self._observer.login_backoff(delay)
 
     def succeeded(self, tenant_id: uuid.UUID) -> None:
         """A login worked: forget the tenant's failures."""
         if tenant_id in self._records:  # unlocked peek: the common case has nothing to do
             self.reset(tenant_id)
 
+    def version_of(self, tenant_id: uuid.UUID) -> tuple[bool, object]:
+        """Whether the tenant has failed logins on record, and the version they failed with."""
+        with self._lock:
+            record = self._records.get(tenant_id)
+        return (False, None) if record is None else (True, record.version)
+
     def reset(self, tenant_id: uuid.UUID) -> None:
         """Forget the tenant's failures (a change event may have fixed its credentials)."""
         with self._lock:
             self._records.pop(tenant_id, None)
+
+    def state(self, tenant_id: uuid.UUID) -> tuple[int, float]:
+        """The tenant's rejected logins in a row, and the seconds until it may try again."""
+        with self._lock:
+            record = self._records.get(tenant_id)
+            if record is None:
+                return 0, 0.0
+            return record.failures, max(0.0, record.until - self._clock())
 
     def unavailable(self, tenant_id: uuid.UUID) -> TenantUnavailable:
         """The 503 for a tenant whose credentials were rejected, with its Retry-After."""

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import LRUCache
 
 from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
+from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
+from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantCredentials, TenantDirectory
@@ -28,6 +31,9 @@ from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import TENANT_DRIVER, translate_moving
 
 logger = logging.getLogger(__name__)
+
+COMPILED_CACHE_SIZE = 1000
+"""Compiled statements kept per worker for all tenant engines together (see below)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class TenantEngineFactory:
         budget: ConnectionBudget,
         backoff: LoginBackoff,
         observer: Observer | None = None,
+        activity: TenantActivity | None = None,
     ) -> None:
         self._directory = directory
         self._keyring = keyring
@@ -67,6 +74,17 @@ class TenantEngineFactory:
         self._budget = budget
         self._backoff = backoff
         self._observer = observer or Observer()
+        self._activity = activity if activity is not None else TenantActivity()
+        # One compiled-statement cache for every tenant engine of the worker. SQLAlchemy
+        # gives each engine its own (500 entries, some 16 kB each): with APP_MAX_ENGINES
+        # engines that bound is gigabytes. Entries are keyed by the engine's dialect, so
+        # engines do not share hits, but the worker's total is LRU-bounded: at most
+        # 1.5 x COMPILED_CACHE_SIZE entries (SQLAlchemy prunes at capacity x 1.5).
+        self.compiled_cache: LRUCache[Any, Any] = LRUCache(COMPILED_CACHE_SIZE)
+        # The credentials' version each live engine was built from (held weakly).
+        self._versions: weakref.WeakKeyDictionary[sa.Engine, tuple[object, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __call__(self, tenant_id: uuid.UUID) -> sa.Engine:
         self._backoff.check(tenant_id)
@@ -91,10 +109,15 @@ class TenantEngineFactory:
             engine.dispose()
             if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
                 self._observer.login_rejected()
-                self._backoff.failed(tenant_id)
+                self._backoff.failed(tenant_id, credentials.version)
             raise
         self._backoff.succeeded(tenant_id)
+        self._versions[engine] = credentials.version
         return engine
+
+    def version_of(self, engine: sa.Engine) -> tuple[object, ...] | None:
+        """The version of the credentials ``engine`` was built from; None if not ours."""
+        return self._versions.get(engine)
 
     def engine_for(
         self, credentials: TenantCredentials, cluster_url: sa.URL, *, pooled: bool = True
@@ -120,6 +143,7 @@ class TenantEngineFactory:
         engine = sa.create_engine(
             url,
             **pool_args,
+            execution_options={"compiled_cache": self.compiled_cache},
             connect_args={
                 "application_name": application_name(credentials.id),
                 # No wait on the server longer than these bounds (see app.dbwait).
@@ -128,33 +152,73 @@ class TenantEngineFactory:
                 ),
             },
         )
+        # After the dialect's own connect hook (autocommit), before anyone uses it.
+        sa.event.listen(engine, "connect", refuse_unless_logged_in_as(credentials.db_user))
         sa.event.listen(engine, "handle_error", translate_moving)
         if pooled:
             sa.event.listen(engine, "checkout", discard_if_closed_by_server)
+            sa.event.listen(engine, "connect", self._logged_in(credentials.id))
         return engine
+
+    def _logged_in(self, tenant_id: uuid.UUID) -> Callable[[Any, Any], None]:
+        """Pool ``connect`` hook: every new pooled connection is a login as the tenant's role."""
+
+        def record(dbapi_connection: Any, record: Any) -> None:
+            self._observer.login()
+            self._activity.logged_in(tenant_id)
+
+        return record
 
     def password(self, credentials: TenantCredentials) -> str:
         """The tenant role's password; raises TenantUnavailable if it cannot be decrypted."""
-        return decrypt_password(self._keyring, credentials)
+        try:
+            return decrypt_password(self._keyring, credentials)
+        except TenantUnavailable:
+            self._observer.decrypt_failed()
+            raise
 
 
-def discard_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Pool ``checkout`` hook: a connection the server has closed is replaced, unused.
+_WHO_AM_I = "SELECT current_user, session_user"
 
-    The zero-round-trip equivalent of ``pool_pre_ping``. A pooled connection is idle, so
-    the server has nothing to say on it: if its socket is readable (end of file, or the
-    FATAL message a server sends when it shuts down or terminates the backend), the server
-    is gone. SQLAlchemy then discards the connection and checks out another, up to three
-    times, so a restarted server costs only the requests that were in flight. A server
-    that went silent without closing anything is caught by ``APP_DATABASE_IO_TIMEOUT`` on
-    the first query, as a ping would have been.
+
+def refuse_unless_logged_in_as(role: str) -> Callable[[Any, Any], None]:
+    """Pool ``connect`` hook: a new connection that is not ``role`` is closed and refused.
+
+    Asked once per connection, on connect (one round trip; connections are pooled). What
+    libpq logs in as can differ from the URL's user: a DSN whose query string names another
+    user, a service or a whole connection string in ``dbname``, a ``-c role=`` option, or
+    ``ALTER ROLE ... SET role`` on the server. Serving a tenant as anyone but its own role
+    would be wrong whatever RLS then allows, so the connection is closed and the request
+    gets 503 (``TenantUnavailable``, code ``wrong_role``), and the log says what was found.
     """
-    if dbapi_connection.closed:
-        raise sa.exc.DisconnectionError("the connection is closed")
-    poller = select.poll()
-    poller.register(dbapi_connection.fileno(), select.POLLIN)
-    if poller.poll(0):  # readable, hung up or failed
-        raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+    def check(dbapi_connection: Any, record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(_WHO_AM_I)
+            current_user, session_user = cursor.fetchone()
+        if not dbapi_connection.autocommit:
+            dbapi_connection.rollback()  # the SELECT opened a transaction: end it
+        refuse_wrong_role(dbapi_connection, role, current_user, session_user)
+
+    return check
+
+
+def refuse_wrong_role(
+    dbapi_connection: Any, expected: str, current_user: str, session_user: str
+) -> None:
+    """Close ``dbapi_connection`` and raise TenantUnavailable unless both users are ``expected``."""
+    if current_user == expected and session_user == expected:
+        return
+    logger.error(
+        "refused a new connection meant for role %s: the server says session_user=%s "
+        "current_user=%s; check the query strings of APP_DATABASE_URL and APP_CLUSTERS "
+        "and the role's settings (ALTER ROLE ... SET role)",
+        expected,
+        session_user,
+        current_user,
+    )
+    dbapi_connection.close()
+    raise TenantUnavailable("the connection is not the expected role", code="wrong_role")
 
 
 def decrypt_password(keyring: Keyring, credentials: TenantCredentials) -> str:

@@ -35,8 +35,11 @@ import sqlalchemy as sa
 from sqlalchemy import event, orm
 
 from app import dbwait
+from app.crypto import CryptoError
+from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import TenantUnavailable
-from app.tenancy.serving.engines import PoolSettings, discard_if_closed_by_server
+from app.tenancy.serving.engines import PoolSettings, refuse_wrong_role
+from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
     GATEWAY_DRIVER,
@@ -53,9 +56,10 @@ _RETRY_AFTER_FAILURE = 1.0
 """Seconds a cluster whose gateway could not be set up is answered 503 without trying."""
 
 # The same expression as the verifier's (migration 0003), so both sides sign the same text.
+# Who the connection is, in the same round trip: see engines.refuse_unless_logged_in_as.
 _BINDING_QUERY = (
-    "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint "
-    "FROM pg_stat_get_activity(pg_backend_pid())"
+    "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint, "
+    "current_user, session_user FROM pg_stat_get_activity(pg_backend_pid())"
 )
 # A shared transaction whose role switch was refused: the gateway is no longer a member
 # (tenant suspended, being moved: 42501) or the role is gone (deleted, moved: 22023). Told
@@ -109,11 +113,16 @@ class ContextSigner:
         )
 
 
-def backend_binding(dbapi_connection: Any) -> str:
-    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection."""
+def backend_binding(dbapi_connection: Any, *, role: str) -> str:
+    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection.
+
+    Raises TenantUnavailable (and closes the connection) unless it is logged in as ``role``,
+    the gateway role: a connection that is anyone else is never used to serve a tenant.
+    """
     with dbapi_connection.cursor() as cursor:
         cursor.execute(_BINDING_QUERY)
-        pid, started = cursor.fetchone()
+        pid, started, current_user, session_user = cursor.fetchone()
+    refuse_wrong_role(dbapi_connection, role, current_user, session_user)
     return f"{int(pid)}:{int(started)}"
 
 
@@ -128,6 +137,7 @@ class _GatewayPool:
         size: int,
         statement_timeout_ms: int,
         on_refused: Callable[[uuid.UUID], object],
+        observer: Observer,
     ) -> None:
         self.role = access.role
         self.engine = sa.create_engine(
@@ -145,10 +155,11 @@ class _GatewayPool:
         self.engine.dialect.signer = ContextSigner(  # type: ignore[attr-defined]
             access.key, statement_timeout_ms=statement_timeout_ms
         )
-        event.listen(self.engine, "connect", _remember_binding)
+        event.listen(self.engine, "connect", _binding_of(access.role))
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
+        _count_connections(self.engine, observer)
         self.sessionmaker = orm.sessionmaker(
             bind=self.engine, class_=TenantSession, expire_on_commit=False
         )
@@ -158,8 +169,34 @@ class _GatewayPool:
         return self.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
 
 
-def _remember_binding(dbapi_connection: Any, record: Any) -> None:
-    record.info[BINDING] = backend_binding(dbapi_connection)
+def _count_connections(engine: sa.Engine, observer: Observer) -> None:
+    """Report the pool's connections as they open, close, go out and come back."""
+
+    def opened(*args: Any) -> None:
+        observer.gateway_connections(opened=1)
+
+    def closed(*args: Any) -> None:
+        observer.gateway_connections(opened=-1)
+
+    def checked_out(*args: Any) -> None:
+        observer.gateway_connections(in_use=1)
+
+    def checked_in(*args: Any) -> None:
+        observer.gateway_connections(in_use=-1)
+
+    event.listen(engine, "connect", opened)
+    event.listen(engine, "close", closed)
+    event.listen(engine, "checkout", checked_out)
+    event.listen(engine, "checkin", checked_in)
+
+
+def _binding_of(role: str) -> Callable[[Any, Any], None]:
+    """Pool ``connect`` hook: check the new connection is ``role`` and remember its binding."""
+
+    def remember(dbapi_connection: Any, record: Any) -> None:
+        record.info[BINDING] = backend_binding(dbapi_connection, role=role)
+
+    return remember
 
 
 def _refusals(on_refused: Callable[[uuid.UUID], object]) -> Callable[[Any], None]:
@@ -203,8 +240,10 @@ class Gateways:
         statement_timeout_ms: int,
         on_refused: Callable[[uuid.UUID], object] = lambda tenant_id: None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self._fetch = fetch
+        self._observer = observer or Observer()
         self._pool = pool
         self.size = size
         self._statement_timeout_ms = statement_timeout_ms
@@ -264,8 +303,11 @@ class Gateways:
                     size=self.size,
                     statement_timeout_ms=self._statement_timeout_ms,
                     on_refused=self._on_refused,
+                    observer=self._observer,
                 )
-            except Exception:
+            except Exception as error:
+                if isinstance(error, CryptoError):
+                    self._observer.decrypt_failed()
                 logger.exception("cannot set up shared connections to cluster %s", cluster)
                 with self._lock:
                     self._failed_until[cluster] = self._clock() + _RETRY_AFTER_FAILURE
@@ -273,6 +315,7 @@ class Gateways:
             with self._lock:
                 self._pools[cluster] = pool
                 self._failed_until.pop(cluster, None)
+            self._observer.gateway_pool_created(self.size)
             logger.info("shared connections to cluster %s as %s", cluster, pool.role)
             return pool
 

@@ -25,6 +25,7 @@ import psycopg2.extensions
 import sqlalchemy as sa
 
 from app.tenancy.serving.events import CHANNEL, TenantEvent
+from app.tenancy.serving.observer import Observer
 
 __all__ = ["TenantEventListener", "connector"]
 
@@ -72,8 +73,11 @@ class TenantEventListener:
         clock: Callable[[], float] = time.monotonic,
         min_delay: float = 0.2,
         max_delay: float = 10.0,
+        observer: Observer | None = None,
     ) -> None:
         self._connect = connect
+        self._observer = observer or Observer()
+        self._observer.listener_connected(False)  # until its first connect
         self._on_event = on_event
         self._on_reconnect = on_reconnect
         self._clock = clock
@@ -157,6 +161,7 @@ class TenantEventListener:
         self._conn = conn
         self._delay = self.min_delay
         self.connects += 1
+        self._observer.listener_connected(True)
         if self.connects > 1:
             logger.info("tenant event listener reconnected")
         return True
@@ -179,6 +184,7 @@ class TenantEventListener:
         conn, self._conn = self._conn, None
         self._next_attempt = retry_at
         if conn is not None:
+            self._observer.listener_connected(False)
             try:
                 conn.close()
             except psycopg2.Error:

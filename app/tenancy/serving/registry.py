@@ -22,6 +22,7 @@ from typing import Any, Generic
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.entry import EngineEntry, S, checked_out, close_retired_on_checkin, retire
 from app.tenancy.serving.observer import Observer
 
@@ -57,6 +58,8 @@ class _Creation:
 
 _MAX_CREATE_ATTEMPTS = 3
 """Factory calls per creation while change events keep invalidating what was fetched."""
+_MAX_CONNECT_ATTEMPTS = 3
+"""Checkouts per ``connect`` while evictions keep retiring the engine they came from."""
 
 
 class EngineRegistry(Generic[S]):
@@ -124,6 +127,21 @@ class EngineRegistry(Generic[S]):
         with self._lock:
             return tenant_id in self._entries
 
+    def pool_status(self, tenant_id: uuid.UUID) -> tuple[int, int] | None:
+        """(open, in use) connections of the tenant's engine; None without one. Not a use."""
+        with self._lock:
+            entry = self._entries.get(tenant_id)
+            if entry is None:
+                return None
+            in_use = checked_out(entry.engine)
+            idle: Callable[[], int] | None = getattr(entry.engine.pool, "checkedin", None)
+            return in_use + (0 if idle is None else idle()), in_use
+
+    def peek(self, tenant_id: uuid.UUID) -> EngineEntry[S] | None:
+        """The tenant's entry if it has one; does not count as a use."""
+        with self._lock:
+            return self._entries.get(tenant_id)
+
     def get(self, tenant_id: uuid.UUID) -> EngineEntry[S]:
         """The tenant's entry, creating its engine on first use.
 
@@ -149,6 +167,44 @@ class EngineRegistry(Generic[S]):
                 raise creation.error
             # Created: loop to read it under the lock (second check). If it was evicted
             # in the meantime, the next pass starts a new creation.
+
+    def connect(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        failed: Callable[[BaseException], object] = lambda error: None,
+    ) -> tuple[EngineEntry[S], sa.Connection]:
+        """The tenant's entry and a connection checked out of its engine, which is current.
+
+        ``get`` then ``engine.connect()`` leaves a gap in which ``evict`` can pop and
+        dispose the entry: the connection would then come from a retired engine (a stale
+        password, a suspended role). So the entry is checked again, under the lock, once
+        the connection is out; if it was evicted meanwhile, the connection is given back
+        and the current entry (or a new one) is taken instead. After that check, an evict
+        only stops the connection from being pooled again (``close_retired_on_checkin``).
+
+        Raises what ``get`` and connecting raise (``failed`` is told of the latter first:
+        the factory reports its own), and TenantUnavailable if the tenant was evicted at
+        every one of ``_MAX_CONNECT_ATTEMPTS`` attempts (events keep coming).
+        """
+        for _ in range(_MAX_CONNECT_ATTEMPTS):
+            entry = self.get(tenant_id)
+            try:
+                connection = entry.engine.connect()
+            except BaseException as error:
+                failed(error)
+                raise
+            with self._lock:
+                current = self._entries.get(tenant_id) is entry
+            if current:
+                return entry, connection
+            connection.close()
+            logger.info(
+                "tenant %s was evicted while connecting; taking its engine again", tenant_id
+            )
+        raise TenantUnavailable(
+            "the tenant keeps changing; retry", retry_after=1, code="tenant_unavailable"
+        )
 
     def evict(self, tenant_id: uuid.UUID, reason: str = "event") -> bool:
         """Dispose the tenant's engine; True if it had one.

@@ -18,12 +18,12 @@ from app.crypto import Keyring
 from app.dev.cluster import LocalCluster
 from app.tenancy.control.checks import CheckResult, check_isolation
 from app.tenancy.control.clusters import Clusters
-from app.tenancy.control.ddl import tenant_scoped_ddl
+from app.tenancy.control.ddl import tenant_reference_ddl, tenant_scoped_ddl
 from app.tenancy.control.provisioning import create_tenant
 from app.tenancy.control.roles import RoleLimits, role_name
 from config import load_settings
 from tests.conftest import ClusterFactory, FreshDatabase
-from tests.support import app_for, invoke
+from tests.support import app_for, invoke, tenant_tables
 
 LIMITS = RoleLimits(connection_limit=5, statement_timeout_ms=5000, scram_iterations=64)
 
@@ -52,7 +52,7 @@ def _check_after(engine: sa.Engine, *statements: str) -> CheckResult:
 def test_checks_pass_on_a_fresh_install(fresh_engine: sa.Engine) -> None:
     result = _check_after(fresh_engine)
     assert result.problems == []
-    assert result.tenant_tables == 2
+    assert result.tenant_tables == len(tenant_tables())
 
 
 def test_checks_pass_for_a_table_made_tenant_scoped_by_the_helper(fresh_engine: sa.Engine) -> None:
@@ -62,7 +62,7 @@ def test_checks_pass_for_a_table_made_tenant_scoped_by_the_helper(fresh_engine: 
         *tenant_scoped_ddl("invoices"),
     )
     assert result.problems == []
-    assert result.tenant_tables == 3
+    assert result.tenant_tables == len(tenant_tables()) + 1
 
 
 def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa.Engine) -> None:
@@ -77,7 +77,61 @@ def test_checks_name_a_tenant_table_without_rls_policy_or_index(fresh_engine: sa
         "table invoices: row level security is not forced (the owner would bypass it)",
         "table invoices: has no tenant_isolation policy",
         "table invoices: no index starts with tenant_id",
+        "table invoices: has no UNIQUE (tenant_id, id), which tenant references point at; "
+        "ALTER TABLE invoices ADD CONSTRAINT uq_invoices_tenant_id_id UNIQUE (tenant_id, id) "
+        "(make_tenant_scoped adds it to new tables)",
     ]
+
+
+_INVOICES = (
+    "CREATE TABLE invoices (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+    "user_id uuid NOT NULL{reference}, created_at timestamptz)"
+)
+
+
+def test_checks_pass_for_a_tenant_reference_made_by_the_helper(fresh_engine: sa.Engine) -> None:
+    result = _check_after(
+        fresh_engine,
+        _INVOICES.format(reference=""),
+        *tenant_scoped_ddl("invoices"),
+        *tenant_reference_ddl("invoices", "user_id", "users", on_delete="CASCADE"),
+    )
+    assert result.problems == []
+
+
+def test_checks_name_a_single_column_reference_between_tenant_tables(
+    fresh_engine: sa.Engine,
+) -> None:
+    # The natural REFERENCES users (id) would let a tenant's invoice name another
+    # tenant's user: foreign-key checks bypass RLS.
+    result = _check_after(
+        fresh_engine,
+        _INVOICES.format(reference=" REFERENCES users (id)"),
+        *tenant_scoped_ddl("invoices"),
+    )
+    assert result.problems == [
+        "table invoices: foreign key invoices_user_id_fkey (user_id) references users (id) "
+        "without pairing tenant_id, so a row can name another tenant's row (foreign-key "
+        "checks bypass row level security); make it (tenant_id, user_id) REFERENCES users "
+        '(tenant_id, id): tenant_reference(op, "invoices", "user_id", "users") in a migration'
+    ]
+
+
+def test_checks_name_a_reference_pairing_tenant_id_with_another_column(
+    fresh_engine: sa.Engine,
+) -> None:
+    result = _check_after(
+        fresh_engine,
+        _INVOICES.format(reference=""),
+        *tenant_scoped_ddl("invoices"),
+        "ALTER TABLE invoices ADD CONSTRAINT crossed FOREIGN KEY (user_id, tenant_id) "
+        "REFERENCES users (tenant_id, id)",
+    )
+    assert len(result.problems) == 1
+    assert result.problems[0].startswith(
+        "table invoices: foreign key crossed (user_id, tenant_id) references users "
+        "(tenant_id, id) without pairing tenant_id"
+    )
 
 
 @pytest.mark.parametrize(
@@ -292,7 +346,28 @@ def _cli(env: dict[str, str], *args: str) -> Result:
 def test_checks_command_exits_zero_on_a_fresh_install(fresh_database: FreshDatabase) -> None:
     result = _cli(fresh_database(), "tenancy", "check")
     assert result.exit_code == 0, result.output
-    assert "tenant isolation check passed: 2 tenant table(s)" in result.output
+    tables = len(tenant_tables())
+    assert f"tenant isolation check passed: {tables} tenant table(s)" in result.output
+
+
+def test_checks_command_fails_naming_a_table_with_a_single_column_reference_to_users(
+    fresh_database: FreshDatabase,
+) -> None:
+    env = fresh_database()
+    engine = sa.create_engine(env["APP_DATABASE_URL"])
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(_INVOICES.format(reference=" REFERENCES users (id)"))
+            for statement in tenant_scoped_ddl("invoices"):
+                connection.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+    result = _cli(env, "tenancy", "check")
+    assert result.exit_code == 1
+    assert "table invoices: foreign key invoices_user_id_fkey (user_id) references users" in (
+        result.output
+    )
+    assert "tenant isolation check failed: 1 problem(s)" in result.output
 
 
 def test_checks_command_lists_problems_and_exits_non_zero(

@@ -23,10 +23,10 @@ from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.control.roles import place_tenant
 from app.tenancy.control.scram import generate_password, scram_sha256_verifier
 from config import psycopg2_url
-from tests.support import Inspector, MakePlaced, auth_headers
+from tests.support import Inspector, MakePlaced, auth_headers, tenant_tables
 
 WithRows = tuple[ProvisionedTenant, dict[str, list[dict[str, Any]]]]
-"""A tenant on ``default`` with users and products, and what the API listed of them."""
+"""A tenant on ``default`` with users, products and orders, and what the API listed of them."""
 
 
 def _post(client: FlaskClient, tenant: ProvisionedTenant, path: str, body: dict[str, Any]) -> str:
@@ -61,12 +61,18 @@ def tenant_with_rows(
     placed: Tenancy, placed_client: FlaskClient, make_placed: MakePlaced
 ) -> Iterator[WithRows]:
     tenant = make_placed("default")
-    for number in range(25):
+    users = [
         _post(placed_client, tenant, "/v1/users", {"first_name": f"U{number}", "last_name": "x"})
+        for number in range(25)
+    ]
     for number in range(3):
         body = {"name": f"P{number}", "price": number, "stock": number}
-        _post(placed_client, tenant, "/v1/products", body)
-    before = {path: _records(placed_client, tenant, path) for path in ("/v1/users", "/v1/products")}
+        product = _post(placed_client, tenant, "/v1/products", body)
+    # Rows that reference others: the copy must write their parents first.
+    for user in users[:2]:
+        _post(placed_client, tenant, "/v1/orders", {"user_id": user, "product_id": product})
+    paths = ("/v1/users", "/v1/products", "/v1/orders")
+    before = {path: _records(placed_client, tenant, path) for path in paths}
     yield tenant, before
     placed.forget(tenant.id, "test over")
 
@@ -80,7 +86,8 @@ def test_moving_copies_every_row_and_removes_the_old_copy(
     tenant, before = tenant_with_rows
     seen: list[tuple[str, int, int]] = []
     report = _move(placed, tenant, "c2", progress=lambda *step: seen.append(step), batch_size=10)
-    assert report.rows == {"users": 25, "products": 3}
+    copied = {"users": 25, "products": 3, "orders": 2}
+    assert report.rows == {**dict.fromkeys(tenant_tables(), 0), **copied}
     assert ("users", 10, 25) in seen
     assert ("users", 25, 25) in seen
     assert _cluster_of(placed, tenant) == "c2"

@@ -568,3 +568,71 @@ def test_registry_tells_observer_of_creations_and_evictions(
     registry.get(uuid.uuid4())
     registry.dispose_all()
     assert observer.evicted["shutdown"] == 1
+
+
+class PausingCheckout:
+    """Makes the first checkout of the first engine wait, between ``get`` and its connection."""
+
+    def __init__(self, factory: Factory) -> None:
+        self.reached = threading.Event()
+        self.proceed = threading.Event()
+        self._armed = True
+        self._factory = factory
+
+    def arm(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "checkout", self._pause)
+
+    def _pause(self, *args: Any) -> None:
+        if self._armed:
+            self._armed = False
+            self.reached.set()
+            assert self.proceed.wait(GUARD), "the test never let the checkout go on"
+
+
+def test_registry_connect_never_hands_out_an_engine_evicted_meanwhile(
+    sqlite_factory: Factory,
+) -> None:
+    """Forced interleaving: get() returned the entry, evict() retires it, then the checkout."""
+    pausing = PausingCheckout(sqlite_factory)
+    made = sqlite_factory.make
+
+    def make(tenant_id: uuid.UUID) -> sa.Engine:
+        engine = made(tenant_id)
+        if not sqlite_factory.engines:
+            pausing.arm(engine)
+        return engine
+
+    sqlite_factory.make = make
+    registry = make_registry(sqlite_factory)
+    tenant = uuid.uuid4()
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(registry.connect(tenant)))
+    thread.start()
+    assert pausing.reached.wait(GUARD)  # inside engine.connect() of the first engine
+
+    assert registry.evict(tenant, "test")
+    pausing.proceed.set()
+    thread.join(GUARD)
+
+    entry, connection = outcome[0]
+    stale, fresh = sqlite_factory.engines
+    assert entry.engine is fresh
+    assert not entry.retired
+    assert connection.engine is fresh
+    assert sqlite_factory.disposed(stale)
+    assert registry.get(tenant) is entry
+    connection.close()
+
+
+def test_registry_evict_after_connect_lets_the_holder_finish(sqlite_factory: Factory) -> None:
+    """The other interleaving: the connection was handed out, then the engine is evicted."""
+    registry = make_registry(sqlite_factory)
+    entry, connection = registry.connect(uuid.uuid4())
+
+    registry.evict(entry.tenant_id, "test")
+
+    assert connection.exec_driver_sql("SELECT 1").scalar() == 1  # the request finishes
+    dbapi_connection = connection.connection.dbapi_connection
+    connection.close()  # and its connection is closed, not pooled again
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        dbapi_connection.cursor()  # type: ignore[union-attr]

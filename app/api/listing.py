@@ -1,0 +1,334 @@
+"""List queries of bounded shape and bounded cost: the statements behind ``GET /v1/<resource>``.
+
+Shapes. What a list statement's SQL depends on is a :class:`ListShape`: whitelisted names
+and flags only, the search columns de-duplicated (the schema refuses a repeated name) and
+in the resource's own order. So the shapes of a resource are a finite set that
+:meth:`ListShape.space` enumerates, and ``ListStatements`` builds and keeps at most one
+statement per shape: its caches can never hold more than ``len(space)`` entries, whatever
+clients send. Values (search text, dates, cursor) are bound parameters.
+
+Cost. One request does a bounded amount of work (docs/operations.md, "Cost of a request"):
+
+- the total is counted up to ``COUNT_CAP`` rows; beyond, ``total`` says ``COUNT_CAP`` and the
+  response adds ``"total_capped": true``;
+- an offset (``page``) reaches at most ``MAX_OFFSET`` rows; deeper pages are read with the
+  ``after=`` cursor every full page hands out (``Link: <...>; rel="next"``), which the
+  ``(tenant_id, <sort column>, id)`` indexes turn into an index range scan;
+- a search, an equality filter, or a date range the order's index cannot serve (a
+  "windowed" shape) examines at most ``SEARCH_SCAN`` rows (in the requested order, from the
+  cursor), because such a condition is checked row by row: an ``ILIKE '%text%'`` cannot use
+  an index under row level security (the operator is not leakproof, so PostgreSQL may not
+  evaluate it inside the index scan that the policy restricts). Its ``total`` counts the
+  matches among the rows examined, and when rows were left unexamined the response says
+  ``total_capped`` and links to the next stretch.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from app.api.cursor import Cursor
+from app.schemas.common import ListQuerySchema
+
+COUNT_CAP = 10_000
+"""Rows a total is counted up to."""
+MAX_OFFSET = 10_000
+"""Rows a page may skip (``(page - 1) * page_size``); deeper pages use ``after=``."""
+SEARCH_SCAN = 10_000
+"""Rows one search request examines at most."""
+
+TOTAL = "_total"
+SCANNED = "_scanned"
+DATE_COLUMN = "created_at"
+"""The column ``date_after`` and ``date_before`` compare."""
+_LIKE_ESCAPE = "/"
+
+
+class Listable(Protocol):
+    """What a shape needs of a resource (``app.api.resource.Resource``)."""
+
+    @property
+    def query(self) -> ListQuerySchema: ...
+
+    @property
+    def filters(self) -> tuple[str, ...]: ...
+
+
+class Keyset(enum.Enum):
+    """Whether the page starts after a cursor, and whether that cursor's sort value is NULL."""
+
+    NONE = "none"
+    VALUE = "value"
+    NULL = "null"
+
+
+@dataclass(frozen=True)
+class ListShape:
+    """What a list query's SQL depends on; its values travel as bound parameters.
+
+    A handful of shapes serve every request, so each shape's statement is built (and its
+    SQLAlchemy cache key computed) once per worker, not once per request.
+    """
+
+    sort_column: str
+    descending: bool
+    search_columns: tuple[str, ...]  # empty: no search; else in the resource's order
+    date_after: bool
+    date_before: bool
+    filters: tuple[str, ...]
+    keyset: Keyset = Keyset.NONE
+
+    @classmethod
+    def of(
+        cls, resource: Listable, params: dict[str, Any], cursor: Cursor | None = None
+    ) -> ListShape:
+        """The shape of already validated, whitelisted ``params`` (and decoded ``after``)."""
+        searched: tuple[str, ...] = ()
+        if "search" in params:
+            chosen = set(params.get("search_columns") or resource.query.SEARCHABLE)
+            # One canonical order: "email,first_name" and "first_name,email" are one shape.
+            searched = tuple(name for name in resource.query.SEARCHABLE if name in chosen)
+        keyset = Keyset.NONE
+        if cursor is not None:
+            keyset = Keyset.NULL if cursor.value is None else Keyset.VALUE
+        return cls(
+            sort_column=params["sort_column"],
+            descending=params["sort_direction"] in ("descending", "desc"),
+            search_columns=searched,
+            date_after="date_after" in params,
+            date_before="date_before" in params,
+            filters=tuple(name for name in resource.filters if name in params),
+            keyset=keyset,
+        )
+
+    @property
+    def windowed(self) -> bool:
+        """Whether a condition cannot narrow the sort index's range, so rows are examined.
+
+        The ``(tenant_id, <sort column>, id)`` index serves the order and, when sorting by
+        ``created_at``, a date range. A search, an equality filter or a date range on
+        another order would be checked row by row, through as many rows as the tenant
+        has: such a shape examines a bounded stretch (``SEARCH_SCAN``) instead.
+        """
+        dated = (self.date_after or self.date_before) and self.sort_column != DATE_COLUMN
+        return bool(self.search_columns or self.filters or dated)
+
+    @classmethod
+    def space(cls, resource: Listable) -> Iterator[ListShape]:
+        """Every shape a request to ``resource`` can have: a finite set."""
+        searchable = resource.query.SEARCHABLE
+        searches = [
+            combination
+            for size in range(len(searchable) + 1)
+            for combination in itertools.combinations(searchable, size)
+        ]
+        filter_sets = [
+            combination
+            for size in range(len(resource.filters) + 1)
+            for combination in itertools.combinations(resource.filters, size)
+        ]
+        for sort, descending, searched, after, before, filters, keyset in itertools.product(
+            resource.query.SORTABLE,
+            (False, True),
+            searches,
+            (False, True),
+            (False, True),
+            filter_sets,
+            Keyset,
+        ):
+            yield cls(sort, descending, searched, after, before, filters, keyset)
+
+    def values(
+        self, params: dict[str, Any], *, limit: int, offset: int, cursor: Cursor | None = None
+    ) -> dict[str, Any]:
+        """The bound parameters of this shape's statements.
+
+        ``limit`` rows of the page are asked for plus one, which tells whether there is more.
+        """
+        values: dict[str, Any] = {"limit": limit + 1, "offset": offset}
+        if self.windowed:
+            values["scan"] = SEARCH_SCAN
+        else:
+            values["cap"] = COUNT_CAP + 1
+        if self.search_columns:
+            # %, _ and the escape character in the search text match literally.
+            text = params["search"]
+            for char in (_LIKE_ESCAPE, "%", "_"):
+                text = text.replace(char, _LIKE_ESCAPE + char)
+            values["search"] = text
+        for name in ("date_after", "date_before", *self.filters):
+            if name in params:
+                values[name] = params[name]
+        if cursor is not None:
+            values["after_id"] = cursor.id
+            if cursor.value is not None:
+                values["after_value"] = cursor.value
+        return values
+
+
+class ListStatements:
+    """The statements of one table, per :class:`ListShape`, built once.
+
+    Bounded: at most one page statement and one window-end statement per shape of the
+    finite space (:meth:`ListShape.space`). A race builds the same statement twice; the
+    dict operations themselves are atomic.
+    """
+
+    def __init__(self, table: sa.Table, output_columns: list[sa.Column[Any]]) -> None:
+        self._table = table
+        self._output = output_columns
+        self._pages: dict[ListShape, sa.Select[Any]] = {}
+        self._window_ends: dict[ListShape, sa.Select[Any, uuid.UUID]] = {}
+
+    def __len__(self) -> int:
+        """Statements held (for tests of the bound)."""
+        return len(self._pages) + len(self._window_ends)
+
+    def shapes(self) -> frozenset[ListShape]:
+        """The shapes a page statement was built for."""
+        return frozenset(self._pages)
+
+    def page(self, shape: ListShape) -> sa.Select[Any]:
+        """One page of rows, each carrying the (capped) total: one query, one round trip.
+
+        The page is outer-joined to the count, so an empty page still gives one row: its
+        record columns are NULL and it carries the total.
+        """
+        statement = self._pages.get(shape)
+        if statement is None:
+            statement = self._build_page(shape)
+            self._pages[shape] = statement
+        return statement
+
+    def window_end(self, shape: ListShape) -> sa.Select[Any, uuid.UUID]:
+        """The sort value and id of the last row a windowed shape examined."""
+        cached = self._window_ends.get(shape)
+        if cached is not None:
+            return cached
+        statement = (
+            sa.select(self._table.c[shape.sort_column], self._table.c.id)
+            .where(*self._narrowing(shape), *self._keyset(shape))
+            .order_by(*self._order(shape))
+            .offset(sa.bindparam("scan", type_=sa.Integer) - 1)
+            .limit(1)
+        )
+        self._window_ends[shape] = statement
+        return statement
+
+    def _build_page(self, shape: ListShape) -> sa.Select[Any]:
+        limit = sa.bindparam("limit", type_=sa.Integer)
+        offset = sa.bindparam("offset", type_=sa.Integer)
+        rows = sa.select(*self._selected(shape)).where(
+            *self._narrowing(shape), *self._keyset(shape)
+        )
+        if shape.windowed:
+            # The rows examined: a stretch of at most SEARCH_SCAN, in order, from the cursor.
+            scan = sa.bindparam("scan", type_=sa.Integer)
+            window = rows.order_by(*self._order(shape)).limit(scan).subquery()
+            matching = sa.and_(*self._filtering(shape, window.c))
+            page = sa.select(*window.c).where(matching).order_by(*self._order(shape, window.c))
+            total = sa.select(
+                sa.func.count().filter(matching).label(TOTAL), sa.func.count().label(SCANNED)
+            ).subquery("total")
+        else:
+            page = rows.order_by(*self._order(shape))
+            capped = (
+                sa.select(sa.literal_column("1"))
+                .select_from(self._table)
+                .where(*self._narrowing(shape))
+                .limit(sa.bindparam("cap", type_=sa.Integer))
+                .subquery()
+            )
+            total = (
+                sa.select(sa.func.count().label(TOTAL), sa.null().label(SCANNED))
+                .select_from(capped)
+                .subquery("total")
+            )
+        page_rows = page.limit(limit).offset(offset).subquery("page")
+        return (
+            sa.select(*page_rows.c, total.c[TOTAL], total.c[SCANNED])
+            .select_from(total.outerjoin(page_rows, sa.true()))
+            .order_by(*self._order(shape, page_rows.c))
+        )
+
+    def _selected(self, shape: ListShape) -> list[sa.Column[Any]]:
+        """The output columns, and those the statement orders or filters by if not among them."""
+        names = {column.name for column in self._output}
+        wanted = ["id", shape.sort_column, *shape.search_columns, *shape.filters]
+        if shape.windowed and (shape.date_after or shape.date_before):
+            wanted.append(DATE_COLUMN)
+        extra = [self._table.c[name] for name in dict.fromkeys(wanted) if name not in names]
+        return [*self._output, *extra]
+
+    def _order(
+        self, shape: ListShape, columns: sa.ColumnCollection[str, Any] | None = None
+    ) -> list[sa.ColumnElement[Any]]:
+        # The id breaks ties, so pages never overlap or skip rows with equal sort keys.
+        columns = self._table.c if columns is None else columns
+        sort, ident = columns[shape.sort_column], columns["id"]
+        if shape.descending:
+            return [sort.desc(), ident.desc()]
+        return [sort.asc(), ident.asc()]
+
+    def _keyset(self, shape: ListShape) -> list[sa.ColumnElement[bool]]:
+        """Rows after the cursor in the shape's order (PostgreSQL: NULLs last ascending)."""
+        if shape.keyset is Keyset.NONE:
+            return []
+        sort, ident = self._table.c[shape.sort_column], self._table.c.id
+        after_id = sa.bindparam("after_id", type_=ident.type)
+        if shape.keyset is Keyset.NULL:  # within the NULLs, which end (or open) the order
+            if shape.descending:
+                return [sa.or_(sa.and_(sort.is_(None), ident < after_id), sort.is_not(None))]
+            return [sa.and_(sort.is_(None), ident > after_id)]
+        after = sa.tuple_(sa.bindparam("after_value", type_=sort.type), after_id)
+        if shape.descending:
+            return [sa.tuple_(sort, ident) < after]
+        beyond = sa.tuple_(sort, ident) > after
+        return [sa.or_(beyond, sort.is_(None))] if sort.nullable else [beyond]
+
+    def _narrowing(self, shape: ListShape) -> list[sa.ColumnElement[bool]]:
+        """Conditions the sort index serves as a range: dates, when sorting by them."""
+        if shape.sort_column != DATE_COLUMN:
+            return []
+        return self._dates(shape, self._table.c)
+
+    def _filtering(
+        self, shape: ListShape, columns: sa.ColumnCollection[str, Any]
+    ) -> list[sa.ColumnElement[bool]]:
+        """Conditions checked row by row, on the examined rows; values are bound parameters."""
+        conditions: list[sa.ColumnElement[bool]] = []
+        if shape.search_columns:
+            search = sa.bindparam("search", type_=sa.String)
+            conditions.append(
+                sa.or_(
+                    *(
+                        columns[name].icontains(search, escape=_LIKE_ESCAPE)
+                        for name in shape.search_columns
+                    )
+                )
+            )
+        if shape.sort_column != DATE_COLUMN:
+            conditions += self._dates(shape, columns)
+        conditions.extend(
+            columns[name] == sa.bindparam(name, type_=self._table.c[name].type)
+            for name in shape.filters
+        )
+        return conditions
+
+    def _dates(
+        self, shape: ListShape, columns: sa.ColumnCollection[str, Any]
+    ) -> list[sa.ColumnElement[bool]]:
+        created, kind = columns[DATE_COLUMN], self._table.c[DATE_COLUMN].type
+        conditions = []
+        if shape.date_after:
+            conditions.append(created > sa.bindparam("date_after", type_=kind))
+        if shape.date_before:
+            conditions.append(created < sa.bindparam("date_before", type_=kind))
+        return conditions

@@ -1,0 +1,115 @@
+"""A tenant holding requests open cannot take a quiet tenant's threads (real gunicorn, 1 x 4).
+
+The noisy tenant holds its requests open for real: each POST sends its headers at once and
+then trickles its body over ``TRICKLE`` seconds, so the request holds a thread (and a
+connection) for that long, as a slow or hostile client does. Without fair share, eight of
+those take all four threads and the quiet tenant's requests queue behind them for seconds.
+With it, the noisy tenant runs at most two at a time while the quiet one is present, its
+other attempts get 429, and the quiet tenant is answered within ``BOUND``.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.e2e.conftest import SeededTenant, Service, seed, start_service, stop_service
+
+pytestmark = pytest.mark.e2e
+
+THREADS = 4
+NOISY_CLIENTS = 8
+TRICKLE = 3.0  # seconds a noisy request holds its thread
+RUN = 7.0
+BOUND = 1.5  # a quiet request never waits longer (without fair share: >= TRICKLE)
+
+
+@pytest.fixture(scope="module")
+def one_worker(
+    app_env: dict[str, str], migrated: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Service, list[SeededTenant]]]:
+    folder = tmp_path_factory.mktemp("fair")
+    tenants = seed(app_env, folder / "tenants.json", count=2, prefix="fair", users_per_tenant=1)
+    # The product's default share (half the threads), not the suite's "no cap".
+    env = {key: value for key, value in app_env.items() if key != "APP_TENANT_THREAD_SHARE"}
+    process, service = start_service(env, folder / "gunicorn.log", workers=1, threads=THREADS)
+    yield service, tenants
+    stop_service(process)
+
+
+def _trickled_post(service: Service, tenant: SeededTenant, stop: threading.Event) -> str:
+    """One POST whose body arrives a byte at a time over TRICKLE s; its status and code."""
+    url = urlsplit(service.url)
+    body = b'{"first_name": "Slow", "last_name": "Poke"}'
+    head = (
+        f"POST /v1/users HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"X-Tenant-ID: {tenant.id}\r\nAuthorization: Bearer {tenant.api_key}\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for position in range(len(body)):
+            readable, _, _ = select.select([sock], [], [], TRICKLE / len(body))
+            if readable:
+                break  # answered before reading the body: refused
+            if stop.is_set():
+                sock.sendall(body[position:])  # the test is over: finish at once
+                break
+            sock.sendall(body[position : position + 1])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = answer.split(b" ", 2)[1].decode()
+    code = re.search(rb'"code":\s*"([a-z_]+)"', answer)
+    return status + ("" if code is None else f" {code.group(1).decode()}")
+
+
+def test_fair_share_quiet_tenant_is_served_while_another_holds_requests_open(
+    one_worker: tuple[Service, list[SeededTenant]],
+) -> None:
+    service, (noisy, quiet) = one_worker
+    stop = threading.Event()
+    quiet_seen: list[tuple[int, float]] = []
+    noisy_seen: Counter[str] = Counter()
+
+    def quiet_client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = session.get(service.url + "/v1/users", headers=quiet.headers, timeout=30)
+                quiet_seen.append((response.status_code, time.monotonic() - started))
+
+    def noisy_client() -> None:
+        while not stop.is_set():
+            noisy_seen[_trickled_post(service, noisy, stop)] += 1
+
+    quiet_thread = threading.Thread(target=quiet_client)
+    quiet_thread.start()
+    while not quiet_seen:  # the quiet tenant is present before the flood starts
+        time.sleep(0.01)
+    noisy_threads = [threading.Thread(target=noisy_client) for _ in range(NOISY_CLIENTS)]
+    for thread in noisy_threads:
+        thread.start()
+    time.sleep(RUN)
+    stop.set()
+    for thread in [quiet_thread, *noisy_threads]:
+        thread.join(60)
+
+    statuses = Counter(status for status, _ in quiet_seen)
+    slowest = max(seconds for _, seconds in quiet_seen)
+    print(f"\nquiet: {dict(statuses)}, slowest {slowest * 1000:.0f} ms; noisy: {dict(noisy_seen)}")
+    assert set(statuses) == {200}
+    assert slowest < BOUND
+    assert noisy_seen["429 tenant_busy"] > 0  # over its share while the quiet one was there
+    assert noisy_seen["201"] > 0  # and still served within it
+    metrics = requests.get(service.url + "/metrics", timeout=10).text
+    assert re.search(r'^tenantpool_fair_share_total\{outcome="rejected"\} [1-9]', metrics, re.M)
