@@ -41,9 +41,11 @@ _ASYMMETRIC_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
 _MAX_JWKS_BYTES = 1024 * 1024
 _MAX_ROLES = 32
 _ROLE = re.compile(r"\A[A-Za-z0-9_.:-]{1,64}\Z")
-# Printable, no quote or backslash games: the subject reaches SQL as a literal.
-_SUBJECT = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
+# Printable ASCII but the quote and the backslash: the subject reaches SQL as a literal.
+_SUBJECT = re.compile(r"\A[\x21-\x26\x28-\x5b\x5d-\x7e]{1,255}\Z")
+# A compact JWT of at most 8 kB: three base64url parts (a signature is never empty here).
 _JWT_SHAPE = re.compile(r"\A[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
+_MAX_TOKEN = 8192
 
 Fetch = Callable[[str, float], bytes]
 """``fetch(url, timeout)``: the JWKS document's bytes; raises OSError/ValueError on failure."""
@@ -51,16 +53,21 @@ Fetch = Callable[[str, float], bytes]
 
 def looks_like_jwt(credential: str) -> bool:
     """Whether a bearer credential is shaped like a compact JWT (API keys have no dot)."""
-    return _JWT_SHAPE.match(credential) is not None
+    return len(credential) <= _MAX_TOKEN and _JWT_SHAPE.match(credential) is not None
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a verified token speaks for: a tenant, an end user and what they may do."""
+    """Who a verified token speaks for: a tenant, an end user and what they may do.
+
+    ``admin``: the user holds the admin role (``APP_JWT_ADMIN_ROLE``) and sees all of the
+    tenant's rows; ``can_write``: the token's scopes allow writes (``APP_JWT_WRITE_SCOPE``).
+    """
 
     tenant_id: uuid.UUID
     subject: str
     roles: tuple[str, ...]
+    admin: bool
     can_write: bool
 
 
@@ -181,6 +188,7 @@ class TokenVerifier:
         audience: str,
         tenant_claim: str = "tenant_id",
         roles_claim: str = "roles",
+        admin_role: str = "admin",
         write_scope: str | None = None,
         leeway: int = LEEWAY,
     ) -> None:
@@ -189,6 +197,7 @@ class TokenVerifier:
         self.audience = audience
         self.tenant_claim = tenant_claim
         self.roles_claim = roles_claim
+        self.admin_role = admin_role
         self.write_scope = write_scope
         self.leeway = leeway
 
@@ -233,7 +242,10 @@ class TokenVerifier:
             raise _refused()
         if not all(isinstance(role, str) and _ROLE.match(role) for role in roles):
             raise _refused()
-        return Identity(tenant_id, subject, tuple(sorted(set(roles))), self._can_write(claims))
+        granted = tuple(sorted(set(roles)))
+        return Identity(
+            tenant_id, subject, granted, self.admin_role in granted, self._can_write(claims)
+        )
 
     def _can_write(self, claims: Mapping[str, Any]) -> bool:
         if self.write_scope is None:
