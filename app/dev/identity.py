@@ -4,8 +4,9 @@ Development only. The key (EC P-256, ES256) is made once into ``var/dev-jwt-key.
 (mode 0600) and kept; its public half is served as a JWKS on 127.0.0.1 from the ``make
 run`` process for as long as it runs, and the service is pointed at it
 (``APP_JWT_JWKS_URL``, ``APP_JWT_ISSUER``, ``APP_JWT_AUDIENCE``). Each demo tenant gets two
-tokens, printed at start: an end user with the admin role (sees all of the tenant's
-orders) and one without (sees only their own).
+tokens, printed at start and written to ``var/demo-tokens.json`` (mode 0600) for the
+README's examples: an end user with the admin role (sees all of the tenant's orders) and
+one without (sees only their own). They name this run's issuer: a restart makes new ones.
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ class DevIdentityProvider:
             "roles": roles,
         }
         return jwt.encode(dict(claims), self._key, algorithm="ES256", headers={"kid": KID})
+
+    def write_demo_tokens(self, tenants: list[dict[str, str]], path: Path) -> list[dict[str, str]]:
+        """Each tenant's ``admin`` and ``member`` tokens, also written to ``path`` (0600)."""
+        tokens = [
+            {
+                "tenant": tenant["id"],
+                "name": tenant["name"],
+                "admin": self.token(tenant["id"], "demo-admin", ["admin"]),
+                "member": self.token(tenant["id"], "demo-user-1", ["member"]),
+            }
+            for tenant in tenants
+        ]
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(json.dumps(tokens, indent=2) + "\n")
+        return tokens
 
     def close(self) -> None:
         self._server.shutdown()

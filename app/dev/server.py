@@ -45,6 +45,7 @@ VAR = REPO_ROOT / "var"
 DEV_ENV = VAR / "dev.env"
 PORT_FILE = VAR / "pg.port"
 TENANTS_FILE = VAR / "tenants.json"
+DEMO_TOKENS_FILE = VAR / "demo-tokens.json"
 OWNER = "tenantpool"
 DATABASE = "tenantpool"
 DEFAULT_BIND = "127.0.0.1:8080"
@@ -253,12 +254,13 @@ def _tell_where_things_are(bind: str, *, local: bool, identity: DevIdentityProvi
         say(f"try:\n    {line}")
     tenants = demo_tenants()
     if identity is not None and tenants:
-        say(f"end users' JWTs (development key in {_shown(VAR / 'dev-jwt-key.pem')}):")
-        for tenant in tenants:
-            admin = identity.token(tenant["id"], "demo-admin", ["admin"])
-            member = identity.token(tenant["id"], "demo-user-1", ["member"])
-            say(f"    {tenant['name']}  admin: {admin}")
-            say(f"    {tenant['name']}  member (sees its own orders only): {member}")
+        say(
+            f"end users' JWTs (development key in {_shown(VAR / 'dev-jwt-key.pem')}, "
+            f"also in {_shown(DEMO_TOKENS_FILE)}):"
+        )
+        for tokens in identity.write_demo_tokens(tenants, DEMO_TOKENS_FILE):
+            say(f"    {tokens['name']}  admin: {tokens['admin']}")
+            say(f"    {tokens['name']}  member (sees its own orders only): {tokens['member']}")
         say(
             f'    curl -s -H "Authorization: Bearer <JWT>" {base_url(bind)}/v1/orders   '
             "(no X-Tenant-ID: the token names its tenant)"
