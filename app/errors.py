@@ -22,6 +22,7 @@ from app.tenancy.errors import (
     AuthenticationFailed,
     CapacityExhausted,
     InvalidTenantHeader,
+    ReadOnlyToken,
     TenantNameTaken,
     TenantNotFound,
     TenantOverShare,
@@ -90,6 +91,7 @@ _TENANCY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     InvalidTenantHeader: (400, "invalid_tenant_header", "Invalid X-Tenant-ID header"),
     AuthenticationFailed: (401, "unauthorized", "Unauthorized"),
     TenantSuspended: (403, "tenant_suspended", "Tenant suspended"),
+    ReadOnlyToken: (403, "read_only_token", "Forbidden"),
     TenantNotFound: (404, "not_found", "Not found"),
     TenantNameTaken: (409, "conflict", "Conflict"),
 }
@@ -135,8 +137,9 @@ def _validation_error(error: ValidationError) -> Response:
 
 def _tenancy_error(error: Exception) -> Response:
     status, code, title = _TENANCY_ERRORS[type(error)]
-    # 401s all read the same, whatever the cause: no tenant-existence oracle.
-    detail = "missing or invalid API key for this tenant" if status == 401 else str(error)
+    # 401s all read the same, whatever the cause and the credential (API key or JWT): no
+    # tenant-existence oracle.
+    detail = "missing or invalid credentials for this tenant" if status == 401 else str(error)
     return problem(status, code, title, detail)
 
 

@@ -13,9 +13,11 @@ import uuid
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from app.tenancy import Tenancy, attach, tenancy_of
-from app.tenancy.errors import AuthenticationFailed
+from app.tenancy.errors import AuthenticationFailed, ReadOnlyToken
+from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.resolve import parse_bearer, parse_tenant_id
 from app.tenancy.serving.session import TenantSession
+from app.tenancy.serving.tokens import looks_like_jwt
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 log = logging.getLogger(__name__)
@@ -44,10 +46,9 @@ def tenant_session() -> TenantSession:
 
 
 def _bind_tenant() -> None:
-    tenant_id = parse_tenant_id(request.headers.getlist("X-Tenant-ID"))
     tenancy = tenancy_of(current_app)
     tenancy.start_background()
-    _authenticate(tenancy, tenant_id)
+    tenant_id, context = _authenticate(tenancy)
     g.tenant_id = tenant_id
     # Before a connection is taken: a request waiting for its tenant's share holds none.
     tenancy.fair_share.enter(tenant_id)
@@ -57,7 +58,9 @@ def _bind_tenant() -> None:
     g.tenant_activity = tenancy.activity
     # Safe methods must not write: their statements run as read-only transactions of one
     # round trip each, with no COMMIT or ROLLBACK to send.
-    g.tenant_session = tenancy.open_session(tenant_id, read_only=request.method in SAFE_METHODS)
+    g.tenant_session = tenancy.open_session(
+        tenant_id, read_only=request.method in SAFE_METHODS, context=context
+    )
 
 
 def _answered(response: Response) -> Response:
@@ -74,15 +77,40 @@ def _end_activity(status: int | None) -> None:
     activity.finished(g.tenant_id, status, None if session is None else session.info.get("way"))
 
 
-def _authenticate(tenancy: Tenancy, tenant_id: uuid.UUID) -> None:
-    """The tenant's key, unless this client failed too often lately (429, no lookup then)."""
+def _authenticate(tenancy: Tenancy) -> tuple[uuid.UUID, TenantContext | None]:
+    """The request's tenant and, for an end user's JWT, the context it runs in.
+
+    An API key needs ``X-Tenant-ID`` (400 without a valid one) and speaks for the tenant
+    itself; a JWT names its tenant in a claim, and ``X-Tenant-ID``, if sent, must agree. A
+    client that failed too often lately gets 429 before any lookup.
+    """
     client = client_address()
     tenancy.auth_throttle.check(client)
+    authorization = request.headers.getlist("Authorization")
+    claimed = request.headers.getlist("X-Tenant-ID")
+    token = _bearer_jwt(authorization) if tenancy.tokens is not None else None
     try:
-        tenancy.authenticate(tenant_id, parse_bearer(request.headers.getlist("Authorization")))
+        if token is None:
+            tenant_id = parse_tenant_id(claimed)
+            tenancy.authenticate(tenant_id, parse_bearer(authorization))
+            return tenant_id, None
+        context, can_write = tenancy.authenticate_token(
+            token, parse_tenant_id(claimed) if claimed else None
+        )
     except AuthenticationFailed:
         tenancy.auth_throttle.failed(client)
         raise
+    if not can_write and request.method not in SAFE_METHODS:
+        raise ReadOnlyToken("this token's scopes do not allow writes")
+    return uuid.UUID(context.tenant_id), context
+
+
+def _bearer_jwt(authorization: list[str]) -> str | None:
+    """The JWT of exactly one ``Authorization: Bearer`` header, if it carries one."""
+    if len(authorization) != 1 or not authorization[0].startswith("Bearer "):
+        return None
+    credential = authorization[0][len("Bearer ") :]
+    return credential if looks_like_jwt(credential) else None
 
 
 def client_address() -> str:

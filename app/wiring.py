@@ -20,7 +20,7 @@ from app.db import create_control_engine
 from app.metrics import TenancyMetrics, worker_directory
 from app.tenancy import Tenancy
 from app.tenancy.control.clusters import Clusters
-from app.tenancy.control.gateways import gateway_access
+from app.tenancy.control.gateways import context_key, gateway_access
 from app.tenancy.control.roles import RoleLimits
 from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff
@@ -35,6 +35,7 @@ from app.tenancy.serving.reaper import Reaper, process_reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.session import tenant_sessionmaker
 from app.tenancy.serving.throttle import AuthThrottle
+from app.tenancy.serving.tokens import JwksCache, TokenVerifier
 from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings
 
@@ -66,6 +67,8 @@ def build_tenancy(settings: Settings) -> Tenancy:
         pool,
         budget=budget,
         backoff=backoff,
+        # Read once per cluster and worker: the key changes only with the database.
+        context_key=functools.cache(functools.partial(context_key, clusters)),
         observer=observer,
         activity=activity,
     )
@@ -108,8 +111,25 @@ def build_tenancy(settings: Settings) -> Tenancy:
         observer=observer,
         activity=activity,
     )
+    tenancy.tokens = _token_verifier(settings)
     _attach_background(tenancy, settings, control_engine)
     return tenancy
+
+
+def _token_verifier(settings: Settings) -> TokenVerifier | None:
+    """End users' JWTs, when ``APP_JWT_JWKS_URL`` is set; else API keys only."""
+    jwt = settings.jwt
+    if jwt is None:
+        return None
+    return TokenVerifier(
+        JwksCache(jwt.jwks_url),
+        issuer=jwt.issuer,
+        audience=jwt.audience,
+        tenant_claim=jwt.tenant_claim,
+        roles_claim=jwt.roles_claim,
+        admin_role=jwt.admin_role,
+        write_scope=jwt.write_scope,
+    )
 
 
 def role_limits(settings: Settings) -> RoleLimits:

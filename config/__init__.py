@@ -5,6 +5,7 @@ and validated there; a bad one raises :class:`ConfigError` whose message is one 
 naming the variable and what is wrong, so start-up stops with that line.
 """
 
-from config.settings import ConfigError, Settings, load_settings, psycopg2_url
+from config.reader import ConfigError
+from config.settings import Settings, load_settings, psycopg2_url
 
 __all__ = ["ConfigError", "Settings", "load_settings", "psycopg2_url"]

@@ -1,9 +1,4 @@
-"""Typed settings and their loading from the environment (DESIGN section 9).
-
-Our own small reader rather than pydantic-settings: it keeps the ``APP_<NAME>_FILE``
-convention (Docker secrets, re-read on reload) and one-line errors naming the variable,
-which pydantic's multi-line validation reports would need a layer of their own to give.
-"""
+"""Typed settings and their loading from the environment (DESIGN section 9)."""
 
 from __future__ import annotations
 
@@ -11,12 +6,14 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from config.jwt import JwtSettings, load_jwt
+from config.reader import ConfigError, Reader, choice, float_between, int_between
 
 ENVIRONMENTS = ("development", "testing", "production")
 SERVING_MODES = ("dedicated", "shared", "mix")
@@ -40,11 +37,6 @@ _QUERY_REFUSED = {
     "options": "server options may set the role every connection runs as (-c role=...)",
 }
 _QUERY_HOST_KEYS = ("host", "hostaddr", "port")
-T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +76,7 @@ class Settings:
     trusted_proxies: int
     log_level: str
     tracing: str
+    jwt: JwtSettings | None
     tenant_thread_share: int
     tenant_share_wait: float
     auth_failure_limit: int
@@ -101,8 +94,8 @@ def _default_workers() -> int:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``APP_*`` variable; raise ConfigError on the first bad one."""
     env = os.environ if environ is None else environ
-    reader = _Reader(env)
-    app_env = reader.get("APP_ENV", "development", _choice(ENVIRONMENTS))
+    reader = Reader(env)
+    app_env = reader.get("APP_ENV", "development", choice(ENVIRONMENTS))
     database_url = reader.require("APP_DATABASE_URL", _database_url)
     keys = reader.require("APP_ENCRYPTION_KEYS", _keyring)
     active = reader.require("APP_ENCRYPTION_ACTIVE_KEY", str)
@@ -112,9 +105,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"(known: {', '.join(sorted(keys))})"
         )
     admin_token = reader.get("APP_ADMIN_TOKEN", None, _admin_token)
-    threads = reader.get("APP_THREADS", 4, _int_between(1, 256))
+    threads = reader.get("APP_THREADS", 4, int_between(1, 256))
     statement_timeout_ms = reader.get(
-        "APP_TENANT_STATEMENT_TIMEOUT_MS", 5000, _int_between(1, 3_600_000)
+        "APP_TENANT_STATEMENT_TIMEOUT_MS", 5000, int_between(1, 3_600_000)
     )
     settings = Settings(
         env=app_env,
@@ -124,48 +117,49 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_token=admin_token,
         clusters=reader.get("APP_CLUSTERS", {}, _clusters),
         bind=reader.get("APP_BIND", "127.0.0.1:8080", _bind),
-        workers=reader.get("APP_WORKERS", _default_workers(), _int_between(1, 256)),
+        workers=reader.get("APP_WORKERS", _default_workers(), int_between(1, 256)),
         threads=threads,
         # A tenant uses at most one connection per request thread; an overflow connection
         # is closed when it comes back, so each burst above the pool size would log in again.
-        serving=reader.get("APP_SERVING", "shared", _choice(SERVING_MODES)),
+        serving=reader.get("APP_SERVING", "shared", choice(SERVING_MODES)),
         # One shared connection per request thread: a request never waits for another's.
-        gateway_pool_size=reader.get("APP_GATEWAY_POOL_SIZE", threads, _int_between(1, 100)),
-        tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", threads, _int_between(1, 100)),
-        tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 0, _int_between(0, 100)),
-        max_engines=reader.get("APP_MAX_ENGINES", 200, _int_between(1, 100_000)),
+        gateway_pool_size=reader.get("APP_GATEWAY_POOL_SIZE", threads, int_between(1, 100)),
+        tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", threads, int_between(1, 100)),
+        tenant_max_overflow=reader.get("APP_TENANT_MAX_OVERFLOW", 0, int_between(0, 100)),
+        max_engines=reader.get("APP_MAX_ENGINES", 200, int_between(1, 100_000)),
         connection_budget=reader.get(
-            "APP_CONNECTION_BUDGET", threads + BUDGET_HEADROOM, _int_between(1, 10_000)
+            "APP_CONNECTION_BUDGET", threads + BUDGET_HEADROOM, int_between(1, 10_000)
         ),
-        pool_timeout=reader.get("APP_POOL_TIMEOUT", 5.0, _float_between(0.0, 300.0)),
-        idle_ttl=reader.get("APP_IDLE_TTL", 300.0, _float_between(0.1, 86_400.0)),
-        reaper_interval=reader.get("APP_REAPER_INTERVAL", 5.0, _float_between(0.05, 3_600.0)),
-        tenant_cache_ttl=reader.get("APP_TENANT_CACHE_TTL", 60.0, _float_between(0.0, 3_600.0)),
+        pool_timeout=reader.get("APP_POOL_TIMEOUT", 5.0, float_between(0.0, 300.0)),
+        idle_ttl=reader.get("APP_IDLE_TTL", 300.0, float_between(0.1, 86_400.0)),
+        reaper_interval=reader.get("APP_REAPER_INTERVAL", 5.0, float_between(0.05, 3_600.0)),
+        tenant_cache_ttl=reader.get("APP_TENANT_CACHE_TTL", 60.0, float_between(0.0, 3_600.0)),
         tenant_connection_limit=reader.get(
-            "APP_TENANT_CONNECTION_LIMIT", 20, _int_between(1, 10_000)
+            "APP_TENANT_CONNECTION_LIMIT", 20, int_between(1, 10_000)
         ),
         tenant_statement_timeout_ms=statement_timeout_ms,
-        connect_timeout=reader.get("APP_CONNECT_TIMEOUT", 5, _int_between(1, 300)),
+        connect_timeout=reader.get("APP_CONNECT_TIMEOUT", 5, int_between(1, 300)),
         database_io_timeout=reader.get(
-            "APP_DATABASE_IO_TIMEOUT", statement_timeout_ms / 1000 + 5, _float_between(1.0, 3_600.0)
+            "APP_DATABASE_IO_TIMEOUT", statement_timeout_ms / 1000 + 5, float_between(1.0, 3_600.0)
         ),
-        scram_iterations=reader.get("APP_SCRAM_ITERATIONS", 64, _int_between(1, 10_000_000)),
+        scram_iterations=reader.get("APP_SCRAM_ITERATIONS", 64, int_between(1, 10_000_000)),
         max_content_length=reader.get(
-            "APP_MAX_CONTENT_LENGTH", 1024 * 1024, _int_between(1024, 1024**3)
+            "APP_MAX_CONTENT_LENGTH", 1024 * 1024, int_between(1024, 1024**3)
         ),
         trusted_cidrs=reader.get("APP_ADMIN_TRUSTED_CIDRS", (), _cidrs),
-        trusted_proxies=reader.get("APP_TRUSTED_PROXIES", 0, _int_between(0, 10)),
+        trusted_proxies=reader.get("APP_TRUSTED_PROXIES", 0, int_between(0, 10)),
         log_level=reader.get(
-            "APP_LOG_LEVEL", "INFO", _choice(("DEBUG", "INFO", "WARNING", "ERROR"))
+            "APP_LOG_LEVEL", "INFO", choice(("DEBUG", "INFO", "WARNING", "ERROR"))
         ),
-        tracing=reader.get("APP_TRACING", "off", _choice(TRACING_MODES)),
+        tracing=reader.get("APP_TRACING", "off", choice(TRACING_MODES)),
+        jwt=load_jwt(reader, app_env),
         # Half the threads: a noisy tenant leaves the other half to everyone else. At or
         # above APP_THREADS there is no cap (the wiring takes the smaller of the two).
         tenant_thread_share=reader.get(
-            "APP_TENANT_THREAD_SHARE", max(1, threads // 2), _int_between(1, 256)
+            "APP_TENANT_THREAD_SHARE", max(1, threads // 2), int_between(1, 256)
         ),
-        tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, _float_between(0.0, 60.0)),
-        auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, _int_between(1, 1_000_000)),
+        tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, float_between(0.0, 60.0)),
+        auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, int_between(1, 1_000_000)),
     )
     if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
         raise ConfigError(
@@ -183,84 +177,6 @@ def _refuse_unsafe_production(settings: Settings) -> None:
     url = make_url(settings.database_url)
     if not url.password:
         raise ConfigError("APP_DATABASE_URL: production needs a password-authenticated DSN")
-
-
-class _Reader:
-    """Reads ``NAME``, or the file named by ``NAME_FILE`` (the Docker secrets convention).
-
-    A file is read again at every start, so a keyring kept in files changes with a
-    graceful reload (``kill -HUP`` gunicorn's master) and no change to the environment.
-    """
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._env = environ
-
-    def require(self, name: str, parse: Callable[[str], T]) -> T:
-        raw = self._raw(name)
-        if not raw.strip():
-            raise ConfigError(f"{name}: is required but not set (nor {name}_FILE)")
-        return self._parse(name, raw, parse)
-
-    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        raw = self._raw(name)
-        if not raw.strip():
-            return default
-        return self._parse(name, raw, parse)
-
-    def _raw(self, name: str) -> str:
-        path = self._env.get(f"{name}_FILE", "").strip()
-        if not path:
-            return self._env.get(name, "")
-        if self._env.get(name, "").strip():
-            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise ConfigError(f"{name}_FILE: cannot read {path}: {reason}") from None
-
-    @staticmethod
-    def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
-        try:
-            return parse(raw.strip())
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        if raw not in options:
-            raise ValueError(f"must be one of {', '.join(options)}, not {raw!r}")
-        return raw
-
-    return parse
-
-
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        if not re.fullmatch(r"[0-9]{1,12}", raw):
-            raise ValueError(f"must be a whole number between {low} and {high}")
-        value = int(raw)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}, not {value}")
-        return value
-
-    return parse
-
-
-def _float_between(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", raw):
-            raise ValueError(f"must be a number of seconds between {low:g} and {high:g}")
-        value = float(raw)
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}, not {value:g}")
-        return value
-
-    return parse
 
 
 def _database_url(raw: str) -> str:

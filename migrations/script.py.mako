@@ -14,6 +14,9 @@ from alembic import op
 # and one tenant_reference(op, "<table>", "<column>", "<parent>", on_delete=...) per reference
 # to another tenant table (docs/extending.md). Never REFERENCES <parent> (id) alone.
 from app.tenancy.control.ddl import make_tenant_scoped, tenant_reference  # noqa: F401 - see above
+# Rows that belong to the end user who made them: make_user_scoped(op, "<table>") after
+# make_tenant_scoped (adds created_by and the restrictive user_rows policy).
+from app.tenancy.control.context_sql import make_user_scoped  # noqa: F401 - see above
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

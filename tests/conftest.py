@@ -32,6 +32,8 @@ from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
 from app.tenancy.control.roles import role_name
 from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings, load_settings, psycopg2_url
+from config.jwt import JwtSettings
+from tests.idp import AUDIENCE, ISSUER, Idp
 from tests.support import Inspector, MakePlaced, flask_or_fail
 
 # Durability buys nothing for a cluster deleted at the end of the run.
@@ -233,6 +235,42 @@ def serving_app(request: pytest.FixtureRequest) -> Flask:
     name = {"dedicated": "app", "shared": "shared_app", "mix": "mix_app"}[request.param]
     application: Flask = request.getfixturevalue(name)
     return application
+
+
+@pytest.fixture(scope="session")
+def jwt_idp() -> Iterator[Idp]:
+    """The identity provider of the JWT apps: one RSA key, ``k1``, published."""
+    server = Idp()
+    server.add_key("k1")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session", params=["dedicated", "shared"])
+def jwt_app(
+    request: pytest.FixtureRequest, settings: Settings, migrated: None, jwt_idp: Idp
+) -> Iterator[Flask]:
+    """The application accepting end users' JWTs from ``jwt_idp``, in each way of serving.
+
+    Writes need the scope ``write``; the role ``admin`` sees all of a tenant's rows.
+    """
+    jwt = JwtSettings(
+        jwks_url=jwt_idp.url,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        tenant_claim="tenant_id",
+        roles_claim="roles",
+        admin_role="admin",
+        write_scope="write",
+    )
+    application = create_app(dataclasses.replace(settings, serving=request.param, jwt=jwt))
+    yield application
+    tenancy_of(application).close()
+
+
+@pytest.fixture
+def jwt_client(jwt_app: Flask) -> FlaskClient:
+    return jwt_app.test_client()
 
 
 @pytest.fixture

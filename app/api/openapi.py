@@ -26,9 +26,11 @@ _TENANT_HEADERS = [
     {
         "in": "header",
         "name": "X-Tenant-ID",
-        "required": True,
+        "required": False,
         "schema": _UUID,
-        "description": "The tenant the request is for; must match the API key.",
+        "description": "The tenant the request is for. Required with an API key (whose "
+        "tenant it must be); optional with an end user's JWT, whose tenant claim it must "
+        "then equal.",
     }
 ]
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -94,7 +96,20 @@ def _new_spec() -> APISpec:
     if plugin.converter is None:  # pragma: no cover - APISpec() initialised the plugin
         raise RuntimeError("the marshmallow plugin has no converter; register it first")
     plugin.converter.add_attribute_function(_exact_property)  # type: ignore[no-untyped-call]
-    spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme(
+        "apiKey",
+        {"type": "http", "scheme": "bearer", "description": "The tenant's API key (tpk_...)."},
+    )
+    spec.components.security_scheme(
+        "endUserJwt",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "An end user's token from the identity provider (APP_JWT_*): the "
+            "tenant in its tenant claim, the user in sub, their roles in the roles claim.",
+        },
+    )
     spec.components.schema("Problem", _PROBLEM_SCHEMA)
     return spec
 
@@ -178,8 +193,12 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
 
 
 def _tenant_operation(resource: Resource) -> dict[str, Any]:
-    """What every operation on a tenant's resource shares: its tag, API key, tenant header."""
-    return {"tags": [resource.name], "security": [{"apiKey": []}], "parameters": _TENANT_HEADERS}
+    """What every operation on a tenant's resource shares: its tag, credentials, tenant header."""
+    return {
+        "tags": [resource.name],
+        "security": [{"apiKey": []}, {"endUserJwt": []}],
+        "parameters": _TENANT_HEADERS,
+    }
 
 
 def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ def check() -> None:
     tenancy = tenancy_of(current_app)
     targets = databases()
     problems: list[str] = []
-    tables = roles = 0
+    tables = roles = user_scoped = 0
     for position, (label, url) in enumerate(targets):
         engine = tenancy.control_engine if position == 0 else sa.create_engine(url)
         try:
@@ -37,11 +37,13 @@ def check() -> None:
         prefix = f"{label}: " if len(targets) > 1 else ""
         problems += [prefix + problem for problem in result.problems]
         tables, roles = tables + result.tenant_tables, roles + result.tenant_roles
+        user_scoped += result.user_scoped_tables
     if problems:
         for problem in problems:
             click.echo(problem)
         raise click.ClickException(f"tenant isolation check failed: {len(problems)} problem(s)")
     where = f" on {len(targets)} databases" if len(targets) > 1 else ""
     click.echo(
-        f"tenant isolation check passed{where}: {tables} tenant table(s), {roles} tenant role(s)"
+        f"tenant isolation check passed{where}: {tables} tenant table(s) ({user_scoped} "
+        f"user-scoped), {roles} tenant role(s)"
     )

@@ -14,10 +14,14 @@ Steps (DESIGN section 2), each printed as it happens:
 4. ``flask db upgrade``; 5. ``flask seed-tenants`` with demo users, products and orders,
    reusing the API keys ``var/tenants.json`` holds (the command prints ids and names only;
    this server prints the keys from the file, each time);
-6. the URL and a curl line that works as-is; 7. gunicorn in the foreground.
+6. a development identity provider (``app/dev/identity.py``: a key under ``var/``, its JWKS
+   served from this process) unless ``APP_JWT_JWKS_URL`` is set;
+7. the URL, each demo tenant's API key and two demo JWTs, curl lines that work as-is;
+8. gunicorn in the foreground.
 
-Ctrl-C (or SIGTERM) stops gunicorn, then the cluster if this command started it. No secret
-value is printed, only where it is kept.
+Ctrl-C (or SIGTERM) stops gunicorn, then the cluster if this command started it. The
+development secrets (encryption key, admin token, passwords) are never printed, only where
+they are kept; the demo tenants' API keys and demo tokens are, being what a person needs next.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from types import FrameType
 
 from app.dev.cluster import LocalCluster
 from app.dev.errors import ClusterError, PostgresNotFound
+from app.dev.identity import DevIdentityProvider
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VAR = REPO_ROOT / "var"
 DEV_ENV = VAR / "dev.env"
 PORT_FILE = VAR / "pg.port"
 TENANTS_FILE = VAR / "tenants.json"
+DEMO_TOKENS_FILE = VAR / "demo-tokens.json"
 OWNER = "tenantpool"
 DATABASE = "tenantpool"
 DEFAULT_BIND = "127.0.0.1:8080"
@@ -231,7 +237,7 @@ def serve(env: Mapping[str, str]) -> int:
         return 0
 
 
-def _tell_where_things_are(bind: str, *, local: bool) -> None:
+def _tell_where_things_are(bind: str, *, local: bool, identity: DevIdentityProvider | None) -> None:
     say(f"serving on {base_url(bind)} (Ctrl-C stops everything)")
     say(
         f"development secrets are in {_shown(DEV_ENV)}; the demo tenants' ids and API keys in "
@@ -246,6 +252,19 @@ def _tell_where_things_are(bind: str, *, local: bool) -> None:
     line = curl_line(bind)
     if line:
         say(f"try:\n    {line}")
+    tenants = demo_tenants()
+    if identity is not None and tenants:
+        say(
+            f"end users' JWTs (development key in {_shown(VAR / 'dev-jwt-key.pem')}, "
+            f"also in {_shown(DEMO_TOKENS_FILE)}):"
+        )
+        for tokens in identity.write_demo_tokens(tenants, DEMO_TOKENS_FILE):
+            say(f"    {tokens['name']}  admin: {tokens['admin']}")
+            say(f"    {tokens['name']}  member (sees its own orders only): {tokens['member']}")
+        say(
+            f'    curl -s -H "Authorization: Bearer <JWT>" {base_url(bind)}/v1/orders   '
+            "(no X-Tenant-ID: the token names its tenant)"
+        )
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -258,6 +277,7 @@ def main() -> int:
     python = sys.executable
     cluster: LocalCluster | None = None
     started = False
+    identity: DevIdentityProvider | None = None
     try:
         dev_env = load_dev_env()
         database_url = None
@@ -267,13 +287,16 @@ def main() -> int:
             say("using the database in APP_DATABASE_URL (no local cluster)")
         record_database_url(database_url)
         env = child_environment(os.environ, dev_env, database_url)
+        if "APP_JWT_JWKS_URL" not in env:
+            identity = DevIdentityProvider(VAR)
+            env = {**env, **identity.env}
         flask = [python, "-m", "flask", "--app", "wsgi"]
         run_step("applying migrations", [*flask, "db", "upgrade"], env)
         TENANTS_FILE.parent.mkdir(parents=True, exist_ok=True)
         seed = ["--count", "3", *DEMO_ROWS, "--output", str(TENANTS_FILE), "--keep-keys"]
         run_step("seeding demo tenants", [*flask, "seed-tenants", *seed], env)
         bind = env.get("APP_BIND") or DEFAULT_BIND
-        _tell_where_things_are(bind, local=database_url is not None)
+        _tell_where_things_are(bind, local=database_url is not None, identity=identity)
         return serve(env)
     except (PostgresNotFound, ClusterError, DevServerError) as exc:
         print(f"devserver: {exc}", file=sys.stderr)
@@ -281,6 +304,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130  # interrupted before serving: the conventional 128 + SIGINT
     finally:
+        if identity is not None:
+            identity.close()
         if cluster is not None and started:
             say("stopping PostgreSQL")
             cluster.stop()

@@ -35,3 +35,8 @@ class Order(TenantScoped, Base):
     product_id: orm.Mapped[uuid.UUID] = orm.mapped_column(UUID(as_uuid=True))
     quantity: orm.Mapped[int] = orm.mapped_column(sa.Integer)
     status: orm.Mapped[str] = orm.mapped_column(sa.String(20), server_default=ORDER_STATUSES[0])
+    # Who created it (migration 0006, context_sql.user_scoped_ddl): the end user's sub, from
+    # the verified context; NULL for an API key. A policy shows a user only their own.
+    created_by: orm.Mapped[str | None] = orm.mapped_column(
+        sa.Text, server_default=sa.text("current_app_user()")
+    )

@@ -20,6 +20,8 @@ class OrderSchema(Schema):
     product_id = fields.UUID(dump_only=True)
     quantity = fields.Integer(dump_only=True)
     status = fields.String(dump_only=True)
+    # The end user (a JWT's sub) who created it; null when an API key did.
+    created_by = fields.String(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
     updated_at = fields.DateTime(dump_only=True)
 

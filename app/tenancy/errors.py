@@ -19,6 +19,10 @@ class TenantSuspended(TenancyError):
     """The tenant exists and authenticated, but is suspended (403)."""
 
 
+class ReadOnlyToken(TenancyError):
+    """An end user's token without the write scope asked to write (403)."""
+
+
 class TenantUnavailable(TenancyError):
     """The tenant's database cannot be reached right now (503).
 

@@ -27,6 +27,7 @@ from app.tenancy.errors import (
 from app.tenancy.serving.activity import DEDICATED, SHARED, TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
+from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
 from app.tenancy.serving.events import TenantEvent
@@ -40,6 +41,7 @@ from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
 from app.tenancy.serving.throttle import AuthThrottle
+from app.tenancy.serving.tokens import TokenVerifier
 from app.tenancy.serving.ways import ServingMode, ServingWays
 
 
@@ -61,6 +63,8 @@ class Tenancy:
     fair_share: FairShare
     auth_throttle: AuthThrottle
     listener: TenantEventListener | None = None
+    # End users' JWTs (APP_JWT_*); None: API keys only.
+    tokens: TokenVerifier | None = None
     observer: Observer = field(default_factory=Observer)
     activity: TenantActivity = field(default_factory=TenantActivity)
     # Under gunicorn: this worker's socket for the other workers' questions (peers.py).
@@ -95,8 +99,42 @@ class Tenancy:
             raise TenantSuspended("this tenant is suspended")
         return record
 
-    def open_session(self, tenant_id: uuid.UUID, *, read_only: bool = False) -> TenantSession:
+    def authenticate_token(
+        self, token: str, claimed: uuid.UUID | None
+    ) -> tuple[TenantContext, bool]:
+        """An end user's JWT: the context its requests run in, and whether it may write.
+
+        ``claimed``: the ``X-Tenant-ID`` sent beside it, if any, which must name the token's
+        tenant. Raises AuthenticationFailed (JWTs not configured, any bad token, a tenant
+        that does not exist or is not the claimed one: one answer) or TenantSuspended, as
+        for an API key.
+        """
+        if self.tokens is None:
+            raise AuthenticationFailed("invalid API key for this tenant")
+        identity = self.tokens.verify(token)
+        if claimed is not None and claimed != identity.tenant_id:
+            raise AuthenticationFailed("invalid bearer token for this tenant")
+        record = self.directory.find(identity.tenant_id)
+        if record is None:
+            raise AuthenticationFailed("invalid bearer token for this tenant")
+        if not record.active:
+            raise TenantSuspended("this tenant is suspended")
+        context = TenantContext(
+            str(identity.tenant_id), identity.subject, identity.roles, identity.admin
+        )
+        return context, identity.can_write
+
+    def open_session(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        read_only: bool = False,
+        context: TenantContext | None = None,
+    ) -> TenantSession:
         """A session for the tenant on a connection checked out now; the caller closes it.
+
+        ``context``: for whom its statements run, an end user of the tenant (a JWT); by
+        default the tenant itself (an API key).
 
         The connection is the tenant's own engine's or a shared gateway connection's, as
         ``ways`` chooses (``APP_SERVING``); in ``mix`` a tenant whose own engine cannot be
@@ -109,6 +147,10 @@ class Tenancy:
         CapacityExhausted (no connection free in time) and SQLAlchemy errors (database
         unreachable).
         """
+        if context is None:
+            context = TenantContext.of_tenant(tenant_id)
+        elif context.tenant_id != str(tenant_id):
+            raise ValueError("the context names another tenant")
         dedicated = self.ways.dedicated(tenant_id)
         way = DEDICATED if dedicated else SHARED
         opened = False
@@ -116,14 +158,14 @@ class Tenancy:
         try:
             if dedicated:
                 try:
-                    session = self._dedicated_session(tenant_id, read_only)
+                    session = self._dedicated_session(context, read_only)
                 except (CapacityExhausted, TenantUnavailable):
                     if self.ways.mode is not ServingMode.MIX:
                         raise
                     way = SHARED
-                    session = self._shared_session(tenant_id, read_only)
+                    session = self._shared_session(context, read_only)
             else:
-                session = self._shared_session(tenant_id, read_only)
+                session = self._shared_session(context, read_only)
             opened = True
         finally:
             # Failures too: a request that waited for nothing and got 503 waited most.
@@ -133,7 +175,7 @@ class Tenancy:
         session.info["way"] = way
         return session
 
-    def _dedicated_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+    def _dedicated_session(self, context: TenantContext, read_only: bool) -> TenantSession:
         """A session on the tenant's own engine.
 
         If PostgreSQL rejects the tenant's credentials, the engine may hold a stale
@@ -141,34 +183,38 @@ class Tenancy:
         credentials fetched again. A second rejection raises TenantUnavailable, and the
         tenant backs off (``LoginBackoff``).
         """
+        tenant_id = uuid.UUID(context.tenant_id)
         try:
-            return self._connected_session(tenant_id, read_only)
+            return self._connected_session(context, read_only)
         except sa.exc.OperationalError as error:
             if not is_auth_failure(error):
                 raise
         self.registry.evict(tenant_id, "auth")
         try:
-            return self._connected_session(tenant_id, read_only)
+            return self._connected_session(context, read_only)
         except sa.exc.OperationalError as error:
             if not is_auth_failure(error):
                 raise
             raise self.backoff.unavailable(tenant_id) from None
 
-    def _connected_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+    def _connected_session(self, context: TenantContext, read_only: bool) -> TenantSession:
+        tenant_id = uuid.UUID(context.tenant_id)
         entry, connection = self.registry.connect(tenant_id, failed=self._connect_failed)
-        return entry.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+        return entry.sessionmaker(
+            tenant_id=tenant_id, context=context, read_only=read_only, bind=connection
+        )
 
     def _connect_failed(self, error: BaseException) -> None:
         # A new connection of a cached engine; the factory counts its own.
         if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
             self.observer.login_rejected()
 
-    def _shared_session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+    def _shared_session(self, context: TenantContext, read_only: bool) -> TenantSession:
         """A session on a gateway connection of the tenant's cluster (DESIGN section 3a)."""
-        record = self.directory.find(tenant_id)
+        record = self.directory.find(uuid.UUID(context.tenant_id))
         if record is None:  # deleted since it authenticated: as for an unknown tenant
             raise AuthenticationFailed("tenant no longer exists")
-        return self.gateways.session(tenant_id, record.cluster, read_only=read_only)
+        return self.gateways.session(context, record.cluster, read_only=read_only)
 
     def worker_view(self, tenant_id: uuid.UUID) -> dict[str, Any]:
         """What this worker holds and did for the tenant now: plain JSON-ready values.

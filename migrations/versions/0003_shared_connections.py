@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from app.tenancy.control.context_sql import VERIFIER_0003
 from app.tenancy.control.ddl import (
     CONTEXT_SCHEMA,
     POLICY_NAME,
@@ -44,42 +45,6 @@ _GATEWAY_ROLE_SQL = """
     CASE WHEN current_database() ~ '^[a-z0-9_]{1,52}$'
          THEN 'tp_gateway_' || current_database()
          ELSE 'tp_gateway_' || substr(md5(current_database()), 1, 20) END
-"""
-
-# Signed over "<tenant>:<backend pid>:<backend start in microseconds>" with the database's
-# key; the service computes the same from what it read on connect (serving/gateway.py).
-# The signature must also open the client's message (current_query()), which no SQL run
-# inside that message can change: a signature read elsewhere (pg_stat_activity shows the
-# last query of every backend of the same role) cannot be replayed by injected SQL, even on
-# the backend it was made for. A claimed context that fails raises TPC01, so a mistake
-# (a transaction-mode pooler, a statement without the opening) is loud, never silent.
-_VERIFIER = """
-CREATE FUNCTION {schema}.tenant_context_ok() RETURNS boolean
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $verifier$
-DECLARE
-  tenant text := current_setting('app.tenant_id', true);
-  signature text := current_setting('app.tenant_sig', true);
-  started timestamptz;
-BEGIN
-  IF coalesce(signature, '') = '' THEN
-    RETURN false;
-  END IF;
-  SELECT a.backend_start INTO started FROM pg_stat_get_activity(pg_backend_pid()) AS a;
-  IF signature = encode({pgcrypto}.hmac(
-         convert_to(coalesce(tenant, '') || ':' || pg_backend_pid() || ':'
-                    || (extract(epoch FROM started) * 1000000)::bigint, 'UTF8'),
-         (SELECT key FROM {schema}.context), 'sha256'), 'hex')
-     AND starts_with(current_query(), 'SELECT set_config(''app.tenant_sig'', '''
-                                      || signature || ''', true)')
-  THEN
-    RETURN true;
-  END IF;
-  RAISE EXCEPTION 'the tenant context of this transaction does not verify'
-    USING ERRCODE = 'TPC01';
-END
-$verifier$
 """
 
 
@@ -145,7 +110,7 @@ def upgrade() -> None:
         END $$
         """
     )
-    op.execute(_VERIFIER.format(schema=CONTEXT_SCHEMA, pgcrypto=pgcrypto))
+    op.execute(VERIFIER_0003.format(schema=CONTEXT_SCHEMA, pgcrypto=pgcrypto))
     op.execute(f"REVOKE ALL ON FUNCTION {CONTEXT_SCHEMA}.tenant_context_ok() FROM PUBLIC")
     op.execute(
         f"GRANT EXECUTE ON FUNCTION {CONTEXT_SCHEMA}.tenant_context_ok() TO {TENANT_BASE_ROLE}"

@@ -53,3 +53,14 @@ def test_openapi_describes_every_declared_resource(document: dict[str, Any]) -> 
 def test_openapi_titles_are_declared_not_derived() -> None:
     titles = {resource.name: resource.title for resource in declared_resources()}
     assert titles.items() >= {("users", "User"), ("products", "Product")}
+
+
+def test_openapi_tenant_operations_take_an_api_key_or_an_end_users_jwt(
+    document: dict[str, Any],
+) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["endUserJwt"]["bearerFormat"] == "JWT"
+    assert schemes["apiKey"]["scheme"] == "bearer"
+    for resource in declared_resources():
+        operation = document["paths"][f"/v1/{resource.name}"]["get"]
+        assert operation["security"] == [{"apiKey": []}, {"endUserJwt": []}]

@@ -34,6 +34,7 @@ def test_reads_are_one_read_only_message_and_writes_two(
         assert len(logged) == messages, (method, path, logged)
         read_only = "set_config('transaction_read_only', 'on', true)" in logged[0]
         assert read_only == (method == "GET"), logged
-        assert logged[0].startswith("SELECT set_config" if method == "GET" else "BEGIN; ")
+        assert logged[0].startswith("SELECT set_config('app.tenant_sig'")  # the signed context
+        assert ("; BEGIN; " in logged[0]) == (method != "GET"), logged
         if messages == 2:
             assert logged[1] == "COMMIT"

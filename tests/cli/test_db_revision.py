@@ -76,6 +76,8 @@ def test_db_revision_autogenerate_writes_a_tenant_table_through_the_helpers(
         written = _revision(env, tmp_path, "-m", "orders again", "--autogenerate")
         text = written.read_text().split("def upgrade() -> None:")[1]
         assert 'make_tenant_scoped(op, "orders")' in text
+        assert 'make_user_scoped(op, "orders")' in text
+        assert "created_by" not in text  # the helper adds it with its policy
         assert 'tenant_reference(op, "orders", "user_id", "users", on_delete="CASCADE")' in text
         assert 'tenant_reference(op, "orders", "product_id", "products", on_delete="RESTRICT")' in (
             text

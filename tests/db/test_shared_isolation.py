@@ -26,6 +26,7 @@ from app.tenancy.control.provisioning import (
 )
 from app.tenancy.control.roles import role_name
 from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
@@ -264,7 +265,9 @@ def test_shared_deleted_tenant_gets_nothing_on_a_warm_connection(
     assert directory_saw is not None
     delete_tenant(shared_tenancy.clusters, tenant_a.id, actor=ACTOR, grace=0)
     # The directory has not heard (no listener in process): the pool is asked anyway.
-    session = shared_tenancy.gateways.session(tenant_a.id, directory_saw.cluster, read_only=True)
+    session = shared_tenancy.gateways.session(
+        TenantContext.of_tenant(tenant_a.id), directory_saw.cluster, read_only=True
+    )
     with pytest.raises(TenantUnavailable):
         session.scalar(sa.select(sa.func.count()).select_from(User))
     session.close()

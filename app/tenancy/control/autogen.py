@@ -7,6 +7,8 @@ grants, ``flask tenancy check`` failing. migrations/env.py hands its directives 
 
 - the table without ``tenant_id`` and what hangs on it, then
   ``make_tenant_scoped(op, "<table>")`` (column, index, key, RLS, policy, grants);
+- a model's ``created_by`` column (rows of the end user who made them) as
+  ``make_user_scoped(op, "<table>")`` (column and restrictive policy), new table or not;
 - each tenant reference ``(tenant_id, col) -> parent (tenant_id, id)`` as
   ``tenant_reference(op, "<table>", "<col>", "<parent>", on_delete=...)``, at table creation
   or added later;
@@ -26,6 +28,7 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, ops
 
+from app.tenancy.control.context_sql import USER_COLUMN
 from app.tenancy.control.ddl import PLACEMENTS_TABLE
 
 _HELPER_INDEX = re.compile(r"^ix_[a-z0-9_]+_tenant_id_[a-z0-9_]+$")
@@ -33,6 +36,13 @@ _HELPER_INDEX = re.compile(r"^ix_[a-z0-9_]+_tenant_id_[a-z0-9_]+$")
 
 class MakeTenantScopedOp(MigrateOperation):
     """``make_tenant_scoped(op, table)`` in a generated migration."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+
+class MakeUserScopedOp(MigrateOperation):
+    """``make_user_scoped(op, table)`` in a generated migration."""
 
     def __init__(self, table: str) -> None:
         self.table = table
@@ -48,6 +58,11 @@ class TenantReferenceOp(MigrateOperation):
 @renderers.dispatch_for(MakeTenantScopedOp)
 def _render_scoped(autogen_context: AutogenContext, op: MakeTenantScopedOp) -> str:
     return f"make_tenant_scoped(op, {op.table!r})"
+
+
+@renderers.dispatch_for(MakeUserScopedOp)
+def _render_user_scoped(autogen_context: AutogenContext, op: MakeUserScopedOp) -> str:
+    return f"make_user_scoped(op, {op.table!r})"
 
 
 @renderers.dispatch_for(TenantReferenceOp)
@@ -84,7 +99,7 @@ def _rewritten(operations: list[Any]) -> list[Any]:
         if isinstance(operation, ops.CreateTableOp) and _is_tenant_table(operation):
             result += _create_tenant_table(operation)
         elif isinstance(operation, ops.ModifyTableOps):
-            operation.ops = [_as_reference(item) for item in operation.ops]
+            operation.ops = [_as_helper(item) for item in operation.ops]
             result.append(operation)
         else:
             result.append(operation)
@@ -104,8 +119,12 @@ def _create_tenant_table(operation: ops.CreateTableOp) -> list[MigrateOperation]
     """The table without ``tenant_id`` and its constraints, then the helpers' calls."""
     kept: list[Any] = []
     references: list[MigrateOperation] = []
+    scoped: list[MigrateOperation] = [MakeTenantScopedOp(operation.table_name)]
     for item in operation.columns:
         if isinstance(item, sa.Column) and item.name == "tenant_id":
+            continue
+        if isinstance(item, sa.Column) and item.name == USER_COLUMN:
+            scoped.append(MakeUserScopedOp(operation.table_name))
             continue
         if isinstance(item, sa.Constraint) and "tenant_id" in _column_names(item):
             reference = _reference(operation.table_name, item)
@@ -120,11 +139,13 @@ def _create_tenant_table(operation: ops.CreateTableOp) -> list[MigrateOperation]
         _constraints_included=True,
         **operation.kw,
     )
-    return [table, MakeTenantScopedOp(operation.table_name), *references]
+    return [table, *scoped, *references]
 
 
-def _as_reference(operation: Any) -> Any:
-    """A tenant reference added to an existing table, as the helper's call."""
+def _as_helper(operation: Any) -> Any:
+    """A tenant reference or an owner column added to an existing table, as the helper's call."""
+    if isinstance(operation, ops.AddColumnOp) and operation.column.name == USER_COLUMN:
+        return MakeUserScopedOp(operation.table_name)
     if isinstance(operation, ops.CreateForeignKeyOp):
         columns = list(operation.local_cols)
         remote = list(operation.remote_cols)

@@ -20,7 +20,8 @@ anything, or belongs to a role other than ``tenant_base``, to which each must be
 ``tenant_placements``.
 SECURITY DEFINER functions pin ``search_path`` and are not executable by PUBLIC.
 
-The shared way's gateway, key and verifier: ``context_checks``. A data cluster (a database
+User-scoped tables (end users' own rows): ``user_checks``. The shared way's gateway, key
+and verifier: ``context_checks``. A data cluster (a database
 other than the control plane's) holds no secrets: its ``tenants`` and ``gateways`` are
 empty. ``flask tenancy check`` runs the check on every database that ``flask db upgrade``
 migrates.
@@ -41,6 +42,7 @@ from app.tenancy.control.ddl import (
     VERIFIER,
 )
 from app.tenancy.control.reference_checks import reference_problems
+from app.tenancy.control.user_checks import user_scope_problems
 
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"
 _INVOKER_ON = {"true", "on", "yes", "1"}
@@ -53,6 +55,7 @@ class CheckResult:
     problems: list[str]
     tenant_tables: int
     tenant_roles: int
+    user_scoped_tables: int = 0
 
     @property
     def ok(self) -> bool:
@@ -71,13 +74,15 @@ def check_isolation(connection: sa.Connection, *, control_plane: bool = True) ->
     for table in tables:
         problems += _table_problems(connection, table)
     problems += reference_problems(connection)
+    user_scoped, user_problems = user_scope_problems(connection, [table.oid for table in tables])
+    problems += user_problems
     problems += _view_problems(connection, [table.oid for table in tables])
     problems += _base_role_problems(connection)
     roles, role_problems = _tenant_role_problems(connection)
     problems += role_problems
     problems += _definer_problems(connection)
     problems += context_problems(connection)
-    return CheckResult(problems, len(tables), roles)
+    return CheckResult(problems, len(tables), roles, user_scoped)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ class _Operations(Protocol):
     def execute(self, sqltext: str) -> object: ...
 
 
-def _check_identifiers(*names: str) -> None:
+def check_identifiers(*names: str) -> None:
+    """Raise ValueError unless every name is a plain lower-case SQL identifier."""
     for name in names:
         if not _IDENTIFIER.match(name):
             raise ValueError(f"{name!r} is not a plain lower-case SQL identifier")
@@ -70,7 +71,7 @@ def unique_key_name(table: str) -> str:
 
 def unique_key_ddl(table: str) -> str:
     """``UNIQUE (tenant_id, id)`` of ``table``: what a tenant reference points at."""
-    _check_identifiers(table)
+    check_identifiers(table)
     return f"ALTER TABLE {table} ADD CONSTRAINT {unique_key_name(table)} UNIQUE (tenant_id, id)"
 
 
@@ -91,7 +92,7 @@ def tenant_scoped_ddl(
     it to the tables 0001 made.
     """
     referenced, key = parent
-    _check_identifiers(table, index_column, referenced, key)
+    check_identifiers(table, index_column, referenced, key)
     return [
         f"ALTER TABLE {table} ADD COLUMN tenant_id uuid NOT NULL "
         f"DEFAULT current_tenant_id() "
@@ -139,7 +140,7 @@ def tenant_reference_ddl(
     would accept another tenant's id. The index on ``(tenant_id, column)`` makes deleting a
     parent row (which looks for rows naming it) an index lookup, not a scan.
     """
-    _check_identifiers(table, column, parent)
+    check_identifiers(table, column, parent)
     if on_delete not in ON_DELETE:
         raise ValueError(f"on_delete must be one of {', '.join(ON_DELETE)}, not {on_delete!r}")
     return [

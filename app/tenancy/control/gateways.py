@@ -24,6 +24,13 @@ from app.tenancy.control.scram import generate_password
 from app.tenancy.serving.gateway import GatewayAccess
 
 
+def context_key(clusters: Clusters, cluster: str) -> bytes:
+    """The key ``cluster``'s database signs tenant contexts with (only its owner reads it)."""
+    with clusters.engine(cluster).connect() as connection:
+        key = connection.execute(sa.text(f"SELECT key FROM {CONTEXT_SCHEMA}.context")).scalar_one()
+    return bytes(key)
+
+
 def gateway_access(
     clusters: Clusters, keyring: Keyring, cluster: str, *, scram_iterations: int
 ) -> GatewayAccess:

@@ -139,6 +139,7 @@ class _Move:
         # The copy reads and writes as the tenant's own role, as any request would.
         self.source_tenant = engines.engine_for(tenant, clusters.url(self.source), pooled=False)
         self.target_tenant = engines.engine_for(tenant, clusters.url(target), pooled=False)
+        self.signer = engines.signer  # read once the move is checked: each cluster's own key
 
     def check(self) -> None:
         """Refuse moves between schema versions and between databases of one server."""
@@ -204,7 +205,14 @@ class _Move:
                 if not self.active:  # it stays suspended where it lands
                     _set_login(self.target_owner, role, allowed=False)
                 end_other_sessions(source)
-                return copy_rows(source, dest, self.tenant.id, progress, batch_size)
+                return copy_rows(
+                    source,
+                    dest,
+                    self.tenant.id,
+                    (self.signer(self.source), self.signer(self.target)),
+                    progress,
+                    batch_size,
+                )
         except BaseException:
             self._undo()
             raise

@@ -26,9 +26,10 @@ from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownC
 from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
+from app.tenancy.serving.context import ContextSigner
 from app.tenancy.serving.directory import TenantCredentials, TenantDirectory
 from app.tenancy.serving.observer import Observer
-from app.tenancy.serving.session import TENANT_DRIVER, translate_moving
+from app.tenancy.serving.session import BINDING, TENANT_DRIVER, translate_moving
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ class TenantEngineFactory:
         *,
         budget: ConnectionBudget,
         backoff: LoginBackoff,
+        context_key: Callable[[str], bytes],
         observer: Observer | None = None,
         activity: TenantActivity | None = None,
     ) -> None:
         self._directory = directory
+        self._context_key = context_key
         self._keyring = keyring
         self._cluster_url = cluster_url
         self._pool = pool
@@ -100,6 +103,7 @@ class TenantEngineFactory:
                 "the tenant's cluster is not configured", code="cluster_unknown"
             ) from None
         engine = self.engine_for(credentials, cluster_url)
+        engine.dialect.signer = self.signer(credentials.cluster)  # type: ignore[attr-defined]
         # First connect here, outside the registry lock, so a bad password fails now and
         # the pool starts warm.
         try:
@@ -114,6 +118,10 @@ class TenantEngineFactory:
         self._backoff.succeeded(tenant_id)
         self._versions[engine] = credentials.version
         return engine
+
+    def signer(self, cluster: str) -> ContextSigner:
+        """What signs a tenant's own connections on ``cluster`` (its key read once per worker)."""
+        return ContextSigner(self._context_key(cluster), shared=False)
 
     def version_of(self, engine: sa.Engine) -> tuple[object, ...] | None:
         """The version of the credentials ``engine`` was built from; None if not ours."""
@@ -178,14 +186,17 @@ class TenantEngineFactory:
             raise
 
 
-_WHO_AM_I = "SELECT current_user, session_user"
+# Who the connection is and which backend, in one round trip on connect.
+_WHO_AM_I = "SELECT current_user, session_user, pg_backend_pid()"
 
 
 def refuse_unless_logged_in_as(role: str) -> Callable[[Any, Any], None]:
     """Pool ``connect`` hook: a new connection that is not ``role`` is closed and refused.
 
-    Asked once per connection, on connect (one round trip; connections are pooled). What
-    libpq logs in as can differ from the URL's user: a DSN whose query string names another
+    Asked once per connection, on connect (one round trip; connections are pooled), with
+    the backend's pid: the binding of its signed contexts (``<pid>:0``: the owner, who
+    verifies them, cannot read a tenant backend's start time). What libpq logs in as can
+    differ from the URL's user: a DSN whose query string names another
     user, a service or a whole connection string in ``dbname``, a ``-c role=`` option, or
     ``ALTER ROLE ... SET role`` on the server. Serving a tenant as anyone but its own role
     would be wrong whatever RLS then allows, so the connection is closed and the request
@@ -195,10 +206,11 @@ def refuse_unless_logged_in_as(role: str) -> Callable[[Any, Any], None]:
     def check(dbapi_connection: Any, record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(_WHO_AM_I)
-            current_user, session_user = cursor.fetchone()
+            current_user, session_user, pid = cursor.fetchone()
         if not dbapi_connection.autocommit:
             dbapi_connection.rollback()  # the SELECT opened a transaction: end it
         refuse_wrong_role(dbapi_connection, role, current_user, session_user)
+        record.info[BINDING] = f"{int(pid)}:0"
 
     return check
 

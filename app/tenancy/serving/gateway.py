@@ -1,17 +1,13 @@
 """Shared connections (DESIGN section 3a): one small pool of gateway connections per cluster.
 
 A gateway connection logs in as the database's gateway role (NOINHERIT, no grants), and
-every statement it sends for a tenant opens with that tenant's signed context::
-
-    SELECT set_config('app.tenant_sig', '<hmac>', true), set_config('role', 't_<hex>', true),
-           set_config('app.tenant_id', '<tenant>', true), set_config('statement_timeout', ...)
-
-The signature is HMAC-SHA256 under the database's key (``tp_private.context``, read once
-per worker) over ``<tenant>:<backend pid>:<backend start>``, which the pool reads once per
-connection, on connect. Each tenant table's policy verifies it (``tp_private.
-tenant_context_ok()``), and checks that it opens the client's message, so injected SQL
-that switches role and tenant, or replays a signature read in ``pg_stat_activity``, sees
-nothing: see docs/security.md, "Shared connections".
+every statement it sends for a tenant opens with that tenant's signed context, which also
+switches to the tenant's role for the transaction (``serving/context.py``). The signature
+binds the backend's pid and start time, which the pool reads once per connection, on
+connect. Each tenant table's policy verifies it (``tp_private.tenant_context_ok()``), and
+checks that it opens the client's message, so injected SQL that switches role and tenant,
+or replays a signature read in ``pg_stat_activity``, sees nothing: see docs/security.md,
+"Two ways to reach a tenant".
 
 The pools are this module's; the credentials and key come from a ``fetch`` callable (the
 control plane's ``gateways.gateway_access``), so the data path imports nothing of it.
@@ -19,8 +15,6 @@ control plane's ``gateways.gateway_access``), so the data path imports nothing o
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import threading
@@ -38,6 +32,7 @@ from app import dbwait
 from app.crypto import CryptoError
 from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.context import ContextSigner, TenantContext
 from app.tenancy.serving.engines import PoolSettings, refuse_wrong_role
 from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
@@ -48,7 +43,7 @@ from app.tenancy.serving.session import (
     translate_moving,
 )
 
-__all__ = ["ContextSigner", "GatewayAccess", "Gateways", "backend_binding"]
+__all__ = ["GatewayAccess", "Gateways", "backend_binding"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,37 +75,6 @@ class GatewayAccess:
 
     def __repr__(self) -> str:  # never the password or the key
         return f"GatewayAccess(role={self.role!r}, url={self.url!r})"
-
-
-class ContextSigner:
-    """Builds the signed opening of a tenant's statement on one cluster's gateway connections."""
-
-    def __init__(self, key: bytes, *, statement_timeout_ms: int) -> None:
-        if len(key) != 32:
-            raise ValueError("the tenant context key must be 32 bytes")
-        self._key = key
-        self._timeout = int(statement_timeout_ms)
-        self._pid = os.getpid()  # signers are made in the worker, never before a fork
-
-    def opening(self, tenant_id: str, binding: str) -> str:
-        """The context statement (no trailing ``;``): signature first, as the verifier wants.
-
-        ``tenant_id`` is a canonical UUID and ``binding`` two integers: nothing to escape.
-        The tenant role's own ``statement_timeout`` does not apply after SET ROLE, so the
-        service's default is set with the rest; and ``application_name`` names the tenant
-        for the transaction, so ``pg_stat_activity`` attributes a shared backend's work to
-        a tenant and a worker as it does a dedicated one's (``tp:<tenant>:<pid>``).
-        """
-        signature = hmac.new(
-            self._key, f"{tenant_id}:{binding}".encode(), hashlib.sha256
-        ).hexdigest()
-        return (
-            f"SELECT set_config('app.tenant_sig', '{signature}', true), "
-            f"set_config('role', 't_{tenant_id.replace('-', '')}', true), "
-            f"set_config('app.tenant_id', '{tenant_id}', true), "
-            f"set_config('statement_timeout', '{self._timeout}', true), "
-            f"set_config('application_name', 'tp:{tenant_id}:{self._pid}', true)"
-        )
 
 
 def backend_binding(dbapi_connection: Any, *, role: str) -> str:
@@ -153,7 +117,7 @@ class _GatewayPool:
             },
         )
         self.engine.dialect.signer = ContextSigner(  # type: ignore[attr-defined]
-            access.key, statement_timeout_ms=statement_timeout_ms
+            access.key, shared=True, statement_timeout_ms=statement_timeout_ms
         )
         event.listen(self.engine, "connect", _binding_of(access.role))
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
@@ -164,9 +128,12 @@ class _GatewayPool:
             bind=self.engine, class_=TenantSession, expire_on_commit=False
         )
 
-    def session(self, tenant_id: uuid.UUID, read_only: bool) -> TenantSession:
+    def session(self, context: TenantContext, read_only: bool) -> TenantSession:
         connection = self.engine.connect()
-        return self.sessionmaker(tenant_id=tenant_id, read_only=read_only, bind=connection)
+        tenant_id = uuid.UUID(context.tenant_id)
+        return self.sessionmaker(
+            tenant_id=tenant_id, context=context, read_only=read_only, bind=connection
+        )
 
 
 def _count_connections(engine: sa.Engine, observer: Observer) -> None:
@@ -255,13 +222,13 @@ class Gateways:
         self._failed_until: dict[str, float] = {}
         _LIVE_GATEWAYS.add(self)
 
-    def session(self, tenant_id: uuid.UUID, cluster: str, *, read_only: bool) -> TenantSession:
-        """A session for ``tenant_id`` on a gateway connection of ``cluster``; caller closes it.
+    def session(self, context: TenantContext, cluster: str, *, read_only: bool) -> TenantSession:
+        """A session for ``context`` on a gateway connection of ``cluster``; caller closes it.
 
         Raises TenantUnavailable when the cluster's gateway cannot be set up, and what
         connecting raises (a pool timeout, the database unreachable).
         """
-        return self._pool_of(cluster).session(tenant_id, read_only)
+        return self._pool_of(cluster).session(context, read_only)
 
     def clusters(self) -> list[str]:
         """The clusters this worker holds a gateway pool for."""

@@ -1,31 +1,28 @@
-"""Sessions bound to one tenant; every transaction starts by naming that tenant for RLS.
+"""Sessions bound to one tenant; every statement opens with that tenant's signed context.
 
-The setting is transaction-local (``set_config(..., true)``): pooled connections outlive
-requests, and a per-connection setting would leak to the next checkout. It also works
-behind PgBouncer in transaction mode.
-
-The same statement calls ``tenant_move_gate()`` (migration 0002), which takes the
-tenant's move lock shared for the transaction (an advisory lock: in memory, no write) and
-raises SQLSTATE ``TPM01`` if it cannot: a move (``moving.py``) holds it exclusively while
-it copies the tenant, so a transaction either ends before the copy starts or fails before
-writing where nobody will look; ``translate_moving`` turns that into a 503 with
-Retry-After.
+The context (``serving/context.py``: the tenant, the end user, a signature) is set with
+``set_config(..., true)``, transaction-local: pooled connections outlive requests, and a
+per-connection setting would leak to the next checkout. It is sent with every statement,
+not only a transaction's first, because the verifier requires it to open the client's
+message. Then ``tenant_move_gate()`` (migration 0002) takes the tenant's move lock shared
+for the transaction (an advisory lock: in memory, no write) or raises SQLSTATE ``TPM01``: a
+move (``moving.py``) holds it exclusively while it copies the tenant, so a transaction
+either ends before the copy starts or fails before writing where nobody will look;
+``translate_moving`` turns that into a 503 with Retry-After.
 
 It costs no round trip of its own. Tenant engines use :class:`TenantDialect`: psycopg2 in
-autocommit mode, with the transaction spelled out in SQL, so that ``BEGIN``, the tenant
-setting and the transaction's first statement travel to the server as one simple-query
-message (psycopg2 would otherwise send its implicit ``BEGIN`` alone, then the setting
-alone, then the statement: three round trips for one).
+autocommit mode, with the transaction spelled out in SQL, so that the context, ``BEGIN``,
+the gate and the transaction's first statement travel to the server as one simple-query
+message (settings made just before ``BEGIN`` in one message belong to its transaction).
 
 A read-only session (``read_only=True``: requests with a safe HTTP method) needs no
 ``BEGIN``, ``COMMIT`` or ``ROLLBACK`` at all. The statements of one simple-query message
-run as one implicit transaction, so each statement travels as
-``SELECT set_config('app.tenant_id', ...), set_config('transaction_read_only', 'on', true),
-tenant_move_gate(); <statement>``: the tenant setting, read-only mode and the move gate
-last exactly as long as the statement, and the server is idle again when the answer
-arrives. One round trip per statement, nothing at the end. Under READ COMMITTED every
-statement reads its own snapshot anyway, so reads lose no consistency; a write fails
-(read-only transaction) instead of committing on its own.
+run as one implicit transaction, so each statement travels as ``<context>,
+set_config('transaction_read_only', 'on', true); SELECT tenant_move_gate(); <statement>``:
+the context, read-only mode and the move gate last exactly as long as the statement, and
+the server is idle again when the answer arrives. One round trip per statement, nothing at
+the end. Under READ COMMITTED every statement reads its own snapshot anyway, so reads lose
+no consistency; a write fails (read-only transaction) instead of committing on its own.
 """
 
 from __future__ import annotations
@@ -41,13 +38,15 @@ from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.context import ContextSigner, TenantContext
 
 TENANT_DRIVER = "postgresql+tenantpool"
 """The drivername of tenant engine URLs: :class:`TenantDialect`."""
 GATEWAY_DRIVER = "postgresql+tenantpool_gateway"
 """The drivername of gateway engine URLs: :class:`GatewayDialect`."""
 BINDING = "tenantpool.binding"
-"""Key of a gateway connection's ``<pid>:<backend start>`` in its pool record's info."""
+"""Key of a connection's binding (``<pid>:<backend start>``, ``<pid>:0`` for a tenant's own
+connection) in its pool record's info: what its signatures are made for."""
 
 MOVING = "TPM01"
 """The SQLSTATE ``tenant_move_gate()`` raises while a move holds the tenant."""
@@ -66,11 +65,16 @@ class TenantSession(orm.Session):
     """
 
     def __init__(
-        self, *args: Any, tenant_id: uuid.UUID, read_only: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        tenant_id: uuid.UUID,
+        read_only: bool = False,
+        context: TenantContext | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        # str(UUID) is hex digits and hyphens only: safe to embed as a literal below.
-        self.info["tenant_id"] = str(tenant_id)
+        # The tenant itself (an API key) unless an end user's context is given.
+        self.info["context"] = context or TenantContext.of_tenant(tenant_id)
         self.info["read_only"] = read_only
 
     def close(self) -> None:
@@ -89,7 +93,7 @@ def _set_tenant(session: orm.Session, transaction: object, connection: sa.Connec
     # to a later transaction of the pooled connection.
     connection.info[_TENANT_OF_TRANSACTION] = (
         connection.get_transaction(),
-        session.info["tenant_id"],
+        session.info["context"],
         session.info["read_only"],
     )
 
@@ -98,7 +102,7 @@ def tenant_of_failed_transaction(context: sa.engine.ExceptionContext) -> uuid.UU
     """The tenant whose transaction raised, from a ``handle_error`` context; None if unknown."""
     connection = context.connection
     tenant = None if connection is None else connection.info.get(_TENANT_OF_TRANSACTION)
-    return None if tenant is None else uuid.UUID(tenant[1])
+    return None if tenant is None else uuid.UUID(tenant[1].tenant_id)
 
 
 def translate_moving(context: sa.engine.ExceptionContext) -> None:
@@ -115,18 +119,20 @@ def tenant_sessionmaker(engine: sa.Engine) -> orm.sessionmaker[TenantSession]:
 
 
 class TenantDialect(PGDialect_psycopg2):
-    """psycopg2 whose transactions are SQL statements, ``BEGIN`` sent with the first one.
+    """psycopg2 whose transactions are SQL statements, each opened by the tenant's context.
 
-    The DBAPI connection is in autocommit mode, so psycopg2 sends nothing on its own. When
-    the server is idle (no transaction open) and SQLAlchemy executes a statement, the
-    statement is prefixed with ``BEGIN;`` and, for a :class:`TenantSession` transaction,
-    ``SELECT set_config('app.tenant_id', <tenant>, true);`` — the same statements as
-    before, in one message. ``COMMIT`` and ``ROLLBACK`` are sent only when the server
-    reports an open transaction (libpq tracks that locally, without a round trip), so
-    the pool's reset-on-return ends any transaction a holder left open.
+    The DBAPI connection is in autocommit mode, so psycopg2 sends nothing on its own. Each
+    statement of a :class:`TenantSession` transaction is prefixed with the signed context
+    (``signer``, set by whoever made the engine) and, on an idle server, ``BEGIN`` and the
+    move gate: all in one message. A statement outside a tenant session (the dialect's own
+    start-up queries, tests' raw connections) gets only ``BEGIN`` when one is due.
+    ``COMMIT`` and ``ROLLBACK`` are sent only when the server reports an open transaction
+    (libpq tracks that locally, without a round trip), so the pool's reset-on-return ends
+    any transaction a holder left open.
     """
 
     supports_statement_cache = True
+    signer: ContextSigner | None = None
 
     def initialize(self, connection: sa.Connection) -> None:
         """What SQLAlchemy asks a server on an engine's first connect, asked once per server.
@@ -180,64 +186,6 @@ class TenantDialect(PGDialect_psycopg2):
         _end_transaction(dbapi_connection, "ROLLBACK")
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
-        cursor.execute(_opening(cursor, context) + statement, parameters)
-
-    def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
-        cursor.execute(_opening(cursor, context) + statement)
-
-    def do_executemany(
-        self, cursor: Any, statement: str, parameters: Any, context: Any = None
-    ) -> None:
-        # psycopg2 repeats an executemany statement per row: open the transaction first.
-        opening = _opening(cursor, context, many=True)
-        if opening:
-            cursor.execute(opening)
-        super().do_executemany(cursor, statement, parameters, context)  # type: ignore[no-untyped-call]
-
-
-def _opening(cursor: Any, context: Any, *, many: bool = False) -> str:
-    """What must precede the statement: BEGIN (and the tenant) if no transaction is open.
-
-    ``many``: the statement is an executemany, which psycopg2 sends once per row.
-    """
-    if cursor.connection.get_transaction_status() != TRANSACTION_STATUS_IDLE:
-        return ""
-    connection: sa.Connection | None = getattr(context, "root_connection", None)
-    if connection is None or not connection.in_transaction():
-        return ""  # e.g. the dialect's own start-up queries, run outside any transaction
-    tenant = connection.info.get(_TENANT_OF_TRANSACTION)
-    if tenant is None or tenant[0] is not connection.get_transaction():
-        return "BEGIN; "
-    _, tenant_id, read_only = tenant
-    if read_only:  # one implicit transaction per message: see the module docstring
-        if many:  # each row would be a transaction of its own, without the tenant setting
-            raise sa.exc.InvalidRequestError("a read-only tenant session cannot executemany")
-        return (
-            f"SELECT set_config('app.tenant_id', '{tenant_id}', true), "
-            "set_config('transaction_read_only', 'on', true), tenant_move_gate(); "
-        )
-    return f"BEGIN; SELECT set_config('app.tenant_id', '{tenant_id}', true), tenant_move_gate(); "
-
-
-def _end_transaction(dbapi_connection: Any, command: str) -> None:
-    # The pool passes its proxy, which forwards this method to the psycopg2 connection.
-    if dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_IDLE:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(command)
-
-
-class GatewayDialect(TenantDialect):
-    """TenantDialect for shared gateway connections: every statement carries the signed context.
-
-    The policy's verifier checks that the context opens the client's message, so it is
-    sent with each statement of a transaction, not only its first. ``signer`` is set by the
-    gateway pool once the engine exists (``serving/gateway.py``).
-    """
-
-    supports_statement_cache = True
-    signer: Any = None
-
-    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
         cursor.execute(self._opening(cursor, context) + statement, parameters)
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
@@ -248,25 +196,54 @@ class GatewayDialect(TenantDialect):
     ) -> None:
         # One message per row, each with its opening: psycopg2 would send the rows bare.
         for row in parameters:
-            self.do_execute(cursor, statement, row, context)
+            cursor.execute(self._opening(cursor, context, many=True) + statement, row)
 
-    def _opening(self, cursor: Any, context: Any) -> str:
+    def _opening(self, cursor: Any, context: Any, *, many: bool = False) -> str:
+        """What must precede the statement in its message (see the module docstring)."""
         connection: sa.Connection | None = getattr(context, "root_connection", None)
         if connection is None or not connection.in_transaction():
-            return ""  # the dialect's own start-up queries: the gateway can read nothing
+            return ""  # the dialect's own start-up queries, run outside any transaction
+        idle = cursor.connection.get_transaction_status() == TRANSACTION_STATUS_IDLE
         tenant = connection.info.get(_TENANT_OF_TRANSACTION)
         if tenant is None or tenant[0] is not connection.get_transaction():
-            raise sa.exc.InvalidRequestError("gateway connections run tenant sessions only")
-        _, tenant_id, read_only = tenant
-        signed = self.signer.opening(tenant_id, connection.info[BINDING])
+            return self._untenanted(idle)
+        if self.signer is None:
+            raise sa.exc.InvalidRequestError("a tenant engine needs a signer for its context")
+        _, tenant_context, read_only = tenant
+        signed = self.signer.opening(tenant_context, connection.info[BINDING])
         # The move gate is a statement of its own: its EXECUTE privilege is checked as the
-        # role that runs it, which is the tenant's only once the first statement ran.
-        if read_only:
+        # role that runs it, which on a gateway connection is the tenant's only once the
+        # opening ran.
+        if read_only:  # one implicit transaction per message: see the module docstring
+            if many:  # each row would be a transaction of its own
+                raise sa.exc.InvalidRequestError("a read-only tenant session cannot executemany")
             return f"{signed}, set_config('transaction_read_only', 'on', true); {_GATE} "
-        if cursor.connection.get_transaction_status() == TRANSACTION_STATUS_IDLE:
-            # Settings made just before BEGIN in one message belong to its transaction.
+        if idle:
             return f"{signed}; BEGIN; {_GATE} "
         return f"{signed}; "
+
+    def _untenanted(self, idle: bool) -> str:
+        return "BEGIN; " if idle else ""
+
+
+def _end_transaction(dbapi_connection: Any, command: str) -> None:
+    # The pool passes its proxy, which forwards this method to the psycopg2 connection.
+    if dbapi_connection.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(command)
+
+
+class GatewayDialect(TenantDialect):
+    """TenantDialect for shared gateway connections, which run tenant sessions only.
+
+    Outside a tenant session the gateway would run as itself, which can read nothing; a
+    statement there is a bug, refused before it is sent.
+    """
+
+    supports_statement_cache = True
+
+    def _untenanted(self, idle: bool) -> str:
+        raise sa.exc.InvalidRequestError("gateway connections run tenant sessions only")
 
 
 _GATE = "SELECT tenant_move_gate();"

@@ -18,6 +18,7 @@ from app.crypto import Keyring
 from app.dev.cluster import LocalCluster
 from app.tenancy.control.checks import CheckResult, check_isolation
 from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.context_sql import user_scoped_ddl
 from app.tenancy.control.ddl import tenant_reference_ddl, tenant_scoped_ddl
 from app.tenancy.control.provisioning import create_tenant
 from app.tenancy.control.roles import RoleLimits, role_name
@@ -53,6 +54,75 @@ def test_checks_pass_on_a_fresh_install(fresh_engine: sa.Engine) -> None:
     result = _check_after(fresh_engine)
     assert result.problems == []
     assert result.tenant_tables == len(tenant_tables())
+    assert result.user_scoped_tables == 1  # orders
+
+
+def test_checks_pass_for_a_table_made_user_scoped_by_the_helper(fresh_engine: sa.Engine) -> None:
+    result = _check_after(
+        fresh_engine,
+        "CREATE TABLE notes (id int PRIMARY KEY, created_at timestamptz)",
+        *tenant_scoped_ddl("notes"),
+        *user_scoped_ddl("notes"),
+    )
+    assert result.problems == []
+    assert result.user_scoped_tables == 2
+
+
+@pytest.mark.parametrize(
+    ("statements", "problems"),
+    [
+        (  # the policy dropped: the column says whose a row is, nothing enforces it
+            ["DROP POLICY user_rows ON orders"],
+            ["table orders: has created_by but no user_rows policy: every user sees every row"],
+        ),
+        (  # permissive: it would widen the tenant's policy to every row of every user
+            [
+                "DROP POLICY user_rows ON orders",
+                "CREATE POLICY user_rows ON orders AS PERMISSIVE FOR ALL TO tenant_base "
+                "USING (created_by = (SELECT current_app_user()) OR "
+                "(SELECT current_app_is_admin()))",
+            ],
+            [
+                "table orders: permissive policy user_rows widens tenant_isolation "
+                "(make it RESTRICTIVE or drop it)",
+                "table orders: policy user_rows must be RESTRICTIVE FOR ALL",
+            ],
+        ),
+        (  # a bare setting instead of the verified user
+            [
+                "DROP POLICY user_rows ON orders",
+                "CREATE POLICY user_rows ON orders AS RESTRICTIVE FOR ALL TO tenant_base "
+                "USING (created_by = current_setting('app.user_id', true))",
+            ],
+            [
+                "table orders: policy user_rows USING does not reference current_app_user() "
+                "and current_app_is_admin()",
+                "table orders: policy user_rows WITH CHECK does not reference "
+                "current_app_user() and current_app_is_admin()",
+            ],
+        ),
+        (
+            ["ALTER TABLE orders ALTER COLUMN created_by DROP DEFAULT"],
+            ["table orders: created_by does not default to current_app_user()"],
+        ),
+        (  # a function that trusts the setting: anyone could claim any user
+            [
+                "CREATE OR REPLACE FUNCTION current_app_user() RETURNS text LANGUAGE sql "
+                "STABLE AS $$ SELECT current_setting('app.user_id', true) $$"
+            ],
+            ["function current_app_user() does not ask the verifier: its answer is forgeable"],
+        ),
+        (
+            ["GRANT EXECUTE ON FUNCTION current_app_roles() TO PUBLIC"],
+            ["function current_app_roles() is executable by PUBLIC"],
+        ),
+    ],
+    ids=["no-policy", "permissive", "bare-setting", "no-default", "forgeable", "public"],
+)
+def test_checks_name_each_broken_user_scope_rule(
+    fresh_engine: sa.Engine, statements: list[str], problems: list[str]
+) -> None:
+    assert _check_after(fresh_engine, *statements).problems == problems
 
 
 def test_checks_pass_for_a_table_made_tenant_scoped_by_the_helper(fresh_engine: sa.Engine) -> None:
@@ -347,7 +417,9 @@ def test_checks_command_exits_zero_on_a_fresh_install(fresh_database: FreshDatab
     result = _cli(fresh_database(), "tenancy", "check")
     assert result.exit_code == 0, result.output
     tables = len(tenant_tables())
-    assert f"tenant isolation check passed: {tables} tenant table(s)" in result.output
+    assert f"tenant isolation check passed: {tables} tenant table(s) (1 user-scoped)" in (
+        result.output
+    )
 
 
 def test_checks_command_fails_naming_a_table_with_a_single_column_reference_to_users(

@@ -1,9 +1,7 @@
-"""The worker's gateway pools: signed openings, bindings read on connect, bounded set-up."""
+"""The worker's gateway pools: bindings read on connect, bounded set-up."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import threading
 import uuid
@@ -14,28 +12,13 @@ import sqlalchemy as sa
 from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.engines import PoolSettings
-from app.tenancy.serving.gateway import ContextSigner, GatewayAccess, Gateways
+from app.tenancy.serving.gateway import GatewayAccess, Gateways
 from tests.support import FakeClock, Inspector, run_in_child
 
 KEY = bytes(range(32))
 POOL = PoolSettings(pool_size=1, max_overflow=0, pool_timeout=1, connect_timeout=2, io_timeout=5)
-
-
-def test_gateway_signer_puts_the_signature_first() -> None:
-    tenant = "0b8f4c9e-6a43-4c3c-9d6e-0c7f1f6c2a11"
-    opening = ContextSigner(KEY, statement_timeout_ms=5000).opening(tenant, "42:17")
-    expected = hmac.new(KEY, f"{tenant}:42:17".encode(), hashlib.sha256).hexdigest()
-    assert opening.startswith(f"SELECT set_config('app.tenant_sig', '{expected}', true), ")
-    assert "set_config('role', 't_0b8f4c9e6a434c3c9d6e0c7f1f6c2a11', true)" in opening
-    assert f"set_config('app.tenant_id', '{tenant}', true)" in opening
-    assert "set_config('statement_timeout', '5000', true)" in opening
-    assert f"set_config('application_name', 'tp:{tenant}:{os.getpid()}', true)" in opening
-
-
-def test_gateway_signer_refuses_a_short_key() -> None:
-    with pytest.raises(ValueError, match="32 bytes"):
-        ContextSigner(b"short", statement_timeout_ms=1)
 
 
 def test_gateway_access_never_shows_its_password_or_key() -> None:
@@ -73,11 +56,11 @@ def test_gateway_failed_set_up_is_not_retried_for_a_second() -> None:
     gateways = Gateways(fetch, POOL, size=1, statement_timeout_ms=1000, clock=clock)
     for _ in range(3):
         with pytest.raises(TenantUnavailable, match="cannot be set up"):
-            gateways.session(uuid.uuid4(), "default", read_only=True)
+            gateways.session(TenantContext.of_tenant(uuid.uuid4()), "default", read_only=True)
     assert calls == ["default"]
     clock.advance(1.0)
     with pytest.raises(TenantUnavailable):
-        gateways.session(uuid.uuid4(), "default", read_only=True)
+        gateways.session(TenantContext.of_tenant(uuid.uuid4()), "default", read_only=True)
     assert calls == ["default", "default"]
 
 
@@ -96,7 +79,9 @@ def test_gateway_concurrent_first_requests_set_up_one_pool(
 
     def first_request() -> None:
         try:
-            gateways.session(tenant_a.id, "default", read_only=True).close()
+            gateways.session(
+                TenantContext.of_tenant(tenant_a.id), "default", read_only=True
+            ).close()
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 

@@ -5,6 +5,8 @@ the server closed is replaced at checkout, without a ping."""
 
 from __future__ import annotations
 
+import re
+
 import psycopg2
 import pytest
 import sqlalchemy as sa
@@ -37,11 +39,12 @@ def test_session_tenant_setting_travels_with_begin_and_first_statement(
     logged = logged_since(pg_cluster, offset)
     assert len(logged) == 3, logged  # one message per statement + COMMIT; no ping
     first, second, third = logged
-    assert first.startswith(
-        f"BEGIN; SELECT set_config('app.tenant_id', '{tenant_a.id}', true), "
-        "tenant_move_gate(); SELECT count(*)"
-    )
-    assert second.strip() == "SELECT 2"
+    assert re.match(r"SELECT set_config\('app\.tenant_sig', '[0-9a-f]{64}', true\), ", first)
+    assert f"set_config('app.tenant_id', '{tenant_a.id}', true)" in first
+    assert "; BEGIN; SELECT tenant_move_gate(); SELECT count(*)" in first
+    # Every statement opens with the signed context: the verifier wants it at the start.
+    assert second.startswith("SELECT set_config('app.tenant_sig', ")
+    assert second.endswith("; SELECT 2")
     assert third.strip() == "COMMIT"
 
 
@@ -156,14 +159,16 @@ def test_read_only_session_sends_one_message_per_statement_and_nothing_else(
     finally:
         session.close()
     logged = logged_since(pg_cluster, offset)
-    opening = (
-        f"SELECT set_config('app.tenant_id', '{tenant_a.id}', true), "
-        "set_config('transaction_read_only', 'on', true), tenant_move_gate(); "
-    )
-    assert logged == [
-        opening + "SELECT current_setting('app.tenant_id', true)",
-        opening + "SHOW transaction_read_only",
-    ]
+    closing = "set_config('transaction_read_only', 'on', true); SELECT tenant_move_gate(); "
+    assert len(logged) == 2, logged
+    for message, statement in zip(
+        logged,
+        ("SELECT current_setting('app.tenant_id', true)", "SHOW transaction_read_only"),
+        strict=True,
+    ):
+        assert message.startswith("SELECT set_config('app.tenant_sig', ")
+        assert f"set_config('app.tenant_id', '{tenant_a.id}', true)" in message
+        assert message.endswith(closing + statement)
 
 
 def test_read_only_session_cannot_write_and_leaves_nothing_behind(
