@@ -134,8 +134,9 @@ class TenantEngineFactory:
 
         ``pooled``: a ``TenantDialect`` engine pooled on the worker's connection budget, for
         serving requests. A move (``control.moving``) asks for ``pooled=False``: plain
-        psycopg2 without a pool, outside the budget, because a copy needs isolation levels
-        and server-side cursors that TenantDialect's autocommit mode rules out. Raises
+        psycopg2 without a pool, outside the budget, because a copy needs a REPEATABLE READ
+        snapshot across statements, which TenantDialect's autocommit mode rules out (the
+        copy signs its statements itself: ``control.copying``). Raises
         TenantUnavailable if the password cannot be decrypted.
         """
         url = cluster_url.set(username=credentials.db_user, password=self.password(credentials))
