@@ -68,6 +68,8 @@ def _bind_tenant() -> None:
 
 def _claim_idempotency_key() -> Response | None:
     """A keyed write (``Idempotency-Key``) replays its first answer, or goes on claimed."""
+    if request.method in SAFE_METHODS:
+        return None
     ttl = dt.timedelta(seconds=current_app.config["SETTINGS"].idempotency_ttl)
     return idempotency.begin(tenant_session(), ttl)
 

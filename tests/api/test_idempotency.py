@@ -44,6 +44,12 @@ def _named(client: FlaskClient, tenant: ProvisionedTenant, name: str) -> list[di
     return [user for user in listed.json["records"] if user["first_name"] == name]
 
 
+def _refused(response: TestResponse, status: int, code: str) -> None:
+    assert response.status_code == status, response.json
+    assert response.mimetype == PROBLEM
+    assert response.json["code"] == code
+
+
 def _same_answer(first: TestResponse, second: TestResponse) -> None:
     assert second.status_code == first.status_code
     assert second.get_data() == first.get_data()
@@ -68,10 +74,7 @@ def test_idempotency_same_key_with_another_body_is_422_and_writes_nothing(
 ) -> None:
     name, other, headers = uuid.uuid4().hex, uuid.uuid4().hex, _keyed(tenant_a, "k")
     assert _post(serving_client, headers, name).status_code == 201
-    refused = _post(serving_client, headers, other)
-    assert refused.status_code == 422
-    assert refused.mimetype == PROBLEM
-    assert refused.json["code"] == "idempotency_key_reused"
+    _refused(_post(serving_client, headers, other), 422, "idempotency_key_reused")
     assert _named(serving_client, tenant_a, other) == []
 
 
@@ -82,8 +85,7 @@ def test_idempotency_same_key_on_another_path_is_422(
     assert _post(serving_client, headers, "Ada").status_code == 201
     product = {"name": "Ada", "price": 1, "stock": 1}
     refused = serving_client.post("/v1/products", json=product, headers=headers)
-    assert refused.status_code == 422
-    assert refused.json["code"] == "idempotency_key_reused"
+    _refused(refused, 422, "idempotency_key_reused")
 
 
 def test_idempotency_keys_are_per_tenant(
@@ -109,10 +111,18 @@ def test_idempotency_bad_key_is_400_and_writes_nothing(
     name = uuid.uuid4().hex
     headers = [*auth_headers(tenant_a).items(), *(("Idempotency-Key", v) for v in values)]
     refused = client.post("/v1/users", json={"first_name": name, "last_name": "K"}, headers=headers)
-    assert refused.status_code == 400
-    assert refused.mimetype == PROBLEM
-    assert refused.json["code"] == "invalid_idempotency_key"
+    _refused(refused, 400, "invalid_idempotency_key")
     assert _named(client, tenant_a, name) == []
+
+
+def test_idempotency_keyed_body_over_the_limit_is_413_and_stores_nothing(
+    client: FlaskClient, tenant_a: ProvisionedTenant
+) -> None:
+    limit = client.application.config["MAX_CONTENT_LENGTH"]
+    body = b'{"first_name": "' + b"x" * limit + b'"}'
+    headers = {**_keyed(tenant_a, "big"), "Content-Type": "application/json"}
+    assert client.post("/v1/users", data=body, headers=headers).status_code == 413
+    assert _post(client, _keyed(tenant_a, "big"), "Ada").status_code == 201
 
 
 def test_idempotency_longest_key_is_accepted(
@@ -223,10 +233,7 @@ def test_idempotency_same_key_while_first_runs_is_409(
     serving_client: FlaskClient, tenant_a: ProvisionedTenant, key_held: str
 ) -> None:
     name = uuid.uuid4().hex
-    busy = _post(serving_client, _keyed(tenant_a, key_held), name)
-    assert busy.status_code == 409
-    assert busy.mimetype == PROBLEM
-    assert busy.json["code"] == "idempotency_key_in_use"
+    _refused(_post(serving_client, _keyed(tenant_a, key_held), name), 409, "idempotency_key_in_use")
     assert _named(serving_client, tenant_a, name) == []
     assert _post(serving_client, _keyed(tenant_a, "another"), name).status_code == 201
 
