@@ -6,6 +6,7 @@ retry gets the first answer and the write happens once.
 
 from __future__ import annotations
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import SeededTenant, Service
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -37,17 +39,37 @@ def _named(service: Service, tenant: SeededTenant, name: str) -> int:
     return sum(1 for user in listed["records"] if user["first_name"] == name)
 
 
+def _workers_of(service: Service, request_ids: set[str]) -> set[int]:
+    """The pids of the workers whose access log names one of ``request_ids``."""
+    pids = set()
+    for line in service.log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # gunicorn's own lines, or one still being written
+            continue
+        if isinstance(record, dict) and record.get("request_id") in request_ids:
+            pids.add(record["pid"])
+    return pids
+
+
 def test_idempotency_retries_on_any_worker_make_one_row_and_identical_answers(
     service: Service, seeded: list[SeededTenant]
 ) -> None:
     tenant, name, key = seeded[0], uuid.uuid4().hex, str(uuid.uuid4())
-    answers = [_post(service, tenant, key, name) for _ in range(6)]
-    first = answers[0]
+    first = _post(service, tenant, key, name)
     assert first.status_code == 201, first.text
-    for again in answers[1:]:
+    request_ids = {first.headers["X-Request-ID"]}
+    for _ in range(40):  # until the retries have landed on another worker than the first
+        again = _post(service, tenant, key, name)
         assert (again.status_code, again.content) == (first.status_code, first.content)
         assert again.headers["Location"] == first.headers["Location"]
         assert again.headers["Idempotent-Replayed"] == "true"
+        request_ids.add(again.headers["X-Request-ID"])
+        if len(request_ids) >= 4 and eventually(
+            lambda: len(_workers_of(service, request_ids)) >= 2, timeout=1
+        ):
+            break
+    assert len(_workers_of(service, request_ids)) >= 2
     assert _named(service, tenant, name) == 1
 
 
