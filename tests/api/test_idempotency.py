@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
+from sqlalchemy import event, orm
 from werkzeug.test import TestResponse
 
 from app.idempotency import REPLAYED
@@ -22,6 +23,7 @@ from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.serving import idempotency as keys
 from app.tenancy.serving.context import TenantContext
+from app.tenancy.serving.session import TenantSession
 from tests.idp import Idp
 from tests.support import auth_headers
 
@@ -268,3 +270,42 @@ def test_idempotency_keys_are_per_end_user(
     api_key = _post(jwt_client, _keyed(tenant_a, "same"), name)  # the tenant's own key space
     assert api_key.status_code == 201
     assert REPLAYED not in api_key.headers
+
+
+@pytest.fixture
+def commit_cut(tenancy: Tenancy, tenant_a: ProvisionedTenant) -> Iterator[None]:
+    """The next keyed write's connection is ended by the server just before its COMMIT.
+
+    A real failure, as a failover or a cut network makes one: another connection of the
+    tenant's role terminates the backend once the write and its key are in the transaction.
+    """
+    fired = []
+
+    def cut(session: orm.Session) -> None:
+        if fired or "idempotency" not in session.info:
+            return
+        fired.append(True)
+        pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        killer = tenancy.open_session(tenant_a.id)
+        try:
+            killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            killer.close()
+
+    event.listen(TenantSession, "before_commit", cut)
+    yield
+    event.remove(TenantSession, "before_commit", cut)
+    assert fired
+
+
+def test_idempotency_write_and_key_vanish_together_when_commit_fails(
+    client: FlaskClient, tenant_a: ProvisionedTenant, commit_cut: None
+) -> None:
+    name, headers = uuid.uuid4().hex, _keyed(tenant_a, "cut")
+    lost = _post(client, headers, name)
+    assert lost.status_code == 503  # the outcome is unknown to the client
+    assert "Retry-After" in lost.headers
+    retried = _post(client, headers, name)
+    assert retried.status_code == 201, retried.json
+    assert REPLAYED not in retried.headers  # nothing was stored: the write did not happen
+    assert [u["id"] for u in _named(client, tenant_a, name)] == [retried.json["id"]]
