@@ -7,11 +7,13 @@ the teardown rolls back whatever is left and returns the connection to the tenan
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 
+from app import idempotency
 from app.tenancy import Tenancy, attach, tenancy_of
 from app.tenancy.errors import AuthenticationFailed, ReadOnlyToken
 from app.tenancy.serving.context import TenantContext
@@ -35,6 +37,7 @@ def init_app(app: Flask, tenancy: Tenancy) -> None:
 def require_tenant(bp: Blueprint) -> None:
     """Make every request of ``bp`` authenticate its tenant and open its session."""
     bp.before_request(_bind_tenant)
+    bp.before_request(_claim_idempotency_key)
 
 
 def tenant_session() -> TenantSession:
@@ -61,6 +64,14 @@ def _bind_tenant() -> None:
     g.tenant_session = tenancy.open_session(
         tenant_id, read_only=request.method in SAFE_METHODS, context=context
     )
+
+
+def _claim_idempotency_key() -> Response | None:
+    """A keyed write (``Idempotency-Key``) replays its first answer, or goes on claimed."""
+    if request.method in SAFE_METHODS:
+        return None
+    ttl = dt.timedelta(seconds=current_app.config["SETTINGS"].idempotency_ttl)
+    return idempotency.begin(tenant_session(), ttl)
 
 
 def _answered(response: Response) -> Response:

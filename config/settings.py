@@ -80,6 +80,7 @@ class Settings:
     tenant_thread_share: int
     tenant_share_wait: float
     auth_failure_limit: int
+    idempotency_ttl: float
 
 
 BUDGET_HEADROOM = 2
@@ -160,6 +161,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, float_between(0.0, 60.0)),
         auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, int_between(1, 1_000_000)),
+        # How long a write's Idempotency-Key replays its answer (app/idempotency.py): a day,
+        # as Stripe keeps them; at least a minute, so a client's retries fit.
+        idempotency_ttl=reader.get(
+            "APP_IDEMPOTENCY_TTL", 86_400.0, float_between(60.0, 30 * 86_400.0)
+        ),
     )
     if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
         raise ConfigError(

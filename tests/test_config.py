@@ -123,6 +123,8 @@ def test_config_unknown_cluster_names_what_to_do() -> None:
         ("APP_CLUSTERS", '{"eu1": "postgresql://h/db"}'),
         ("APP_ADMIN_TRUSTED_CIDRS", "10.0.0.0/8,nonsense"),
         ("APP_LOG_LEVEL", "LOUD"),
+        ("APP_IDEMPOTENCY_TTL", "10"),
+        ("APP_IDEMPOTENCY_TTL", "a day"),
     ],
 )
 def test_config_bad_value_raises_one_line_naming_the_variable(variable: str, value: str) -> None:
@@ -291,3 +293,8 @@ def test_config_tenant_thread_share_defaults_to_half_the_threads() -> None:
     assert load_settings(explicit).tenant_thread_share == 99  # at or above threads: no cap
     with pytest.raises(ConfigError, match=r"^APP_TENANT_THREAD_SHARE:"):
         load_settings({**VALID, "APP_TENANT_THREAD_SHARE": "0"})
+
+
+def test_config_idempotency_ttl_defaults_to_a_day() -> None:
+    assert load_settings(VALID).idempotency_ttl == 86_400
+    assert load_settings({**VALID, "APP_IDEMPOTENCY_TTL": "3600"}).idempotency_ttl == 3600

@@ -53,6 +53,26 @@ _NEXT_LINK = {
     "schema": {"type": "string"},
 }
 _TENANT_ID = {"in": "path", "name": "tenant_id", "required": True, "schema": _UUID}
+_IDEMPOTENCY_KEY = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Makes a retry safe (IETF httpapi-idempotency-key-header): the same key "
+    "with the same request within APP_IDEMPOTENCY_TTL (default 24 h) gets the first answer "
+    "again, with Idempotent-Replayed: true, and changes nothing. 1 to 255 printable ASCII "
+    "characters other than double quote, backslash and comma (the draft's quoted form, "
+    '"<key>", is the same key); per tenant and end user; 409 while the first request with '
+    "it runs, 422 when it was used with another request. "
+    "Only successful answers are kept: a failed write may be retried with its key.",
+}
+_REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+        "same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 _ADMIN_OPERATION = {"tags": ["admin"], "security": [{"adminToken": []}]}
 _ADMIN_TENANT_OPERATION = {**_ADMIN_OPERATION, "parameters": [_TENANT_ID]}
 # POST /v1/admin/tenants/{tenant_id}/<action>: (response schema, summary).
@@ -126,6 +146,24 @@ def _error_responses() -> dict[str, Any]:
     return errors
 
 
+def _write_errors(errors: dict[str, Any]) -> dict[str, Any]:
+    """The error responses of a tenant write: ``errors``, and those of ``Idempotency-Key``."""
+    return {
+        **errors,
+        "409": {
+            "description": "problem: a record with these values exists already (conflict), or "
+            "the first request with this Idempotency-Key is still running "
+            "(idempotency_key_in_use: retry once it has answered)",
+            "content": _PROBLEM,
+        },
+        "422": {
+            "description": "problem: invalid fields (validation_failed), or this "
+            "Idempotency-Key was used with another request (idempotency_key_reused)",
+            "content": _PROBLEM,
+        },
+    }
+
+
 def _add_resource_schemas(spec: APISpec, resource: Resource) -> None:
     title = resource.title
     spec.components.schema(title, schema=type(resource.output))
@@ -158,8 +196,12 @@ def _add_collection_path(
             "post": {
                 **common,
                 "operationId": f"create_{resource.name}{_suffix(prefix)}",
+                "parameters": [*_TENANT_HEADERS, _IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, **_json(f"{title}Create")},
-                "responses": {"201": {"description": "created", **_json(title)}, **errors},
+                "responses": {
+                    "201": {"description": "created", "headers": _REPLAYED, **_json(title)},
+                    **_write_errors(errors),
+                },
             },
         },
     )
@@ -169,6 +211,7 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
     """``prefix/{record_id}``: get, patch and delete one record."""
     title = resource.title
     item = {**_tenant_operation(resource), "parameters": [*_TENANT_HEADERS, _RECORD_ID]}
+    write = {**item, "parameters": [*_TENANT_HEADERS, _RECORD_ID, _IDEMPOTENCY_KEY]}
     spec.path(
         path=f"{prefix}/{{record_id}}",
         operations={
@@ -178,15 +221,21 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
                 "responses": {"200": {"description": "found", **_json(title)}, **errors},
             },
             "patch": {
-                **item,
+                **write,
                 "operationId": f"patch_{resource.name}{_suffix(prefix)}",
                 "requestBody": {"required": True, **_json(f"{title}Patch")},
-                "responses": {"200": {"description": "updated", **_json(title)}, **errors},
+                "responses": {
+                    "200": {"description": "updated", "headers": _REPLAYED, **_json(title)},
+                    **_write_errors(errors),
+                },
             },
             "delete": {
-                **item,
+                **write,
                 "operationId": f"delete_{resource.name}{_suffix(prefix)}",
-                "responses": {"204": {"description": "deleted"}, **errors},
+                "responses": {
+                    "204": {"description": "deleted", "headers": _REPLAYED},
+                    **_write_errors(errors),
+                },
             },
         },
     )

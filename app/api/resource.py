@@ -20,6 +20,7 @@ from app.api.cursor import Cursor
 from app.api.listing import COUNT_CAP, SCANNED, SEARCH_SCAN, TOTAL, ListShape, ListStatements
 from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
+from app.idempotency import acknowledge
 from app.models.scoped import TenantScoped
 from app.schemas.common import ListQuerySchema, PageSchema, dumper
 
@@ -105,14 +106,13 @@ class _ResourceViews:
             response.headers["Link"] = self._next_link(shape, after[0], after[1])
         return response
 
-    def create_record(self) -> tuple[Response, int, dict[str, str]]:
+    def create_record(self) -> Response:
         values = self._resource.create.load(json_object())
         session = tenant_session()
         insert = sa.insert(self._table).values(**values).returning(*self._output_columns)
         record = session.execute(insert).one()
-        session.commit()
         location = url_for(".get_record", record_id=record.id)
-        return jsonify(self._dump(record)), 201, {"Location": location}
+        return acknowledge(session, (jsonify(self._dump(record)), 201, {"Location": location}))
 
     def get_record(self, record_id: uuid.UUID) -> Response:
         record = tenant_session().get(self._model, record_id)
@@ -135,16 +135,14 @@ class _ResourceViews:
             record = session.get(self._model, record_id)
         if record is None:
             raise self._not_found()
-        session.commit()
-        return jsonify(self._dump(record))
+        return acknowledge(session, jsonify(self._dump(record)))
 
-    def delete_record(self, record_id: uuid.UUID) -> tuple[str, int]:
+    def delete_record(self, record_id: uuid.UUID) -> Response:
         session = tenant_session()
         result = session.execute(sa.delete(self._model).where(self._model.id == record_id))
         if getattr(result, "rowcount", 0) != 1:
             raise self._not_found()
-        session.commit()
-        return "", 204
+        return acknowledge(session, ("", 204))
 
     def _cursor(self, params: dict[str, Any]) -> Cursor | None:
         if "after" not in params:

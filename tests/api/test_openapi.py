@@ -64,3 +64,26 @@ def test_openapi_tenant_operations_take_an_api_key_or_an_end_users_jwt(
     for resource in declared_resources():
         operation = document["paths"][f"/v1/{resource.name}"]["get"]
         assert operation["security"] == [{"apiKey": []}, {"endUserJwt": []}]
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/v1/users", "post"),
+        ("/v1/users/{record_id}", "patch"),
+        ("/v1/orders/{record_id}", "delete"),
+    ],
+)
+def test_openapi_writes_take_an_idempotency_key(
+    document: dict[str, Any], path: str, method: str
+) -> None:
+    operation = document["paths"][path][method]
+    names = {parameter["name"] for parameter in operation["parameters"]}
+    assert "Idempotency-Key" in names
+    assert {"409", "422"} <= operation["responses"].keys()
+    assert "idempotency_key_in_use" in operation["responses"]["409"]["description"]
+
+
+def test_openapi_reads_take_no_idempotency_key(document: dict[str, Any]) -> None:
+    names = {parameter["name"] for parameter in document["paths"]["/v1/users"]["get"]["parameters"]}
+    assert "Idempotency-Key" not in names

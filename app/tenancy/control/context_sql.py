@@ -139,12 +139,24 @@ def user_scoped_ddl(table: str, column: str = USER_COLUMN) -> list[str]:
     requires such a policy to be restrictive: a permissive one would widen the tenant's.
     """
     check_identifiers(table, column)
-    predicate = USER_PREDICATE.format(column=column)
     return [
         f"ALTER TABLE {table} ADD COLUMN {column} text DEFAULT current_app_user()",
-        f"CREATE POLICY {USER_POLICY} ON {table} AS RESTRICTIVE FOR ALL TO {TENANT_BASE_ROLE} "
-        f"USING ({predicate}) WITH CHECK ({predicate})",
+        user_policy_ddl(table, column),
     ]
+
+
+def user_policy_ddl(table: str, column: str = USER_COLUMN) -> str:
+    """The RESTRICTIVE policy that shows a JWT without the admin role only its rows of ``table``.
+
+    ``column`` holds the end user who made the row (``current_app_user()``, or ``''`` where
+    the column is NOT NULL and an API key wrote it, as in ``idempotency_keys``).
+    """
+    check_identifiers(table, column)
+    predicate = USER_PREDICATE.format(column=column)
+    return (
+        f"CREATE POLICY {USER_POLICY} ON {table} AS RESTRICTIVE FOR ALL TO {TENANT_BASE_ROLE} "
+        f"USING ({predicate}) WITH CHECK ({predicate})"
+    )
 
 
 class _Operations(Protocol):

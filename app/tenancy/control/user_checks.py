@@ -3,9 +3,10 @@
 A tenant table is user-scoped when it has the owner column (``created_by``) or a
 ``user_rows`` policy. Then the policy must exist, be RESTRICTIVE FOR ALL for
 ``tenant_base`` (a permissive one would widen the tenant's policy: any user of the tenant
-could see every row), and name the column, ``current_app_user()`` and
-``current_app_is_admin()`` in USING and WITH CHECK; the column defaults to
-``current_app_user()`` (else a user's own inserts would be refused). The end-user
+could see every row), name ``current_app_user()`` and ``current_app_is_admin()`` in USING
+and WITH CHECK and compare a column of the table (``created_by``, or another owner column
+such as ``idempotency_keys.principal``); ``created_by`` defaults to ``current_app_user()``
+(else a user's own inserts would be refused). The end-user
 functions read the context only through the verifier, and PUBLIC may not run them.
 """
 
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from app.tenancy.control.context_sql import USER_COLUMN, USER_FUNCTIONS, USER_POLICY
 from app.tenancy.control.ddl import CONTEXT_SCHEMA, TENANT_BASE_ROLE
 
-_WANTED = (USER_COLUMN, "current_app_user()", "current_app_is_admin()")
+_WANTED = ("current_app_user()", "current_app_is_admin()")
 
 
 def user_scope_problems(connection: sa.Connection, tables: list[int]) -> tuple[int, list[str]]:
@@ -30,7 +31,11 @@ def user_scope_problems(connection: sa.Connection, tables: list[int]) -> tuple[i
                          FROM unnest(p.polroles) AS r) AS roles,
                    pg_get_expr(p.polqual, p.polrelid) AS using_expr,
                    pg_get_expr(p.polwithcheck, p.polrelid) AS check_expr,
-                   pg_get_expr(d.adbin, d.adrelid) AS column_default
+                   a.attnum IS NOT NULL AS has_column,
+                   pg_get_expr(d.adbin, d.adrelid) AS column_default,
+                   EXISTS (SELECT FROM pg_depend dep
+                           WHERE dep.classid = 'pg_policy'::regclass AND dep.objid = p.oid
+                             AND dep.refobjid = c.oid AND dep.refobjsubid > 0) AS names_column
             FROM pg_class c
             LEFT JOIN pg_policy p ON p.polrelid = c.oid AND p.polname = :policy
             LEFT JOIN pg_attribute a
@@ -60,7 +65,9 @@ def _table(row: sa.Row[object]) -> list[str]:
         missing = " and ".join(name for name in _WANTED if name not in (expression or ""))
         if missing:
             found.append(f"policy {USER_POLICY} {clause} does not reference {missing}")
-    if "current_app_user()" not in (row.column_default or ""):
+    if not row.names_column:
+        found.append(f"policy {USER_POLICY} compares no column of the table")
+    if row.has_column and "current_app_user()" not in (row.column_default or ""):
         found.append(f"{USER_COLUMN} does not default to current_app_user()")
     return found
 

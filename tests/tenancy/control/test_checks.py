@@ -54,7 +54,7 @@ def test_checks_pass_on_a_fresh_install(fresh_engine: sa.Engine) -> None:
     result = _check_after(fresh_engine)
     assert result.problems == []
     assert result.tenant_tables == len(tenant_tables())
-    assert result.user_scoped_tables == 1  # orders
+    assert result.user_scoped_tables == 2  # orders, idempotency_keys
 
 
 def test_checks_pass_for_a_table_made_user_scoped_by_the_helper(fresh_engine: sa.Engine) -> None:
@@ -65,7 +65,7 @@ def test_checks_pass_for_a_table_made_user_scoped_by_the_helper(fresh_engine: sa
         *user_scoped_ddl("notes"),
     )
     assert result.problems == []
-    assert result.user_scoped_tables == 2
+    assert result.user_scoped_tables == 3
 
 
 @pytest.mark.parametrize(
@@ -101,6 +101,15 @@ def test_checks_pass_for_a_table_made_user_scoped_by_the_helper(fresh_engine: sa
                 "current_app_user() and current_app_is_admin()",
             ],
         ),
+        (  # any user passes: the functions are named, no row's owner is compared
+            [
+                "DROP POLICY user_rows ON orders",
+                "CREATE POLICY user_rows ON orders AS RESTRICTIVE FOR ALL TO tenant_base "
+                "USING ((SELECT current_app_is_admin()) OR "
+                "(SELECT current_app_user()) IS NOT NULL)",
+            ],
+            ["table orders: policy user_rows compares no column of the table"],
+        ),
         (
             ["ALTER TABLE orders ALTER COLUMN created_by DROP DEFAULT"],
             ["table orders: created_by does not default to current_app_user()"],
@@ -117,7 +126,15 @@ def test_checks_pass_for_a_table_made_user_scoped_by_the_helper(fresh_engine: sa
             ["function current_app_roles() is executable by PUBLIC"],
         ),
     ],
-    ids=["no-policy", "permissive", "bare-setting", "no-default", "forgeable", "public"],
+    ids=[
+        "no-policy",
+        "permissive",
+        "bare-setting",
+        "no-column",
+        "no-default",
+        "forgeable",
+        "public",
+    ],
 )
 def test_checks_name_each_broken_user_scope_rule(
     fresh_engine: sa.Engine, statements: list[str], problems: list[str]
@@ -417,7 +434,7 @@ def test_checks_command_exits_zero_on_a_fresh_install(fresh_database: FreshDatab
     result = _cli(fresh_database(), "tenancy", "check")
     assert result.exit_code == 0, result.output
     tables = len(tenant_tables())
-    assert f"tenant isolation check passed: {tables} tenant table(s) (1 user-scoped)" in (
+    assert f"tenant isolation check passed: {tables} tenant table(s) (2 user-scoped)" in (
         result.output
     )
 
