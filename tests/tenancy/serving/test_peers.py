@@ -14,6 +14,7 @@ import pytest
 
 from app.tenancy.serving.peers import PeerServer, ask_peers, socket_path
 from app.tenancy.serving.reaper import Reaper
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -87,4 +88,5 @@ def test_peers_server_ignores_what_is_not_a_question(
         views, _ = ask_peers(directory, uuid.uuid4(), timeout=5, skip_self=False)
 
     assert len(views) == 1  # still answering
-    assert answering.answered == 1
+    # The reply is sent before the count goes up, in the reaper thread: wait for it.
+    assert eventually(lambda: answering.answered == 1, timeout=5)
