@@ -30,6 +30,7 @@ from sqlalchemy import event, orm
 
 from app import dbwait
 from app.crypto import CryptoError
+from app.dbfailover import follow_writable
 from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import ContextSigner, TenantContext
@@ -123,6 +124,7 @@ class _GatewayPool:
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
+        follow_writable(self.engine)  # a read-only server (failover) is a lost one
         _count_connections(self.engine, observer)
         self.sessionmaker = orm.sessionmaker(
             bind=self.engine, class_=TenantSession, expire_on_commit=False
