@@ -232,7 +232,7 @@ class Reaper:
                 continue
             if fd is not None:
                 waits.append(fd)
-            elif retry is not None:
+            if retry is not None:
                 timeout = min(timeout, retry)
         try:
             readable, _, _ = select.select(waits, [], [], max(0.0, timeout))
