@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg2
@@ -29,8 +30,9 @@ from app.tenancy import Tenancy, tenancy_of
 from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant, rotate_api_key
 from config import load_settings, psycopg2_url
 from tests.conftest import ClusterFactory
+from tests.e2e.conftest import seed
 from tests.standbys import multi_host
-from tests.support import auth_headers
+from tests.support import auth_headers, flask_or_fail
 
 WAYS = ("dedicated", "shared", "mix")
 REFUSED_WITHIN = 5.0  # seconds for every worker to refuse a key rotated after a failover
@@ -44,6 +46,8 @@ class Pair:
     primary: LocalCluster
     standby: LocalCluster
     apps: dict[str, Flask]
+    env: dict[str, str]
+    owner: str
 
     def tenancy(self, way: str = "dedicated") -> Tenancy:
         return tenancy_of(self.apps[way])
@@ -69,7 +73,7 @@ def pair(cluster_factory: ClusterFactory, app_env: dict[str, str]) -> Iterator[P
         "APP_DATABASE_IO_TIMEOUT": "10",
     }
     apps = {way: create_app(load_settings({**env, "APP_SERVING": way})) for way in WAYS}
-    yield Pair(primary, standby, apps)
+    yield Pair(primary, standby, apps, env, owner)
     for app in apps.values():
         tenancy_of(app).close()
     standby.stop(mode="immediate")
@@ -204,3 +208,32 @@ def test_failover_primary_stopped_immediately_then_standby_promoted(pair: Pair) 
         assert answers[-1][0] == 201, (way, answers)
         assert all(status in (201, 503) for status, _ in answers), (way, answers)
     assert _server_port(tenancy.control_engine) == pair.standby.port
+
+
+def test_failover_a_standby_listed_first_is_passed_over_by_every_writer(
+    pair: Pair, tmp_path: Path
+) -> None:
+    env = {
+        **pair.env,
+        "APP_DATABASE_URL": multi_host(pair.owner, pair.standby.port, pair.primary.port),
+    }
+
+    # Migrations and seeding (tenant roles, rows through each tenant's engine) as commands.
+    flask_or_fail(env, "db", "upgrade")
+    seeded = seed(env, tmp_path / "seeded.json", count=1, prefix="listed", users_per_tenant=2)
+    app = create_app(load_settings(env))
+    try:
+        client = app.test_client()
+        headers = {"X-Tenant-ID": seeded[0].id, "Authorization": f"Bearer {seeded[0].api_key}"}
+        assert client.get("/v1/users", headers=headers).get_json()["total"] == 2
+        response = client.post(
+            "/v1/users", json={"first_name": "A", "last_name": "B"}, headers=headers
+        )
+        assert response.status_code == 201
+        tenancy = tenancy_of(app)
+        assert _server_port(tenancy.control_engine) == pair.primary.port
+        assert tenancy.listener is not None
+        tenancy.listener.pump()
+        assert tenancy.listener.connected
+    finally:
+        tenancy_of(app).close()

@@ -35,7 +35,15 @@ from app.dev.standby import demote_in_place, make_standby, promote, require_sync
 from tests.conftest import ClusterFactory
 from tests.e2e.conftest import SeededTenant, Service, seed
 from tests.faults.conftest import FAULT_SETTINGS, REQUEST_TIMEOUT, StartService
-from tests.faults.ledger import Ledger, MixedLoad, Outcome, Write, assert_answered, request
+from tests.faults.ledger import (
+    RESOURCES,
+    Ledger,
+    MixedLoad,
+    Outcome,
+    Write,
+    assert_answered,
+    request,
+)
 from tests.standbys import multi_host
 from tests.support import flask_or_fail
 
@@ -165,10 +173,24 @@ def _during(write: Write, start: float, end: float) -> bool:
 
 
 def _on_the_new_primary(service: Service, tenants: list[SeededTenant], writes: list[Write]) -> None:
+    """Each write is there exactly once, read back as its tenant (a pool that still held a
+    connection to the old primary answers its one 503 first: asked again)."""
     by_id = {tenant.id: tenant for tenant in tenants}
-    ledger = Ledger()
     for write in writes:
-        assert ledger.copies(service.url, by_id[write.tenant_id], write) == 1, write.marker
+        marker_field = RESOURCES[write.path][0]
+        for _attempt in range(5):
+            outcome, response = request(
+                "GET",
+                service.url + write.path,
+                params={"search": write.marker, "search_columns": marker_field},
+                headers=by_id[write.tenant_id].headers,
+                timeout=REQUEST_TIMEOUT,
+            )
+            if outcome.status != 503:
+                break
+            assert outcome.retry_after == "1", outcome
+        assert outcome.status == 200, outcome
+        assert response.json()["total"] == 1, write.marker
 
 
 def _under_load(
@@ -200,6 +222,7 @@ def test_failover_under_load_loses_no_acknowledged_write(
     with _under_load(service, loaded, ledger, threads) as load:
         load.wait_until(lambda done: sum(o.ok for o in done) >= 20, 30, "20 successes")
         old.stop(mode="immediate")
+        stopped = time.monotonic()
         promote(standby)
         promoted = time.monotonic()
         load.wait_until(_writes_after(promoted), RECOVERY + 10, "10 writes after the promotion")
@@ -207,6 +230,7 @@ def test_failover_under_load_loses_no_acknowledged_write(
         time.sleep(settle)
     first = _figures(load.outcomes, promoted)
     print(first.line(f"{way}: primary stopped -m immediate, synchronous standby promoted"))
+    print(f"{way}: promoted {promoted - stopped:.2f} s after the stop")
     print(f"{way}: suspended tenant last served {refused_after:.2f} s after its suspension")
     _check_answers(load.outcomes)
     assert first.recovery < RECOVERY
@@ -233,7 +257,7 @@ def test_failover_under_load_loses_no_acknowledged_write(
     outcomes = [o for o in load.outcomes if o not in lost]
     second = _figures(outcomes, demoted)
     print(second.line(f"{way}: old primary demoted in place after a promotion"))
-    print(f"{way}: {len(split)} write(s) acknowledged by the old primary in the split window")
+    print(f"{way}: {len(split)} write(s) acknowledged around the split window (not required)")
     _check_answers(outcomes)
     assert second.recovery < RECOVERY
     acknowledged = [
