@@ -10,10 +10,8 @@ mode): the path of every tenant request in the compose deployment.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from tests.support import (
     INIT_SCRIPT,
     compose_pgbouncer,
     run_compose_init_script,
+    run_initdb_script,
     tenant_passwords,
 )
 
@@ -174,30 +173,10 @@ def _pgbouncer(initialized: Initialized) -> Iterator[int]:
 REPLICATION_SCRIPT = INIT_SCRIPT.parent / "20-replication.sh"
 
 
-def _run_replication_script(cluster: LocalCluster, password: str) -> None:
-    assert cluster.superuser_password is not None
-    result = subprocess.run(
-        ["bash", str(REPLICATION_SCRIPT)],
-        env={
-            "PATH": f"{cluster.bindir}:{os.environ['PATH']}",
-            "POSTGRES_USER": "postgres",
-            "PGHOST": "127.0.0.1",
-            "PGPORT": str(cluster.port),
-            "PGPASSWORD": cluster.superuser_password,
-            "PGDATA": str(cluster.datadir),
-            "REPLICATION_PASSWORD": password,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def test_initdb_replicator_may_stream_and_do_nothing_else() -> None:
     password = secrets.token_urlsafe(24)
     with throwaway_cluster() as cluster:
-        _run_replication_script(cluster, password)
+        run_initdb_script(cluster, REPLICATION_SCRIPT, REPLICATION_PASSWORD=password)
         with _connect(cluster.superuser_url()) as cursor:
             cursor.execute("SELECT pg_reload_conf()")
             cursor.execute(
