@@ -91,8 +91,14 @@ def _post(app: Flask, tenant: ProvisionedTenant, last_name: str) -> tuple[int, d
 
 
 def _server_port(engine: sa.Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.exec_driver_sql("SELECT inet_server_port()").scalar_one())
+    """The port of the server ``engine`` now reaches (a pool that still held a connection
+    to the old primary drops it first: asked again)."""
+
+    def ask() -> int:
+        with engine.connect() as connection:
+            return int(connection.exec_driver_sql("SELECT inet_server_port()").scalar_one())
+
+    return _once_more_after_failover(ask)
 
 
 def _once_more_after_failover(action: Callable[[], T]) -> T:
