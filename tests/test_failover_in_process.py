@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from flask import Flask
+from prometheus_client import REGISTRY
 
 from app import create_app
 from app.cli.db import alembic_config
@@ -99,6 +100,10 @@ def _server_port(engine: sa.Engine) -> int:
             return int(connection.exec_driver_sql("SELECT inet_server_port()").scalar_one())
 
     return _once_more_after_failover(ask)
+
+
+def _gateway_connections_in_use() -> float:
+    return REGISTRY.get_sample_value("tenantpool_gateway_connections_in_use") or 0.0
 
 
 def _once_more_after_failover(action: Callable[[], T]) -> T:
@@ -203,8 +208,12 @@ def test_failover_primary_stopped_immediately_then_standby_promoted(pair: Pair) 
     for app in pair.apps.values():
         assert _post(app, tenant, "warm")[0] == 201
 
+    in_use = _gateway_connections_in_use()
     pair.primary.stop(mode="immediate")
     down = {way: _post(app, tenant, "down") for way, app in pair.apps.items()}
+    # A pooled connection discarded with no new one to be had: the gauge does not go down
+    # for what never went out (SQLAlchemy reports a checkin for that failed checkout).
+    assert _gateway_connections_in_use() == in_use
     promote(pair.standby)
 
     for way, app in pair.apps.items():
