@@ -24,6 +24,8 @@ import psycopg2
 import psycopg2.extensions
 import sqlalchemy as sa
 
+from app.dbhosts import libpq_params, where
+from app.dbwait import keepalive_args
 from app.tenancy.control.clusters import owner_urls
 from config import Settings
 
@@ -63,7 +65,7 @@ def check_affinity(settings: Settings) -> None:
             continue
         if not kept:
             raise AffinityError(
-                f"APP_SERVING={settings.serving}: cluster {name!r} ({url.host}:{url.port or 5432})"
+                f"APP_SERVING={settings.serving}: cluster {name!r} ({where(url)})"
                 " moves a connection between PostgreSQL backends, as a transaction-mode pooler "
                 "does, and shared connections are signed for their backend: point that "
                 "cluster's DSN at PostgreSQL itself (or a session-mode pooler), or set "
@@ -96,9 +98,12 @@ def _pid(connection: psycopg2.extensions.connection, query: str = "SELECT pg_bac
 
 @contextlib.contextmanager
 def _connected(url: sa.URL, connect_timeout: int) -> Iterator[psycopg2.extensions.connection]:
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    # libpq_params: SQLAlchemy's multi-host spelling is not libpq's (app/dbhosts.py).
     connection = psycopg2.connect(
-        dsn, connect_timeout=connect_timeout, application_name="tp:affinity-check"
+        **libpq_params(url),
+        connect_timeout=connect_timeout,
+        application_name="tp:affinity-check",
+        **keepalive_args(connect_timeout),
     )
     connection.autocommit = True
     try:

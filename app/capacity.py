@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from app.db import CONTROL_POOL_MAX
+from app.dbhosts import Server, hosts, single_host, where
 from app.tenancy.control.clusters import cluster_urls, owner_urls
 from config import Settings
 
@@ -111,33 +112,45 @@ def check_capacity(settings: Settings) -> None:
         if needed > slots.available:
             raise CapacityError(
                 f"{settings.workers} workers x {per_worker} connections = {needed} exceed the "
-                f"{slots.available} that {url.host}:{url.port or 5432} allows "
+                f"{slots.available} that {where(url)} allows "
                 f"(max_connections {slots.max_connections} - reserved "
                 f"{slots.superuser_reserved + slots.reserved}); lower APP_WORKERS, "
                 "APP_CONNECTION_BUDGET or APP_GATEWAY_POOL_SIZE, or raise max_connections "
                 "(docs/operations.md, Sizing)"
             )
-        log.info("connections fit: %d of %d on %s:%s", needed, slots.available, url.host, url.port)
+        log.info("connections fit: %d of %d on %s", needed, slots.available, where(url))
 
 
-def _servers(settings: Settings) -> dict[tuple[str | None, int | None], _Server]:
-    """Every server by (host, port), with what of the service lands on it."""
+def _servers(settings: Settings) -> dict[Server, _Server]:
+    """Every server by (host, port), with what of the service lands on it.
+
+    A DSN listing several hosts (a primary and its standbys) counts on each of them: the
+    connections go to whichever is the primary, and after a failover that is another one.
+    """
     control = sa.make_url(settings.database_url)
-    servers = {_server_key(control): _Server(control, control_plane=True)}
+    servers = {key: _Server(url, control_plane=True) for key, url in _each_host(control)}
     for url in cluster_urls(control, settings.clusters).values():
         # A DSN without credentials routes tenants: probe it with the control plane's.
         route = url.set(username=control.username, password=control.password)
         route = url if url.username else route
-        servers.setdefault(_server_key(route), _Server(route)).tenant_route = True
+        for key, one in _each_host(route):
+            servers.setdefault(key, _Server(one)).tenant_route = True
     # A cluster's gateway logs in where its owner does.
     for owner in owner_urls(control, settings.clusters).values():
-        servers.setdefault(_server_key(owner), _Server(owner)).gateways += 1
+        for key, one in _each_host(owner):
+            servers.setdefault(key, _Server(one)).gateways += 1
     return servers
 
 
-def _server_key(url: sa.URL) -> tuple[str | None, int | None]:
-    # Connections count per server, whatever the database.
-    return (url.host, url.port)
+def _each_host(url: sa.URL) -> list[tuple[Server, sa.URL]]:
+    """(server, ``url`` pointed at it alone) for every host ``url`` lists.
+
+    Connections count per server, whatever the database.
+    """
+    listed = hosts(url)
+    if len(listed) == 1:
+        return [(listed[0], url)]
+    return [(server, single_host(url, server)) for server in listed]
 
 
 def _read_slots(url: sa.URL, connect_timeout: int) -> ServerSlots | None:
@@ -149,9 +162,8 @@ def _read_slots(url: sa.URL, connect_timeout: int) -> ServerSlots | None:
             return server_slots(connection)
     except sa.exc.OperationalError as error:
         log.warning(
-            "cannot check the connection capacity of %s:%s (%s); starting anyway",
-            url.host,
-            url.port,
+            "cannot check the connection capacity of %s (%s); starting anyway",
+            where(url),
             type(error.orig).__name__,
         )
         return None

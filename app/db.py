@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from app import dbwait
+from app import dbfailover, dbwait
 
 
 def _fk_column(constraint: sa.ForeignKeyConstraint, table: sa.Table) -> str:
@@ -86,6 +86,8 @@ def create_control_engine(
         },
     )
     sa.event.listen(engine, "checkout", dbwait.discard_if_closed_by_server)
+    # A demoted primary's connections are dropped: the next ones find the new primary.
+    dbfailover.follow_writable(engine)
     _dispose_after_fork(engine)
     return engine
 

@@ -32,12 +32,22 @@ import psycopg2
 import psycopg2.extensions as pgext
 import sqlalchemy as sa
 
-__all__ = ["BoundedConnection", "connect_args", "discard_if_closed_by_server", "install", "wait"]
+__all__ = [
+    "BoundedConnection",
+    "connect_args",
+    "discard_if_closed_by_server",
+    "install",
+    "keepalive_args",
+    "wait",
+]
 
 _ESTABLISHED = frozenset(
     {pgext.STATUS_READY, pgext.STATUS_BEGIN, pgext.STATUS_PREPARED},
 )
 _LIBPQ_MIN_CONNECT_TIMEOUT = 2  # libpq reads connect_timeout=1 as 2 seconds
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
 
 
 class BoundedConnection(pgext.connection):
@@ -57,14 +67,42 @@ def install() -> None:
 
 
 def connect_args(*, connect_timeout: int, io_timeout: float | None) -> dict[str, Any]:
-    """psycopg2 connect arguments that bound the handshake and every later round trip."""
+    """psycopg2 connect arguments that bound the handshake and every later round trip.
+
+    With TCP keepalives (:func:`keepalive_args`), so an idle connection to a server that
+    vanished (a dead host, a partition) is noticed in seconds too.
+    """
 
     def connection_factory(dsn: str, *args: Any, **kwargs: Any) -> BoundedConnection:
         connection = BoundedConnection(dsn, *args, **kwargs)
         connection.io_timeout = io_timeout
         return connection
 
-    return {"connect_timeout": connect_timeout, "connection_factory": connection_factory}
+    return {
+        "connect_timeout": connect_timeout,
+        "connection_factory": connection_factory,
+        **keepalive_args(connect_timeout),
+    }
+
+
+def keepalive_args(connect_timeout: int) -> dict[str, Any]:
+    """libpq TCP options: a silent peer is given up on in seconds, not the kernel's minutes.
+
+    Keepalives probe an idle connection after ``KEEPALIVE_IDLE`` s, then every
+    ``KEEPALIVE_INTERVAL`` s, and drop it after ``KEEPALIVE_COUNT`` unanswered probes:
+    about 11 s for a pooled or LISTEN connection whose server died without a word (the
+    kernel default is over two hours). ``tcp_user_timeout`` gives up on data (and, on
+    Linux, a connection attempt) the peer does not acknowledge: below ``connect_timeout``,
+    so a black-holed host of a multi-host DSN fails in the kernel and libpq tries the next
+    host before :func:`wait` gives up on the whole attempt.
+    """
+    return {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE,
+        "keepalives_interval": KEEPALIVE_INTERVAL,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": max(500, connect_timeout * 1000 * 3 // 4),
+    }
 
 
 def wait(connection: pgext.connection) -> None:
@@ -75,6 +113,7 @@ def wait(connection: pgext.connection) -> None:
     """
     timeout = _bound(connection)
     deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = _attempt(connection)
     while True:
         state = connection.poll()
         if state == pgext.POLL_OK:
@@ -85,6 +124,11 @@ def wait(connection: pgext.connection) -> None:
             events = select.POLLOUT
         else:
             raise psycopg2.OperationalError(f"unexpected psycopg2 poll state {state}")
+        if timeout is not None and _attempt(connection) != attempt:
+            # libpq moved on to the next host or address: each gets connect_timeout, as
+            # libpq's own blocking connect gives them.
+            attempt = _attempt(connection)
+            deadline = time.monotonic() + timeout
         if deadline is None:
             wait_ms = None
         else:
@@ -97,6 +141,14 @@ def wait(connection: pgext.connection) -> None:
         poller = select.poll()
         poller.register(connection.fileno(), events)
         poller.poll(wait_ms)
+
+
+def _attempt(connection: pgext.connection) -> tuple[int, str | None, str | None]:
+    """Which socket and host a connection is on (the host changes while libpq tries a list)."""
+    if connection.status in _ESTABLISHED:
+        return (connection.fileno(), None, None)
+    info = connection.info
+    return (connection.fileno(), info.host, str(info.port))
 
 
 def _bound(connection: pgext.connection) -> float | None:

@@ -18,6 +18,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from app import metrics, models
+from app.dbfailover import READ_ONLY_SQLSTATE
 from app.tenancy.errors import (
     AuthenticationFailed,
     CapacityExhausted,
@@ -186,6 +187,14 @@ def _capacity(error: sqlalchemy.exc.TimeoutError | CapacityExhausted) -> Respons
     )
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A write cut off by a failover may have committed or not (docs/operations.md, Failover).
+_LOST_WRITE = (
+    "the database connection was lost (a failover?) and this write may or may not have been "
+    "made; retry it with the same Idempotency-Key"
+)
+
+
 def _database_error(error: sqlalchemy.exc.DBAPIError) -> Response:
     pgcode = getattr(error.orig, "pgcode", None)
     if pgcode == "57014":  # query_canceled: the role's statement_timeout
@@ -194,6 +203,17 @@ def _database_error(error: sqlalchemy.exc.DBAPIError) -> Response:
             "statement_timeout",
             "Service unavailable",
             "the query took too long; retry later",
+            {"Retry-After": "1"},
+        )
+    if error.connection_invalidated or pgcode == READ_ONLY_SQLSTATE:
+        # A lost connection, or a server that stopped taking writes (a failover: app/dbfailover.py);
+        # the pool was dropped and the retry connects to the server that takes writes now.
+        log.warning("database connection lost: %s (sqlstate %s)", type(error.orig).__name__, pgcode)
+        return problem(
+            503,
+            "database_unavailable",
+            "Service unavailable",
+            _LOST_WRITE if request.method in _WRITES else "the database connection was lost; retry",
             {"Retry-After": "1"},
         )
     if isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):

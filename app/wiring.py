@@ -39,6 +39,9 @@ from app.tenancy.serving.tokens import JwksCache, TokenVerifier
 from app.tenancy.serving.ways import ServingMode, ServingWays
 from config import Settings
 
+LISTENER_MAX_DELAY = 2.0
+"""Longest wait, in seconds, between two attempts of the change listener to reconnect."""
+
 
 def build_tenancy(settings: Settings) -> Tenancy:
     """Wire the worker's tenancy from settings; connects to nothing yet."""
@@ -53,7 +56,12 @@ def build_tenancy(settings: Settings) -> Tenancy:
     observer.budget_limit(settings.connection_budget)
     activity = TenantActivity()
     directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
-    clusters = Clusters.configured(control_engine, settings.clusters)
+    clusters = Clusters.configured(
+        control_engine,
+        settings.clusters,
+        # Owner work (moves, removals) may run long statements: keepalives, no io bound.
+        connect_args=dbwait.connect_args(connect_timeout=settings.connect_timeout, io_timeout=None),
+    )
     budget = ConnectionBudget(
         settings.connection_budget, timeout=settings.pool_timeout, observer=observer
     )
@@ -160,9 +168,16 @@ def _serving_ways(settings: Settings) -> ServingWays:
 def _attach_background(tenancy: Tenancy, settings: Settings, control_engine: sa.Engine) -> None:
     """The change-event listener, and the process's reaper told to watch; nothing started."""
     tenancy.listener = TenantEventListener(
-        connector(control_engine.url, connect_timeout=settings.connect_timeout),
+        connector(
+            control_engine.url,
+            connect_timeout=settings.connect_timeout,
+            io_timeout=settings.database_io_timeout,
+        ),
         tenancy.on_event,
         on_reconnect=tenancy.on_listener_reconnect,
+        # After a failover the new primary is found within about a second or two (and a
+        # refused connection attempt costs a server next to nothing).
+        max_delay=LISTENER_MAX_DELAY,
         observer=tenancy.observer,
     )
     reaper = process_reaper()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -37,6 +39,10 @@ _QUERY_REFUSED = {
     "options": "server options may set the role every connection runs as (-c role=...)",
 }
 _QUERY_HOST_KEYS = ("host", "hostaddr", "port")
+# target_session_attrs that keep a multi-host DSN on the primary ("any" is the operator's
+# own choice, for a list whose every host takes writes, such as PgBouncers of the primary).
+_WRITABLE_ATTRS = ("read-write", "primary", "any")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,7 +191,7 @@ def _refuse_unsafe_production(settings: Settings) -> None:
         raise ConfigError("APP_DATABASE_URL: production needs a password-authenticated DSN")
 
 
-def _database_url(raw: str) -> str:
+def _database_url(raw: str, label: str = "APP_DATABASE_URL") -> str:
     try:
         url = make_url(raw)
     except ArgumentError:
@@ -199,7 +205,44 @@ def _database_url(raw: str) -> str:
     if url.drivername not in ("postgresql", "postgresql+psycopg2"):
         raise ValueError(f"driver {url.drivername!r} is not supported; use postgresql://")
     _check_query(url)
-    return psycopg2_url(raw)
+    return psycopg2_url(_writable(url, label))
+
+
+def _writable(url: URL, label: str) -> str:
+    """``url``, sent to the host that takes writes when it lists several (libpq multi-host).
+
+    Everything the service does through these DSNs writes or listens, so several hosts
+    without ``target_session_attrs`` get ``read-write`` (said in one log line), and a value
+    that would pick a standby is refused.
+    """
+    raw = url.render_as_string(hide_password=False)
+    try:
+        # What libpq will be given: SQLAlchemy's reading of ?host=h1:p1&host=h2:p2.
+        _, params = PGDialect_psycopg2().create_connect_args(url)  # type: ignore[no-untyped-call]  # SQLAlchemy's dialects are untyped
+    except ArgumentError as error:
+        raise ValueError(f"lists its hosts in a form SQLAlchemy cannot read: {error}") from None
+    names = str(params.get("host", "")).split(",")
+    listed = len(names)
+    if listed > 1 and any(name.count(":") == 1 for name in names):
+        # ?host=h1:p1,h2:p2 would reach libpq as host names "h1:p1" and "h2:p2"
+        raise ValueError("lists its hosts as h1:p1,h2:p2; write ?host=h1:p1&host=h2:p2")
+    attrs = url.query.get("target_session_attrs")
+    if attrs is not None and attrs not in _WRITABLE_ATTRS:
+        raise ValueError(
+            f"?target_session_attrs={attrs} would connect to a server that refuses writes; "
+            "use read-write (or primary) here"
+        )
+    if listed < 2 or attrs is not None:
+        return raw
+    log.warning(
+        "%s lists %d hosts without target_session_attrs: added target_session_attrs=read-write, "
+        "so writes and LISTEN reach the primary",
+        label,
+        listed,
+    )
+    return url.update_query_dict({"target_session_attrs": "read-write"}).render_as_string(
+        hide_password=False
+    )
 
 
 def _check_query(url: URL) -> None:
@@ -263,7 +306,7 @@ def _clusters(raw: str) -> dict[str, str]:
         if not _CLUSTER_NAME.match(name):
             raise ValueError(f"cluster name {name!r} must be lower-case letters, digits, _ or -")
         try:
-            clusters[name] = _database_url(dsn)
+            clusters[name] = _database_url(dsn, f"APP_CLUSTERS[{name!r}]")
         except ValueError as error:
             raise ValueError(f"cluster {name!r}: {error}") from None
         # Only default may lack them: its owner work goes through APP_DATABASE_URL.

@@ -12,13 +12,15 @@ database and writes tenant tables through the tenancy helpers
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from app.dbwait import keepalive_args
 from app.models import metadata
 from app.tenancy.control.autogen import include_object, tenancy_directives
 from config import load_settings
 
 config = context.config
 url = config.attributes.get("url") or load_settings().database_url
-engine = create_engine(url, poolclass=pool.NullPool)
+# Keepalives: a migration on a server that dies (a failover) fails in seconds, not hours.
+engine = create_engine(url, poolclass=pool.NullPool, connect_args=keepalive_args(10))
 with engine.connect() as connection:
     context.configure(
         connection=connection,

@@ -27,6 +27,7 @@ _SERVICE: dict[str, Any] = {
             "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"}},
         },
         "command": {"oneOf": [{"type": "string"}, _STRING_LIST]},
+        "entrypoint": {"oneOf": [{"type": "string"}, _STRING_LIST]},
         "environment": {
             "type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean", "null"]},

@@ -325,24 +325,35 @@ class ComposeRoles:
 def run_compose_init_script(cluster: LocalCluster) -> ComposeRoles:
     """Run the compose init script on ``cluster`` as the postgres container does."""
     roles = ComposeRoles(secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    run_initdb_script(
+        cluster,
+        INIT_SCRIPT,
+        TENANTPOOL_OWNER_PASSWORD=roles.owner_password,
+        PGBOUNCER_AUTH_PASSWORD=roles.bouncer_password,
+    )
+    return roles
+
+
+def run_initdb_script(cluster: LocalCluster, script: Path, **environment: str) -> None:
+    """Run a docker/postgres/initdb script on ``cluster`` as the postgres container does:
+    psql as the superuser, ``PGDATA`` the data directory, ``environment`` beside."""
     assert cluster.superuser_password is not None
     result = subprocess.run(
-        ["bash", str(INIT_SCRIPT)],
+        ["bash", str(script)],
         env={
             "PATH": f"{cluster.bindir}:{os.environ['PATH']}",
             "POSTGRES_USER": "postgres",
             "PGHOST": "127.0.0.1",
             "PGPORT": str(cluster.port),
             "PGPASSWORD": cluster.superuser_password,
-            "TENANTPOOL_OWNER_PASSWORD": roles.owner_password,
-            "PGBOUNCER_AUTH_PASSWORD": roles.bouncer_password,
+            "PGDATA": str(cluster.datadir),
+            **environment,
         },
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return roles
 
 
 @dataclass(frozen=True)

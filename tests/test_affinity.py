@@ -15,7 +15,9 @@ import sqlalchemy as sa
 from app.affinity import AffinityError, check_affinity, keeps_backend
 from app.dev.cluster import LocalCluster
 from app.dev.pgbouncer import INSTALL_HINT, LocalPgBouncer, find_pgbouncer
+from app.dev.ports import free_port
 from config import Settings
+from tests.standbys import multi_host
 from tests.support import gunicorn_refusal
 
 pytestmark = pytest.mark.skipif(find_pgbouncer() is None, reason=INSTALL_HINT)
@@ -54,6 +56,18 @@ def bouncer(pg_cluster: LocalCluster, owner_url: str) -> Iterator[Bouncer]:
 
 def test_affinity_direct_connection_keeps_its_backend(owner_url: str) -> None:
     assert keeps_backend(sa.make_url(owner_url), connect_timeout=5)
+
+
+def test_affinity_multi_host_dsn_is_checked_where_it_connects(
+    owner_url: str, pg_cluster: LocalCluster, bouncer: Bouncer
+) -> None:
+    # A primary that is gone, then the server: the check connects as the service would.
+    assert keeps_backend(
+        sa.make_url(multi_host(owner_url, free_port(), pg_cluster.port)), connect_timeout=5
+    )
+    pooled = bouncer("transaction")
+    listed = multi_host(pooled.render_as_string(hide_password=False), free_port(), pooled.port or 0)
+    assert not keeps_backend(sa.make_url(listed), connect_timeout=5)
 
 
 def test_affinity_session_pooler_keeps_the_backend(bouncer: Bouncer) -> None:

@@ -8,8 +8,11 @@ import logging
 import pytest
 
 from app.capacity import CapacityError, check_capacity, demand_per_worker
+from app.dev.cluster import LocalCluster
+from app.dev.ports import free_port
 from config import Settings, psycopg2_url
 from tests.conftest import ClusterFactory
+from tests.standbys import multi_host
 
 
 def test_capacity_demand_counts_budget_control_pool_and_listener(settings: Settings) -> None:
@@ -63,3 +66,24 @@ def test_capacity_unreachable_server_is_logged_not_fatal(
         check_capacity(unreachable)
 
     assert "cannot check the connection capacity" in caplog.text
+
+
+def test_capacity_counts_every_host_of_a_multi_host_dsn(
+    settings: Settings, pg_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A primary that is down and the suite's server as its standby: after a failover the
+    # connections land on the other, so each must hold them; the down one is only logged.
+    down = free_port()
+    listed = dataclasses.replace(
+        settings,
+        database_url=multi_host(settings.database_url, down, pg_cluster.port),
+        connect_timeout=1,
+    )
+
+    with caplog.at_level(logging.INFO, logger="app.capacity"):
+        check_capacity(dataclasses.replace(listed, workers=17, connection_budget=6))
+    with pytest.raises(CapacityError, match=f"exceed the 197 that 127.0.0.1:{pg_cluster.port} "):
+        check_capacity(dataclasses.replace(listed, workers=18, connection_budget=6))
+
+    assert f"cannot check the connection capacity of 127.0.0.1:{down} " in caplog.text
+    assert f"connections fit: 187 of 197 on 127.0.0.1:{pg_cluster.port}" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 import subprocess
 import sys
@@ -121,6 +123,15 @@ def test_config_unknown_cluster_names_what_to_do() -> None:
         ("APP_CLUSTERS", '{"Bad Name": "postgresql://h/db"}'),
         ("APP_CLUSTERS", '{"eu1": "http://h/db"}'),
         ("APP_CLUSTERS", '{"eu1": "postgresql://h/db"}'),
+        (
+            "APP_DATABASE_URL",
+            "postgresql://u:p@/db?host=h1:1&host=h2:2&target_session_attrs=standby",
+        ),
+        ("APP_DATABASE_URL", "postgresql://u:p@/db?host=h1:1,h2:2"),
+        (
+            "APP_CLUSTERS",
+            '{"eu1": "postgresql://u:p@/db?host=h1&host=h2&target_session_attrs=read-only"}',
+        ),
         ("APP_ADMIN_TRUSTED_CIDRS", "10.0.0.0/8,nonsense"),
         ("APP_LOG_LEVEL", "LOUD"),
         ("APP_IDEMPOTENCY_TTL", "10"),
@@ -298,3 +309,41 @@ def test_config_tenant_thread_share_defaults_to_half_the_threads() -> None:
 def test_config_idempotency_ttl_defaults_to_a_day() -> None:
     assert load_settings(VALID).idempotency_ttl == 86_400
     assert load_settings({**VALID, "APP_IDEMPOTENCY_TTL": "3600"}).idempotency_ttl == 3600
+
+
+def test_config_several_hosts_get_read_write_said_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listed = "postgresql://owner:pw@/tenantpool?host=h1:5432&host=h2:5432"
+    eu = "postgresql://o:pw@/db?host=e1:5432&host=e2:5432"
+
+    with caplog.at_level(logging.WARNING, logger="config.settings"):
+        settings = load_settings(
+            {**VALID, "APP_DATABASE_URL": listed, "APP_CLUSTERS": json.dumps({"eu": eu})}
+        )
+
+    for url in (settings.database_url, settings.clusters["eu"]):
+        assert sa.make_url(url).query["target_session_attrs"] == "read-write"
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("APP_DATABASE_URL lists 2 hosts without target_session_attrs")
+    assert lines[1].startswith("APP_CLUSTERS['eu'] lists 2 hosts")
+    assert all("pw" not in line for line in lines)
+
+
+def test_config_target_session_attrs_of_the_operator_are_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listed = "postgresql://owner:pw@/tenantpool?host=h1&host=h2&target_session_attrs=primary"
+
+    with caplog.at_level(logging.WARNING, logger="config.settings"):
+        settings = load_settings({**VALID, "APP_DATABASE_URL": listed})
+
+    assert sa.make_url(settings.database_url).query["target_session_attrs"] == "primary"
+    assert caplog.records == []
+
+
+def test_config_one_host_gets_no_target_session_attrs() -> None:
+    settings = load_settings(VALID)
+
+    assert "target_session_attrs" not in sa.make_url(settings.database_url).query

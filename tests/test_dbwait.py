@@ -71,3 +71,16 @@ def test_dbwait_install_is_idempotent() -> None:
     dbwait.install()
     dbwait.install()
     assert dbwait.psycopg2.extensions.get_wait_callback() is dbwait.wait
+
+
+def test_dbwait_connections_carry_keepalives_and_a_tcp_user_timeout(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        dsn = connection.connection.dbapi_connection.get_dsn_parameters()  # type: ignore[union-attr]
+
+    assert dsn["keepalives"] == "1"
+    assert dsn["keepalives_idle"] == str(dbwait.KEEPALIVE_IDLE)
+    assert dsn["keepalives_interval"] == str(dbwait.KEEPALIVE_INTERVAL)
+    assert dsn["keepalives_count"] == str(dbwait.KEEPALIVE_COUNT)
+    # Below connect_timeout (2 s here): a host that swallows packets fails in the kernel
+    # first, and libpq tries the next host of a list.
+    assert 0 < int(dsn["tcp_user_timeout"]) < 2000

@@ -322,3 +322,37 @@ def test_dockerfile_runs_gunicorn_as_a_non_root_user_with_a_healthcheck() -> Non
     assert "/healthz" in healthcheck
     assert "curl" not in healthcheck
     assert "gunicorn" in " ".join(next(args for kw, args in reversed(instructions) if kw == "CMD"))
+
+
+def test_compose_standby_profile_streams_from_postgres_and_the_app_follows_the_primary() -> None:
+    services = _services()
+    standby = services["postgres-standby"]
+    assert standby["profiles"] == ["standby"]
+    assert standby["depends_on"]["postgres"]["condition"] == "service_healthy"
+    entrypoint = DOCKER / "postgres" / "standby" / "entrypoint.sh"
+    assert standby["entrypoint"] == ["bash", "/standby/entrypoint.sh"]
+    script = entrypoint.read_text()
+    assert "cluster_name=standby1" in script  # what synchronous_standby_names names
+    assert "--write-recovery-conf" in script
+    assert "--no-password" in script  # a password file, never a prompt or an argument
+    assert subprocess.run(["bash", "-n", str(entrypoint)], check=False).returncode == 0
+    # The app's owner DSN lists both servers and keeps to the one that takes writes.
+    url = _compose()["x-app-environment"]["APP_DATABASE_URL"]
+    assert url.endswith(
+        "@/tenantpool?host=postgres:5432&host=postgres-standby:5432&target_session_attrs=read-write"
+    )
+    settings = load_settings(
+        {
+            "APP_DATABASE_URL": url.replace(
+                "${TENANTPOOL_OWNER_PASSWORD:?copy .env.example to .env and fill it in}", "pw"
+            ),
+            "APP_ENCRYPTION_KEYS": "k1:" + "ab" * 32,
+            "APP_ENCRYPTION_ACTIVE_KEY": "k1",
+        }
+    )
+    assert "target_session_attrs=read-write" in settings.database_url
+    # Synchronous replication only when asked for (a commit would wait for a missing standby).
+    assert (
+        "synchronous_standby_names=${SYNCHRONOUS_STANDBY_NAMES:-}"
+        in (services["postgres"]["command"])
+    )

@@ -30,7 +30,13 @@ from app.tenancy.control.provisioning import create_tenant
 from app.tenancy.control.roles import RoleLimits, role_name
 from config import load_settings
 from tests.conftest import throwaway_cluster, upgrade_database
-from tests.support import compose_pgbouncer, run_compose_init_script, tenant_passwords
+from tests.support import (
+    INIT_SCRIPT,
+    compose_pgbouncer,
+    run_compose_init_script,
+    run_initdb_script,
+    tenant_passwords,
+)
 
 
 @dataclass(frozen=True)
@@ -162,3 +168,31 @@ def _pgbouncer(initialized: Initialized) -> Iterator[int]:
             yield bouncer.port
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+REPLICATION_SCRIPT = INIT_SCRIPT.parent / "20-replication.sh"
+
+
+def test_initdb_replicator_may_stream_and_do_nothing_else() -> None:
+    password = secrets.token_urlsafe(24)
+    with throwaway_cluster() as cluster:
+        run_initdb_script(cluster, REPLICATION_SCRIPT, REPLICATION_PASSWORD=password)
+        with _connect(cluster.superuser_url()) as cursor:
+            cursor.execute("SELECT pg_reload_conf()")
+            cursor.execute(
+                "SELECT rolreplication, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls "
+                "FROM pg_roles WHERE rolname = 'replicator'"
+            )
+            assert cursor.fetchone() == (True, False, False, False, False)
+        url = f"postgresql://replicator:{password}@127.0.0.1:{cluster.port}/postgres"
+        streaming = psycopg2.connect(url + "?replication=true", connect_timeout=10)
+        streaming.autocommit = True  # a walsender takes no BEGIN
+        try:
+            with streaming.cursor() as cursor:
+                cursor.execute("IDENTIFY_SYSTEM")
+                assert cursor.fetchone() is not None
+        finally:
+            streaming.close()
+        # No tenant data through it: it has no grants and is not a tenant role.
+        with _connect(url) as cursor, pytest.raises(errors.InsufficientPrivilege):
+            cursor.execute("SELECT count(*) FROM pg_authid")

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 
 from app.cli import crypto, db, seed, tenancy, tenants
+from app.dbhosts import where as hosts_of
 
 
 def init_app(app: Flask) -> None:
@@ -55,5 +56,5 @@ def _unreachable(error: sa.exc.OperationalError) -> str:
         names = "APP_DATABASE_URL and APP_CLUSTERS"
         return f"cannot connect to a database (check {names}{hint}): {reason}"
     url = sa.make_url(settings.database_url)
-    where = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    where = f"{hosts_of(url)}/{url.database or ''}"
     return f"cannot connect to the database at {where} (check APP_DATABASE_URL{hint}): {reason}"

@@ -11,10 +11,20 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app.dev.cluster import LocalCluster
+from app.dev.ports import free_port
 from app.models import Tenant, User
-from app.tenancy import Tenancy
+from app.tenancy import Tenancy, tenancy_of
+from app.tenancy.control.provisioning import create_tenant
 from tests.conftest import FreshDatabase
-from tests.support import Inspector, MakePlaced, app_for, invoke, tenant_tables
+from tests.standbys import multi_host
+from tests.support import (
+    Inspector,
+    MakePlaced,
+    app_for,
+    auth_headers,
+    invoke,
+    tenant_tables,
+)
 
 
 def test_tenants_create_places_the_tenant_on_the_cluster_asked_for(
@@ -116,3 +126,27 @@ def test_tenancy_check_fails_when_a_data_cluster_holds_secrets(
         result = invoke(app, "tenancy", "check")
     assert result.exit_code == 1
     assert "cluster c2: table tenants: holds 1 row(s) on a data cluster" in result.output
+
+
+def test_tenants_move_to_a_cluster_whose_dsn_lists_a_dead_host_first(
+    two_clusters_env: dict[str, str], second_cluster: LocalCluster, inspect: Inspector
+) -> None:
+    c2 = json.loads(two_clusters_env["APP_CLUSTERS"])["c2"]
+    listed = multi_host(c2, free_port(), second_cluster.port)  # a primary gone, then c2
+    env = {**two_clusters_env, "APP_CLUSTERS": json.dumps({"c2": listed})}
+    with app_for(env) as app:
+        tenancy = tenancy_of(app)
+        name = f"listed-{uuid.uuid4().hex[:8]}"
+        tenant = create_tenant(tenancy.clusters, tenancy.keyring, name, tenancy.limits)
+        session = tenancy.open_session(tenant.id)
+        with session.begin():
+            session.execute(sa.insert(User), [{"first_name": "a", "last_name": "b"}] * 3)
+        session.close()
+        tenancy.forget(tenant.id, "test")
+
+        result = invoke(app, "tenants", "move", name, "--to", "c2")
+
+        assert result.exit_code == 0, result.output
+        assert inspect.tenant_rows("c2", "users", tenant.id) == 3
+        answer = app.test_client().get("/v1/users", headers=auth_headers(tenant))
+        assert answer.get_json()["total"] == 3  # served from c2 through the listed DSN

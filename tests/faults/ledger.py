@@ -41,6 +41,7 @@ class Outcome:
     status: int | None
     content_type: str | None = None
     error: str | None = None
+    retry_after: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,6 +78,7 @@ def request(method: str, url: str, *, timeout: float, **kwargs: Any) -> tuple[Ou
         time.monotonic() - started,
         response.status_code,
         response.headers.get("Content-Type"),
+        retry_after=response.headers.get("Retry-After"),
     )
     return outcome, response
 

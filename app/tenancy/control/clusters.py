@@ -14,10 +14,12 @@ import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from app.dbfailover import follow_writable
 from app.tenancy.errors import UnknownCluster
 
 DEFAULT_CLUSTER = "default"
@@ -55,11 +57,19 @@ class Clusters:
     they hold no connection between uses and nothing crosses a fork.
     """
 
-    def __init__(self, control: sa.Engine, urls: Mapping[str, sa.URL]) -> None:
+    def __init__(
+        self,
+        control: sa.Engine,
+        urls: Mapping[str, sa.URL],
+        *,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> None:
         if DEFAULT_CLUSTER not in urls:
             raise ValueError("urls must name the default cluster")
         self.control = control
         self._urls = dict(urls)
+        # psycopg2 arguments of the owner engines (timeouts, keepalives: app.dbwait).
+        self._connect_args = dict(connect_args or {})
         self._lock = threading.Lock()
         self._engines: dict[str, sa.Engine] = {}
 
@@ -69,9 +79,15 @@ class Clusters:
         return cls(control, {DEFAULT_CLUSTER: control.url})
 
     @classmethod
-    def configured(cls, control: sa.Engine, dsns: Mapping[str, str]) -> Clusters:
+    def configured(
+        cls,
+        control: sa.Engine,
+        dsns: Mapping[str, str],
+        *,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> Clusters:
         """The clusters of ``APP_CLUSTERS`` (``dsns``) beside the control plane's."""
-        return cls(control, cluster_urls(control.url, dsns))
+        return cls(control, cluster_urls(control.url, dsns), connect_args=connect_args)
 
     @property
     def names(self) -> list[str]:
@@ -111,7 +127,9 @@ class Clusters:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self._engines[name] = sa.create_engine(url, poolclass=NullPool)
+                engine = sa.create_engine(url, poolclass=NullPool, connect_args=self._connect_args)
+                follow_writable(engine)  # a demoted primary's error is a lost connection
+                self._engines[name] = engine
             return engine
 
     @contextlib.contextmanager

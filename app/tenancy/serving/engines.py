@@ -21,6 +21,7 @@ from sqlalchemy.util import LRUCache
 
 from app import dbwait
 from app.crypto import CryptoError, Keyring, tenant_aad
+from app.dbfailover import follow_writable
 from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import AuthenticationFailed, TenantUnavailable, UnknownCluster
 from app.tenancy.serving.activity import TenantActivity
@@ -164,6 +165,7 @@ class TenantEngineFactory:
         # After the dialect's own connect hook (autocommit), before anyone uses it.
         sa.event.listen(engine, "connect", refuse_unless_logged_in_as(credentials.db_user))
         sa.event.listen(engine, "handle_error", translate_moving)
+        follow_writable(engine)  # a read-only server (failover) is a lost one
         if pooled:
             sa.event.listen(engine, "checkout", discard_if_closed_by_server)
             sa.event.listen(engine, "connect", self._logged_in(credentials.id))

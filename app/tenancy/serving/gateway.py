@@ -30,6 +30,7 @@ from sqlalchemy import event, orm
 
 from app import dbwait
 from app.crypto import CryptoError
+from app.dbfailover import follow_writable
 from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import ContextSigner, TenantContext
@@ -123,6 +124,7 @@ class _GatewayPool:
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
+        follow_writable(self.engine)  # a read-only server (failover) is a lost one
         _count_connections(self.engine, observer)
         self.sessionmaker = orm.sessionmaker(
             bind=self.engine, class_=TenantSession, expire_on_commit=False
@@ -136,6 +138,9 @@ class _GatewayPool:
         )
 
 
+_COUNTED_OUT = "tp_counted_out"
+
+
 def _count_connections(engine: sa.Engine, observer: Observer) -> None:
     """Report the pool's connections as they open, close, go out and come back."""
 
@@ -145,11 +150,15 @@ def _count_connections(engine: sa.Engine, observer: Observer) -> None:
     def closed(*args: Any) -> None:
         observer.gateway_connections(opened=-1)
 
-    def checked_out(*args: Any) -> None:
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        record.record_info[_COUNTED_OUT] = True
         observer.gateway_connections(in_use=1)
 
-    def checked_in(*args: Any) -> None:
-        observer.gateway_connections(in_use=-1)
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        # SQLAlchemy also reports a checkin for a checkout that failed half-way (a pooled
+        # connection discarded, then no new one: a failover): only what went out comes back.
+        if record.record_info.pop(_COUNTED_OUT, False):
+            observer.gateway_connections(in_use=-1)
 
     event.listen(engine, "connect", opened)
     event.listen(engine, "close", closed)

@@ -7,10 +7,18 @@ record). The worker's reaper thread drives it: it waits in ``select()`` on ``fil
 ``pump()``. A lost connection is noticed there and replaced, with an exponential,
 jittered back-off; since events sent meanwhile are lost, ``on_reconnect`` runs after
 every successful (re)connect so the caller can drop what it cached.
+
+A failover can leave the connection on a server that is up but no longer the primary (a
+primary demoted in place): NOTIFY is then sent elsewhere, and the connection would stay
+open and deaf. So every ``check_every`` seconds (and right after connecting) ``pump()``
+asks the server whether it still takes writes, one bounded round trip; a server in
+recovery or read-only by default is left, and a multi-host DSN (app/dbhosts.py) then
+reaches the new primary. The same round trip notices a server gone silent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -24,6 +32,8 @@ import psycopg2
 import psycopg2.extensions
 import sqlalchemy as sa
 
+from app import dbwait
+from app.dbhosts import libpq_params
 from app.tenancy.serving.events import CHANNEL, TenantEvent
 from app.tenancy.serving.observer import Observer
 
@@ -31,28 +41,45 @@ __all__ = ["TenantEventListener", "connector"]
 
 logger = logging.getLogger(__name__)
 
+# One round trip: is this still a primary (a standby refuses LISTEN; a server made
+# read-only is not where NOTIFY is sent)?
+_READ_ONLY_CHECK = (
+    "SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only')::boolean"
+)
+
 Connect = Callable[[], psycopg2.extensions.connection]
 """Opens a new DB-API connection to the control plane; may raise psycopg2.Error."""
 
 
-def connector(url: str | sa.URL, *, connect_timeout: int) -> Connect:
-    """A ``Connect`` for the DSN of ``url``, naming itself ``tp:listener:<pid>``."""
-    # libpq reads a postgresql:// URI itself, query options (sslmode...) included.
-    dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+def connector(
+    url: str | sa.URL, *, connect_timeout: int, io_timeout: float | None = None
+) -> Connect:
+    """A ``Connect`` for ``url``, naming itself ``tp:listener:<pid>``.
+
+    A multi-host ``url`` reaches the host that takes writes (``target_session_attrs``):
+    a standby refuses LISTEN. Each round trip is bounded by ``io_timeout`` and TCP
+    keepalives notice a peer gone without closing (a partition, a dead host) in seconds:
+    the socket then turns readable with an error, and pump() reconnects (app.dbwait).
+    """
+    params = libpq_params(url)
 
     def connect() -> psycopg2.extensions.connection:
-        return psycopg2.connect(
-            dsn,
+        connection: psycopg2.extensions.connection = psycopg2.connect(
+            **params,
             application_name=f"tp:listener:{os.getpid()}",
-            connect_timeout=connect_timeout,
-            # TCP keepalives notice a peer gone without closing (a partition, a dead host):
-            # the socket then turns readable with an error, and pump() reconnects.
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
+            **dbwait.connect_args(connect_timeout=connect_timeout, io_timeout=io_timeout),
         )
+        return connection
 
     return connect
+
+
+def _read_only(conn: psycopg2.extensions.connection) -> bool:
+    """Whether the server of ``conn`` is a standby or read-only by default (one round trip)."""
+    with conn.cursor() as cursor:
+        cursor.execute(_READ_ONLY_CHECK)
+        row = cursor.fetchone()
+    return bool(row is not None and row[0])
 
 
 class TenantEventListener:
@@ -73,6 +100,7 @@ class TenantEventListener:
         clock: Callable[[], float] = time.monotonic,
         min_delay: float = 0.2,
         max_delay: float = 10.0,
+        check_every: float = 1.0,
         observer: Observer | None = None,
     ) -> None:
         self._connect = connect
@@ -83,6 +111,8 @@ class TenantEventListener:
         self._clock = clock
         self.min_delay = min_delay
         self.max_delay = max_delay
+        self.check_every = check_every
+        self._next_check = 0.0
         self._lock = threading.Lock()
         self._conn: psycopg2.extensions.connection | None = None
         self._delay = min_delay
@@ -103,11 +133,13 @@ class TenantEventListener:
             return None if self._conn is None else self._conn.fileno()
 
     def retry_in(self) -> float | None:
-        """Seconds until the next connection attempt; None while connected or closed."""
+        """Seconds until ``pump()`` is due: the next connection attempt, or the next check
+        that the server still takes writes; None once closed."""
         with self._lock:
-            if self._conn is not None or self._closed:
+            if self._closed:
                 return None
-            return max(0.0, self._next_attempt - self._clock())
+            due = self._next_attempt if self._conn is None else self._next_check
+            return max(0.0, due - self._clock())
 
     def pump(self) -> int:
         """Connect if due, then deliver every notification received; the number delivered."""
@@ -121,6 +153,8 @@ class TenantEventListener:
                 reconnected = self._connect_locked()
                 if not reconnected:
                     return 0
+            elif self._clock() >= self._next_check and not self._still_primary_locked():
+                return 0
             payloads = self._drain_locked()
         if reconnected and self._on_reconnect is not None:
             self._call(self._on_reconnect)
@@ -142,28 +176,57 @@ class TenantEventListener:
             self._drop_locked(retry_at=self._clock())
 
     def _connect_locked(self) -> bool:
+        conn = None
         try:
             conn = self._connect()
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(f"LISTEN {CHANNEL}")  # a constant identifier, no input
+            read_only = _read_only(conn)
         except (psycopg2.Error, OSError) as error:
-            self.failures += 1
-            delay = self._delay * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
-            self._next_attempt = self._clock() + delay
-            self._delay = min(self.max_delay, self._delay * 2)
-            logger.warning(
-                "tenant event listener cannot connect (%s); retrying in %.1fs",
-                type(error).__name__,
-                delay,
-            )
+            self._retry_later_locked(conn, type(error).__name__)
+            return False
+        if read_only:  # a single-host DSN naming a standby, or a demoted primary
+            self._retry_later_locked(conn, "the server does not take writes")
             return False
         self._conn = conn
+        self._next_check = self._clock() + self.check_every
         self._delay = self.min_delay
         self.connects += 1
         self._observer.listener_connected(True)
         if self.connects > 1:
             logger.info("tenant event listener reconnected")
+        return True
+
+    def _retry_later_locked(self, conn: psycopg2.extensions.connection | None, why: str) -> None:
+        if conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self.failures += 1
+        delay = self._delay * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+        self._next_attempt = self._clock() + delay
+        self._delay = min(self.max_delay, self._delay * 2)
+        logger.warning("tenant event listener cannot connect (%s); retrying in %.1fs", why, delay)
+
+    def _still_primary_locked(self) -> bool:
+        """Ask the server whether it still takes writes; leave it if not (or if it is gone)."""
+        conn = self._conn
+        if conn is None:  # pragma: no cover - callers check
+            return False
+        try:
+            read_only = _read_only(conn)
+        except psycopg2.Error as error:
+            logger.warning("tenant event listener lost its connection (%s)", type(error).__name__)
+            self._drop_locked(retry_at=self._clock())
+            return False
+        if read_only:
+            logger.warning(
+                "tenant event listener's server no longer takes writes (a failover?); "
+                "reconnecting to the primary"
+            )
+            self._drop_locked(retry_at=self._clock())
+            return False
+        self._next_check = self._clock() + self.check_every
         return True
 
     def _drain_locked(self) -> list[str]:

@@ -53,7 +53,7 @@ class Listener(Protocol):
         """The socket to wait on; None while disconnected."""
 
     def retry_in(self) -> float | None:
-        """Seconds until the next connection attempt while disconnected, else None."""
+        """Seconds until ``pump()`` is due even if nothing arrives (a reconnection), or None."""
 
     def pump(self) -> int:
         """Connect if due and handle what arrived; never raises."""
@@ -225,14 +225,14 @@ class Reaper:
             try:
                 listener.pump()
                 fd = listener.fileno()
-                retry = listener.retry_in() if fd is None else None
+                retry = listener.retry_in()  # a reconnection, or a check while connected
             except Exception:
                 self.failures += 1
                 logger.exception("reaper listener %r failed", listener)
                 continue
             if fd is not None:
                 waits.append(fd)
-            elif retry is not None:
+            if retry is not None:
                 timeout = min(timeout, retry)
         try:
             readable, _, _ = select.select(waits, [], [], max(0.0, timeout))

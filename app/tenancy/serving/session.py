@@ -37,6 +37,7 @@ from sqlalchemy import event, orm
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
+from app.dbhosts import hosts
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import ContextSigner, TenantContext
 
@@ -53,7 +54,7 @@ MOVING = "TPM01"
 
 _TENANT_OF_TRANSACTION = "tenantpool.tenant_of_transaction"
 # Server (host, port, database) -> dialect attributes its initialize() learned; per process.
-_LEARNED: dict[tuple[str | None, int | None, str | None], dict[str, Any]] = {}
+_LEARNED: dict[tuple[object, ...], dict[str, Any]] = {}
 _LEARNED_LOCK = threading.Lock()
 
 
@@ -142,7 +143,7 @@ class TenantDialect(PGDialect_psycopg2):
         answers depend on the server, not on the role, so the first engine's are reused.
         """
         url = connection.engine.url
-        server = (url.host, url.port, url.database)
+        server = (hosts(url), url.database)  # every host of a multi-host DSN
         with _LEARNED_LOCK:
             learned = _LEARNED.get(server)
         if learned is not None:

@@ -7,7 +7,7 @@ import select
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg2
 import pytest
@@ -234,3 +234,45 @@ def test_listener_reaper_reconnects_lost_listener(
         reaper.stop()
 
     assert received.events == [event]
+
+
+def test_listener_read_only_server_is_refused_and_retried_with_back_off(
+    cluster_factory: Callable[..., LocalCluster], received: Received
+) -> None:
+    # A server that is up but takes no writes: a standby named alone, or a demoted primary.
+    read_only = cluster_factory(extra_settings={"default_transaction_read_only": "on"})
+    clock = FakeClock()
+    made = TenantEventListener(
+        connector(read_only.superuser_url(), connect_timeout=5),
+        received.on_event,
+        on_reconnect=received.on_reconnect,
+        clock=clock,
+        min_delay=1.0,
+        max_delay=4.0,
+    )
+    try:
+        delays = []
+        for _ in range(4):
+            made.pump()
+            assert not made.connected
+            retry = made.retry_in()
+            assert retry is not None
+            delays.append(retry)
+            clock.advance(retry)
+        assert made.failures == 4
+        assert received.reconnects == 0  # never connected, so nothing to drop
+        assert 0.5 <= delays[0] <= 1.0
+        assert 2.0 <= delays[-1] <= 4.0  # doubled up to max_delay (jittered down to half)
+    finally:
+        made.close()
+
+
+def test_listener_checks_the_server_every_check_every_seconds(
+    listener: TenantEventListener, owner_engine: sa.Engine
+) -> None:
+    listener.pump()
+    assert listener.connected
+    due = listener.retry_in()
+    # While connected, the reaper is woken for the next check that the server takes writes.
+    assert due is not None
+    assert 0.0 <= due <= listener.check_every
