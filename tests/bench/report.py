@@ -100,7 +100,7 @@ class Run:
     scenario: str
     cluster: int
     way: str
-    app: str  # service | baseline; with | without for the verifier's runs
+    app: str  # service | baseline; with | without for the verifier's; on | off for tracing's
     round: int
     rps: float
     p50_ms: float
@@ -118,6 +118,8 @@ class Figures:
     deployments: list[Deployment] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     verifier_runs: list[Run] = field(default_factory=list)
+    tracing_runs: list[Run] = field(default_factory=list)
+    tracing_exports: int = 0  # OTLP requests the local collector received during them
     profile: Profile | None = None
     default_way: str = ""
     same_rows: int = 0  # tenants whose page every service answered as the baseline did
@@ -146,6 +148,7 @@ def load(path: Path) -> Figures:
     data["deployments"] = [Deployment(**item) for item in data["deployments"]]
     data["runs"] = [Run(**item) for item in data["runs"]]
     data["verifier_runs"] = [Run(**item) for item in data["verifier_runs"]]
+    data["tracing_runs"] = [Run(**item) for item in data.get("tracing_runs", [])]
     if data["profile"] is not None:
         items = [ProfileItem(**item) for item in data["profile"].pop("items")]
         data["profile"] = Profile(**data["profile"], items=items)
@@ -253,13 +256,23 @@ def best_per_scenario(figures: Figures, cluster: int) -> dict[str, Cell]:
     return out
 
 
-def verifier_cost(figures: Figures) -> float | None:
-    """Throughput lost to the policy's third term: 1 - with / without (None: not measured)."""
-    with_ = [r.rps for r in figures.verifier_runs if r.app == "with"]
-    without = [r.rps for r in figures.verifier_runs if r.app == "without"]
+def paired_cost(runs: Sequence[Run], costly: str, plain: str) -> float | None:
+    """Throughput lost to what ``costly`` runs add: 1 - mean costly / mean plain (None: none)."""
+    with_ = [r.rps for r in runs if r.app == costly]
+    without = [r.rps for r in runs if r.app == plain]
     if not with_ or not without:
         return None
     return 1 - statistics.fmean(with_) / statistics.fmean(without)
+
+
+def verifier_cost(figures: Figures) -> float | None:
+    """Throughput lost to the policy's third term: 1 - with / without (None: not measured)."""
+    return paired_cost(figures.verifier_runs, "with", "without")
+
+
+def tracing_cost(figures: Figures) -> float | None:
+    """Throughput lost to tracing on (OTLP to a local collector) against off."""
+    return paired_cost(figures.tracing_runs, "on", "off")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -337,6 +350,7 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
         _machine_and_settings,
         _throughput,
         _verifier,
+        _tracing,
         _profile,
         _cold,
         _connect,
@@ -519,24 +533,45 @@ def _spread(values: Sequence[float], form: str) -> str:
     return low if low == high else f"{low}-{high}"
 
 
-def verifier_round_costs(figures: Figures) -> list[tuple[int, str, float, float, float]]:
-    """(round, which ran first, with req/s, without req/s, cost) of each complete round."""
+def round_costs(
+    runs: Sequence[Run], costly: str, plain: str
+) -> list[tuple[int, str, float, float, float]]:
+    """(round, which ran first, costly req/s, plain req/s, cost) of each complete round."""
     out = []
-    for number in sorted({r.round for r in figures.verifier_runs}):
-        runs = [r for r in figures.verifier_runs if r.round == number]
-        rps = {r.app: r.rps for r in runs}
-        if rps.get("with") and rps.get("without"):
-            cost = 1 - rps["with"] / rps["without"]
-            out.append((number, runs[0].app, rps["with"], rps["without"], cost))
+    for number in sorted({r.round for r in runs}):
+        mine = [r for r in runs if r.round == number]
+        rps = {r.app: r.rps for r in mine}
+        if rps.get(costly) and rps.get(plain):
+            cost = 1 - rps[costly] / rps[plain]
+            out.append((number, mine[0].app, rps[costly], rps[plain], cost))
     return out
 
 
+def _rounds_table(runs: Sequence[Run], costly: str, plain: str) -> str:
+    return _table(
+        ["round", "first", f"{costly} req/s", f"{plain} req/s", "cost"],
+        [
+            [str(n), first, f"{a:.0f}", f"{b:.0f}", f"{c:.1%}"]
+            for n, first, a, b, c in round_costs(runs, costly, plain)
+        ],
+    )
+
+
+def _cost_line(runs: Sequence[Run], costly: str, plain: str) -> str:
+    rounds = round_costs(runs, costly, plain)
+    cost = paired_cost(runs, costly, plain) or 0.0
+    return (
+        f"{cost:.1%} of the throughput (1 - mean {costly} / mean {plain}); the rounds' costs "
+        f"go from {min(c for *_, c in rounds):.1%} to {max(c for *_, c in rounds):.1%}. "
+        f"Errors: {sum(r.errors for r in runs)}."
+    )
+
+
 def _verifier(figures: Figures) -> list[str]:
-    cost = verifier_cost(figures)
-    if cost is None:
+    runs = figures.verifier_runs
+    if not round_costs(runs, "with", "without"):
         return []
-    rounds = verifier_round_costs(figures)
-    first = figures.verifier_runs[0]
+    first = runs[0]
     title = next((s.title for s in figures.scenarios if s.key == first.scenario), first.scenario)
     return [
         "## What the verifier costs",
@@ -547,18 +582,31 @@ def _verifier(figures: Figures) -> list[str]:
         "(<TWO_SIDED_PREDICATE>)`, `without`, restored after), interleaved, alternating which "
         "goes first.",
         "",
-        _table(
-            ["round", "first", "with req/s", "without req/s", "cost"],
-            [
-                [str(n), first, f"{with_:.0f}", f"{without:.0f}", f"{c:.1%}"]
-                for n, first, with_, without, c in rounds
-            ],
-        ),
+        _rounds_table(runs, "with", "without"),
         "",
-        f"The verifier costs {cost:.1%} of the throughput (1 - mean with / mean without); "
-        f"the rounds' costs go from {min(c for *_, c in rounds):.1%} to "
-        f"{max(c for *_, c in rounds):.1%}. "
-        f"Errors: {sum(r.errors for r in figures.verifier_runs)}.",
+        "The verifier costs " + _cost_line(runs, "with", "without"),
+        "",
+    ]
+
+
+def _tracing(figures: Figures) -> list[str]:
+    runs = figures.tracing_runs
+    if not round_costs(runs, "on", "off"):
+        return []
+    first = runs[0]
+    title = next((s.title for s in figures.scenarios if s.key == first.scenario), first.scenario)
+    return [
+        "## What tracing costs",
+        "",
+        f"{title}, served shared, max_connections {first.cluster}: the service as measured "
+        "above (`APP_TRACING=off`, the default: no OpenTelemetry module is imported, no hook "
+        "added, `tests/test_tracing.py`) against a second one with `APP_TRACING=otlp`, every "
+        "request and statement a span, exported in batches to a local collector that answers "
+        f"at once ({figures.tracing_exports} exports received), interleaved.",
+        "",
+        _rounds_table(runs, "on", "off"),
+        "",
+        "Tracing on costs " + _cost_line(runs, "on", "off"),
         "",
     ]
 

@@ -34,6 +34,7 @@ from app.tenancy.control.ddl import POLICY_NAME, POLICY_PREDICATE, TWO_SIDED_PRE
 from app.tenancy.control.scram import scram_sha256_verifier
 from config import Settings, load_settings
 from tests.bench import baseline_app, load, profile, report, rows, stack
+from tests.bench.otlp_sink import OtlpSink
 from tests.bench.report import STOCK, WAYS, Deployment, Figures, Run, Scenario
 from tests.support import REPO_ROOT
 
@@ -354,6 +355,8 @@ class Bench:
                 say(f"  {area}: {share:.1%}")
         if self.args.verifier_rounds:
             self.measure_verifier(scenario, shared, service)
+        if self.args.tracing_rounds:
+            self.measure_tracing(scenario, shared, service)
 
     def measure_verifier(
         self, scenario: Scenario, shared: Deployment, service: stack.Server
@@ -376,6 +379,31 @@ class Bench:
             _set_policy(owner, POLICY_PREDICATE)
             owner.close()
         say(f"the verifier costs {report.verifier_cost(self.figures):.1%}")
+
+    def measure_tracing(
+        self, scenario: Scenario, shared: Deployment, service: stack.Server
+    ) -> None:
+        """``service`` (tracing off) against the same with OTLP tracing on, interleaved."""
+        sink = OtlpSink()
+        env = service_env(self.db, shared.cluster, shared.way, len(self.tenants))
+        traced_env = {**env, "APP_TRACING": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url}
+        try:
+            with stack.Server(
+                "service-traced", SERVICE_ARGS, traced_env, WORK / "service-traced.log"
+            ) as traced:
+                self.wrk(scenario, traced, warm_up_seconds(scenario))
+                servers = {"off": service, "on": traced}
+                for round_number in range(1, self.args.tracing_rounds + 1):
+                    for mode in ("on", "off") if round_number % 2 else ("off", "on"):
+                        result = self.wrk(scenario, servers[mode], self.args.seconds)
+                        run = _run(scenario, shared, mode, round_number, result)
+                        self.figures.tracing_runs.append(run)
+                        say(f"tracing round {round_number} {mode}: {run.rps:.0f} req/s")
+        finally:
+            sink.close()
+        self.figures.tracing_exports = sink.exports
+        cost = report.tracing_cost(self.figures)
+        say(f"tracing on costs {cost:.1%} ({sink.exports} OTLP exports received)")
 
     def wrk(self, scenario: Scenario, server: stack.Server, seconds: float) -> load.WrkResult:
         return load.run_wrk(
@@ -444,6 +472,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--verifier-rounds", type=int, default=5, help="with/without pairs (0: none)"
+    )
+    parser.add_argument(
+        "--tracing-rounds", type=int, default=3, help="tracing on/off pairs (0: none)"
     )
     parser.add_argument(
         "--profile-seconds", type=float, default=10, help="py-spy run length (0: none)"

@@ -79,6 +79,11 @@ def _figures() -> Figures:
         Run("users_100", 100, "shared", "with", 1, 960, 5, 20, 0, 1, 0),
         Run("users_100", 100, "shared", "without", 1, 1000, 5, 20, 0, 1, 0),
     ]
+    figures.tracing_runs = [
+        Run("users_100", 100, "shared", "off", 1, 1000, 5, 20, 0, 1, 0),
+        Run("users_100", 100, "shared", "on", 1, 900, 5, 20, 0, 1, 0),
+    ]
+    figures.tracing_exports = 7
     figures.profile = Profile(
         samples=10,
         all_samples=12,
@@ -173,6 +178,9 @@ def test_report_page_shows_cells_bounds_verifier_and_profile() -> None:
     assert "| 1 | with | 960 | 1000 | 4.0% |" in markdown
     assert "The verifier costs 4.0% of the throughput" in markdown
     assert "the rounds' costs go from 4.0% to 4.0%" in markdown
+    assert "| 1 | off | 900 | 1000 | 10.0% |" in markdown
+    assert "Tracing on costs 10.0% of the throughput (1 - mean on / mean off)" in markdown
+    assert "(7 exports received)" in markdown
     assert f"| database | 50.0% | {report.DONE['database']} |" in markdown
     assert (
         "| database | `Session.execute (sqlalchemy/orm/session.py)` | 50.0% "
