@@ -21,6 +21,7 @@ from app import metrics, models
 from app.tenancy.errors import (
     AuthenticationFailed,
     CapacityExhausted,
+    InvalidConsistencyToken,
     InvalidTenantHeader,
     ReadOnlyToken,
     TenantNameTaken,
@@ -89,6 +90,11 @@ class ServiceUnavailable(ApiError):
 
 _TENANCY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     InvalidTenantHeader: (400, "invalid_tenant_header", "Invalid X-Tenant-ID header"),
+    InvalidConsistencyToken: (
+        400,
+        "invalid_consistency_token",
+        "Invalid X-Consistency-Token header",
+    ),
     AuthenticationFailed: (401, "unauthorized", "Unauthorized"),
     TenantSuspended: (403, "tenant_suspended", "Tenant suspended"),
     ReadOnlyToken: (403, "read_only_token", "Forbidden"),
