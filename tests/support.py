@@ -395,3 +395,15 @@ def logged_since(pg_cluster: LocalCluster, offset: int) -> list[str]:
             for line in handle
             if " statement: " in line
         ]
+
+
+def wait_for_replica(
+    tenancy: Any, position: int | None = None, *, cluster: str = "default", timeout: float = 15.0
+) -> None:
+    """Until a replica of ``cluster`` is in the rotation (and has replayed ``position``)."""
+    tenancy.start_background()  # the replica watcher, as a tenant request would
+    deadline = time.monotonic() + timeout
+    while tenancy.replicas.rotation.choose(cluster, position) is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no replica caught up within {timeout} s: {tenancy.replicas.status()}")
+        time.sleep(0.05)

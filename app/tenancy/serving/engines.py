@@ -119,6 +119,10 @@ class TenantEngineFactory:
         self._versions[engine] = credentials.version
         return engine
 
+    def signer_key(self, cluster: str) -> bytes:
+        """The key tenant contexts on ``cluster`` are signed with (read once per worker)."""
+        return self._context_key(cluster)
+
     def signer(self, cluster: str) -> ContextSigner:
         """What signs a tenant's own connections on ``cluster`` (its key read once per worker)."""
         return ContextSigner(self._context_key(cluster), shared=False)
