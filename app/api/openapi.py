@@ -33,6 +33,26 @@ _TENANT_HEADERS = [
         "then equal.",
     }
 ]
+# Read-your-writes, as a reusable parameter (components.parameters.ConsistencyToken) that
+# every read accepts: declared there rather than on each operation, because schemathesis
+# then counts the fuzz tests' real Authorization header as generated ("ignored auth").
+_CONSISTENCY_TOKEN_PARAMETER = {
+    "name": "X-Consistency-Token",
+    "required": False,
+    "schema": {"type": "string", "pattern": r"^1\.[0-9a-f]{16}\.[0-9a-f]{8}$"},
+    "description": "Read-your-writes: the X-Consistency-Token of a write's response, "
+    "sent back as-is on a read, which is then answered only by a server that has that "
+    "write (a caught-up read replica, else the primary). Opaque; a malformed one is a "
+    "400. Without it a read may be served by a replica behind by at most "
+    "APP_REPLICA_MAX_LAG seconds.",
+}
+_CONSISTENCY_TOKEN = {
+    "X-Consistency-Token": {
+        "description": "The position of what this write committed; send it back on reads "
+        "that must see it (opaque)",
+        "schema": {"type": "string"},
+    }
+}
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _PROBLEM_SCHEMA = {
     "type": "object",
@@ -111,6 +131,7 @@ def _new_spec() -> APISpec:
         },
     )
     spec.components.schema("Problem", _PROBLEM_SCHEMA)
+    spec.components.parameter("ConsistencyToken", "header", _CONSISTENCY_TOKEN_PARAMETER)
     return spec
 
 
@@ -159,7 +180,14 @@ def _add_collection_path(
                 **common,
                 "operationId": f"create_{resource.name}{_suffix(prefix)}",
                 "requestBody": {"required": True, **_json(f"{title}Create")},
-                "responses": {"201": {"description": "created", **_json(title)}, **errors},
+                "responses": {
+                    "201": {
+                        "description": "created",
+                        "headers": _CONSISTENCY_TOKEN,
+                        **_json(title),
+                    },
+                    **errors,
+                },
             },
         },
     )
@@ -181,12 +209,22 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
                 **item,
                 "operationId": f"patch_{resource.name}{_suffix(prefix)}",
                 "requestBody": {"required": True, **_json(f"{title}Patch")},
-                "responses": {"200": {"description": "updated", **_json(title)}, **errors},
+                "responses": {
+                    "200": {
+                        "description": "updated",
+                        "headers": _CONSISTENCY_TOKEN,
+                        **_json(title),
+                    },
+                    **errors,
+                },
             },
             "delete": {
                 **item,
                 "operationId": f"delete_{resource.name}{_suffix(prefix)}",
-                "responses": {"204": {"description": "deleted"}, **errors},
+                "responses": {
+                    "204": {"description": "deleted", "headers": _CONSISTENCY_TOKEN},
+                    **errors,
+                },
             },
         },
     )
@@ -265,7 +303,10 @@ def _add_admin_tenant_path(spec: APISpec, errors: dict[str, Any]) -> None:
                 **_ADMIN_TENANT_OPERATION,
                 "operationId": "admin_delete_tenant",
                 "summary": "End its sessions, drop its role, delete its rows and secret",
-                "responses": {"204": {"description": "deleted"}, **errors},
+                "responses": {
+                    "204": {"description": "deleted", "headers": _CONSISTENCY_TOKEN},
+                    **errors,
+                },
             },
         },
     )
