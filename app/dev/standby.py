@@ -130,6 +130,7 @@ def _base_backup(primary: LocalCluster, datadir: Path, password: str) -> None:
             "--wal-method=stream",
             "--checkpoint=fast",
             "--no-sync",
+            "--no-password",  # never a prompt on the terminal: the passfile or nothing
         )
     finally:
         shutil.rmtree(secret_dir, ignore_errors=True)

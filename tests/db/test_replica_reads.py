@@ -173,6 +173,7 @@ def _read_under_load(
     return acted_at, answers
 
 
+@pytest.mark.soak  # make test runs the same through gunicorn: tests/e2e/test_replicas.py
 def test_replica_stopped_under_read_load_reads_are_2xx_again_within_5s(
     primary_env: dict[str, str], make_replica: MakeStandby
 ) -> None:
