@@ -118,6 +118,8 @@ class Figures:
     deployments: list[Deployment] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
     verifier_runs: list[Run] = field(default_factory=list)
+    # Read replicas: app primary | replica | replica+token (tests/bench/replicas.py).
+    replica_runs: list[Run] = field(default_factory=list)
     profile: Profile | None = None
     default_way: str = ""
     same_rows: int = 0  # tenants whose page every service answered as the baseline did
@@ -146,6 +148,7 @@ def load(path: Path) -> Figures:
     data["deployments"] = [Deployment(**item) for item in data["deployments"]]
     data["runs"] = [Run(**item) for item in data["runs"]]
     data["verifier_runs"] = [Run(**item) for item in data["verifier_runs"]]
+    data["replica_runs"] = [Run(**item) for item in data.get("replica_runs", [])]
     if data["profile"] is not None:
         items = [ProfileItem(**item) for item in data["profile"].pop("items")]
         data["profile"] = Profile(**data["profile"], items=items)
@@ -262,6 +265,55 @@ def verifier_cost(figures: Figures) -> float | None:
     return 1 - statistics.fmean(with_) / statistics.fmean(without)
 
 
+def _mean_rps(runs: Sequence[Run], app: str) -> float | None:
+    found = [run.rps for run in runs if run.app == app]
+    return statistics.fmean(found) if found else None
+
+
+def replica_ratio(figures: Figures) -> float | None:
+    """Reads through a replica over reads on the primary, in throughput (None: not measured)."""
+    replica = _mean_rps(figures.replica_runs, "replica")
+    primary = _mean_rps(figures.replica_runs, "primary")
+    return None if not replica or not primary else replica / primary
+
+
+def token_cost(figures: Figures) -> float | None:
+    """Throughput lost to sending a consistency token the replica has: 1 - with / without."""
+    with_ = _mean_rps(figures.replica_runs, "replica+token")
+    without = _mean_rps(figures.replica_runs, "replica")
+    return None if not with_ or not without else 1 - with_ / without
+
+
+def _replicas(figures: Figures) -> list[str]:
+    ratio, cost = replica_ratio(figures), token_cost(figures)
+    if ratio is None or cost is None:
+        return []
+    runs = figures.replica_runs
+    p50 = {
+        app: statistics.fmean(r.p50_ms for r in runs if r.app == app)
+        for app in {r.app for r in runs}
+    }
+    return [
+        "## Read replicas",
+        "",
+        f"`{runs[0].scenario}` in the `{runs[0].way}` way, {max(r.round for r in runs)} rounds in "
+        "rotating order, through two services: one with `APP_READ_REPLICAS` naming a "
+        "streaming standby of the bench cluster (made with `pg_basebackup`), one without "
+        "(every read on the primary); then the first again, every request sending an "
+        "`X-Consistency-Token` the standby has replayed (the same server answers; the "
+        "difference is the token's check). Both services and both PostgreSQL servers share "
+        "this machine's cores, so this says what routing a read costs or saves here, not "
+        "what a replica on a machine of its own adds (`tests/bench/replicas.py`).",
+        "",
+        "| | ratio |",
+        "| --- | --- |",
+        f"| reads through the replica / reads on the primary (req/s) | {ratio:.2f} |",
+        f"| p50 through the replica / p50 on the primary | {p50['replica'] / p50['primary']:.2f} |",
+        f"| cost of the token's check (1 - with / without, req/s) | {cost:.1%} |",
+        "",
+    ]
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The nearest-rank percentile of ``values`` (``fraction`` in 0..1)."""
     ordered = sorted(values)
@@ -337,6 +389,7 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
         _machine_and_settings,
         _throughput,
         _verifier,
+        _replicas,
         _profile,
         _cold,
         _connect,
