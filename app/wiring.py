@@ -33,12 +33,13 @@ from app.tenancy.serving.engines import PoolSettings, TenantEngineFactory
 from app.tenancy.serving.fairshare import FairShare
 from app.tenancy.serving.gateway import GatewayAccess, Gateways
 from app.tenancy.serving.listener import TenantEventListener, connector
+from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.peers import PeerServer
 from app.tenancy.serving.reaper import Reaper, process_reaper
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.replica_reads import ReadReplicas, ReplicaTarget
 from app.tenancy.serving.replicas import Replica, ReplicaRotation, ReplicaWatcher, on_replica
-from app.tenancy.serving.session import tenant_sessionmaker
+from app.tenancy.serving.session import TenantSession, tenant_sessionmaker
 from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.tokens import JwksCache, TokenVerifier
 from app.tenancy.serving.ways import ServingMode, ServingWays
@@ -80,21 +81,8 @@ def build_tenancy(settings: Settings) -> Tenancy:
     gateway_fetch = functools.partial(
         gateway_access, clusters, keyring, scram_iterations=settings.scram_iterations
     )
-    gateways = Gateways(
-        gateway_fetch,
-        pool,
-        size=settings.gateway_pool_size,
-        statement_timeout_ms=settings.tenant_statement_timeout_ms,
-        on_refused=directory.invalidate,
-        observer=observer,
-    )
-    registry = EngineRegistry(
-        engines,
-        session_factory=tenant_sessionmaker,
-        max_engines=settings.max_engines,
-        idle_ttl=settings.idle_ttl,
-        observer=observer,
-    )
+    gateways = _gateways(settings, gateway_fetch, directory, observer)
+    registry = _registry(settings, engines, observer)
     tenancy = Tenancy(
         control_engine,
         directory,
@@ -179,22 +167,37 @@ def _replica_target(
         observer=observer,
         activity=tenancy.activity,
     )
-    registry = EngineRegistry(
+    registry = _registry(settings, engines, observer)
+    gateways = _gateways(settings, gateway_on_replica, tenancy.directory, observer)
+    return ReplicaTarget(replica, engines, registry, gateways)
+
+
+def _registry(
+    settings: Settings, engines: TenantEngineFactory, observer: Observer
+) -> EngineRegistry[TenantSession]:
+    return EngineRegistry(
         engines,
         session_factory=tenant_sessionmaker,
         max_engines=settings.max_engines,
         idle_ttl=settings.idle_ttl,
         observer=observer,
     )
-    gateways = Gateways(
-        gateway_on_replica,
-        pool,
+
+
+def _gateways(
+    settings: Settings,
+    fetch: Callable[[str], GatewayAccess],
+    directory: TenantDirectory,
+    observer: Observer,
+) -> Gateways:
+    return Gateways(
+        fetch,
+        _pool_settings(settings),
         size=settings.gateway_pool_size,
         statement_timeout_ms=settings.tenant_statement_timeout_ms,
-        on_refused=tenancy.directory.invalidate,
+        on_refused=directory.invalidate,
         observer=observer,
     )
-    return ReplicaTarget(replica, engines, registry, gateways)
 
 
 def _token_verifier(settings: Settings) -> TokenVerifier | None:

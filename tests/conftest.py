@@ -255,25 +255,15 @@ def replica_app(
     settings: Settings,
     migrated: None,
     replica_cluster: LocalCluster,
-    jwt_idp: Idp,
 ) -> Iterator[Flask]:
     """The application reading on ``replica_cluster`` (APP_READ_REPLICAS), in each way.
 
     Its lag bound is generous: these tests are about what a replica lets a tenant see, not
     about when it leaves the rotation (tests/db/test_replica_reads.py).
     """
-    jwt = JwtSettings(
-        jwks_url=jwt_idp.url,
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        tenant_claim="tenant_id",
-        roles_claim="roles",
-        admin_role="admin",
-        write_scope="write",
-    )
     replicas = {"default": (replica_dsn(replica_cluster),)}
     configured = dataclasses.replace(
-        settings, serving=request.param, read_replicas=replicas, replica_max_lag=60.0, jwt=jwt
+        settings, serving=request.param, read_replicas=replicas, replica_max_lag=60.0
     )
     application = create_app(configured)
     if request.param == "mix":  # as mix_app: a tenant is hot from its first request on

@@ -33,6 +33,7 @@ from app.tenancy.control.ddl import PLACEMENTS_TABLE
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.control.roles import role_name
 from app.tenancy.control.scram import generate_password, scram_sha256_verifier
+from app.tenancy.errors import TenantUnavailable
 from config import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -407,3 +408,21 @@ def wait_for_replica(
         if time.monotonic() > deadline:
             pytest.fail(f"no replica caught up within {timeout} s: {tenancy.replicas.status()}")
         time.sleep(0.05)
+
+
+REFUSED_BY_THE_DATABASE = (sa.exc.DBAPIError, TenantUnavailable)
+"""What an injection may get instead of rows: an error from PostgreSQL or the verifier."""
+
+
+def seen_or_refused(session: Any, injected: str) -> set[Any] | str:
+    """The first column of the rows ``injected`` makes visible in ``session``, or "refused".
+
+    The session's transaction is rolled back either way.
+    """
+    try:
+        rows = session.execute(sa.text(injected)).all()
+    except REFUSED_BY_THE_DATABASE:
+        return "refused"
+    finally:
+        session.rollback()
+    return {row[0] for row in rows}

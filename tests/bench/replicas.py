@@ -33,9 +33,9 @@ def measure(
     tenants_file: Path,
     tenant: stack.Tenant,
     *,
-    way: str,
     rounds: int,
     run_wrk: Callable[..., load.WrkResult],
+    make_run: Callable[[str, int, load.WrkResult], Run],
     work: Path,
     say: Callable[[str], None],
 ) -> list[Run]:
@@ -71,7 +71,7 @@ def measure(
                 for label in order:
                     server, given = servers[label]
                     result = run_wrk(scenario, server.url, None, given)
-                    runs.append(_run(scenario, way, label, number, result, int(max_connections)))
+                    runs.append(make_run(label, number, result))
                     say(
                         f"replica round {number} {label}: {result.rps:.0f} req/s, "
                         f"p50 {result.p50_ms:.1f} ms, {result.errors} errors"
@@ -100,21 +100,3 @@ def _token(url: str, tenant: stack.Tenant) -> str:
         token = str(response.headers["X-Consistency-Token"])
     time.sleep(3.0)
     return token
-
-
-def _run(
-    scenario: Scenario, way: str, label: str, number: int, result: load.WrkResult, cluster: int
-) -> Run:
-    return Run(
-        scenario=scenario.key,
-        cluster=cluster,
-        way=way,
-        app=label,
-        round=number,
-        rps=result.rps,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        errors=result.errors,
-        requests=result.requests,
-        peak_connections=0,
-    )

@@ -384,15 +384,17 @@ class Bench:
             say(f"no replica runs: {APART} needs more tenants")
             return
         way = self.figures.default_way
+        env = service_env(self.db, cluster, way, len(self.tenants))
+        serving = deployment(self.db, cluster, way, env)
         self.figures.replica_runs = replicas.measure(
             self.db,
-            service_env(self.db, cluster, way, len(self.tenants)),
+            env,
             scenario,
             self.tenant_files[scenario.tenants],
             self.tenants[0],
-            way=way,
             rounds=self.args.replica_rounds,
             run_wrk=self.wrk_at,
+            make_run=lambda app, number, result: _run(scenario, serving, app, number, result),
             work=WORK,
             say=say,
         )

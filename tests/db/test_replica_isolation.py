@@ -23,13 +23,10 @@ from app.models.order import Order
 from app.tenancy import Tenancy, tenancy_of
 from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
 from app.tenancy.control.roles import role_name
-from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.replica_reads import SERVER
 from app.tenancy.serving.session import TenantSession
-from tests.support import auth_headers, wait_for_replica
-
-REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
+from tests.support import auth_headers, seen_or_refused, wait_for_replica
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +116,7 @@ def session_a(
     session.close()
 
 
-def _seen(session: TenantSession, injected: str) -> set[uuid.UUID] | str:
-    """The ``tenant_id``s (or order ids) ``injected`` makes visible, or "refused"."""
-    try:
-        rows = session.execute(sa.text(injected)).all()
-    except REFUSED:
-        return "refused"
-    finally:
-        session.rollback()
-    return {row[0] for row in rows}
+_seen = seen_or_refused
 
 
 def _b_context(tenant_b: ProvisionedTenant) -> str:
