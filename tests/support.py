@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -399,12 +399,22 @@ def logged_since(pg_cluster: LocalCluster, offset: int) -> list[str]:
 
 
 def wait_for_replica(
-    tenancy: Any, position: int | None = None, *, cluster: str = "default", timeout: float = 15.0
+    tenancy: Any,
+    position: int | None = None,
+    *,
+    tenants: Sequence[uuid.UUID] = (),
+    cluster: str = "default",
+    timeout: float = 15.0,
 ) -> None:
-    """Until a replica of ``cluster`` is in the rotation (and has replayed ``position``)."""
+    """Until a replica of ``cluster`` is in the rotation, has replayed ``position`` and may
+    serve ``tenants`` (it holds their last change)."""
     tenancy.start_background()  # the replica watcher, as a tenant request would
     deadline = time.monotonic() + timeout
-    while tenancy.replicas.rotation.choose(cluster, position) is None:
+    fresh_after = max(
+        (tenancy.replicas.settled_after(tenancy.directory.find(t).changed_at) for t in tenants),
+        default=None,
+    )
+    while tenancy.replicas.rotation.choose(cluster, position, fresh_after=fresh_after) is None:
         if time.monotonic() > deadline:
             pytest.fail(f"no replica caught up within {timeout} s: {tenancy.replicas.status()}")
         time.sleep(0.05)

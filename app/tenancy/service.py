@@ -201,7 +201,12 @@ class Tenancy:
             return None  # made on another cluster (the tenant moved): not comparable
         mix = self.ways.mode is ServingMode.MIX
         return self.replicas.session(
-            context, record.cluster, dedicated=dedicated, mix=mix, position=position
+            context,
+            record.cluster,
+            dedicated=dedicated,
+            mix=mix,
+            position=position,
+            changed_at=record.changed_at,
         )
 
     def consistency_token(self, tenant_id: uuid.UUID, session: TenantSession) -> str | None:

@@ -70,7 +70,7 @@ def world(replica_tenancy_module: Tenancy) -> World:
         made[creator] = order.id
         position = max(position, session.commit_position() or 0)
         session.close()
-    wait_for_replica(tenancy, position)
+    wait_for_replica(tenancy, position, tenants=(a.id, b.id))
     return World(a, b, made)
 
 

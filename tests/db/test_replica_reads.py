@@ -94,16 +94,22 @@ def _served(tenancy: Tenancy) -> int:
 def _tenant_with_a_user(app: Flask) -> tuple[ProvisionedTenant, str]:
     """A tenant and one user of it, both replayed on the replica already."""
     tenancy = tenancy_of(app)
+    wait_for_replica(tenancy)  # in the rotation before the tenant exists
     tenant = create_tenant(
         tenancy.clusters, tenancy.keyring, f"rr-{uuid.uuid4().hex[:12]}", tenancy.limits
     )
+    # Its role and the gateway's grant are not on the replica yet: the primary answers.
+    before = _served(tenancy)
+    first = app.test_client().get("/v1/users", headers=auth_headers(tenant))
+    assert first.status_code == 200, first.json
+    assert _served(tenancy) == before
     created = app.test_client().post(
         "/v1/users", json={"first_name": "A", "last_name": "B"}, headers=auth_headers(tenant)
     )
     assert created.status_code == 201, created.json
     token = parse_token([created.headers["X-Consistency-Token"]])
     assert token is not None
-    wait_for_replica(tenancy, token.position)
+    wait_for_replica(tenancy, token.position, tenants=(tenant.id,))
     return tenant, created.json["id"]  # type: ignore[index]
 
 
@@ -138,7 +144,8 @@ def test_replica_delayed_serves_stale_reads_but_never_to_a_token(
             )
         assert stale >= 1, "no read was served by the delayed replica"
         # Once the replica has replayed it, a token's read is served there.
-        wait_for_replica(tenancy, parse_token([token]).position)  # type: ignore[union-attr]
+        position = parse_token([token]).position  # type: ignore[union-attr]
+        wait_for_replica(tenancy, position, tenants=(tenant.id,))
         before = _served(tenancy)
         answer = client.get(path, headers={**headers, "X-Consistency-Token": token})
         assert answer.status_code == 200
@@ -218,7 +225,7 @@ def test_replica_lagging_leaves_the_rotation_and_reads_go_to_the_primary(
     primary_env: dict[str, str], make_replica: MakeStandby
 ) -> None:
     standby = make_replica()
-    with replica_app(primary_env, standby, max_lag=1.0) as app:
+    with replica_app(primary_env, standby, max_lag=2.5) as app:
         tenancy = tenancy_of(app)
         tenant, user = _tenant_with_a_user(app)
         set_apply_delay(standby, 30_000)

@@ -14,7 +14,9 @@ connect leaves the rotation until the watcher hears from it again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +37,9 @@ from app.tenancy.serving.session import TenantSession
 __all__ = ["ReadReplicas", "ReplicaTarget"]
 
 logger = logging.getLogger(__name__)
+
+SETTLING = dt.timedelta(seconds=1)
+"""Margin for clocks: a replica serves a changed tenant once fresh this long after the change."""
 
 SERVER = "server"
 """Key of ``session.info`` naming the replica that serves it (absent: the primary)."""
@@ -62,6 +67,7 @@ class ReadReplicas:
         self.rotation = rotation
         self.watcher = watcher
         self._targets = dict(targets)
+        self._counts = threading.Lock()
         self.served: dict[str, int] = {replica.name: 0 for replica in targets}
         self.fell_back = 0
 
@@ -80,13 +86,20 @@ class ReadReplicas:
         dedicated: bool,
         mix: bool,
         position: int | None,
+        changed_at: dt.datetime | None = None,
     ) -> tuple[TenantSession, str] | None:
         """A read-only session on a replica of ``cluster`` and its way; None: use the primary.
 
-        ``position``: the replica must have replayed it (a consistency token). Raises
-        CapacityExhausted (the worker's budget is busy) as the primary would.
+        ``position``: the replica must have replayed it (a consistency token).
+        ``changed_at``: when the tenant's role, grants or credentials last changed: only a
+        replica known to hold every commit made until a second after that serves it (the
+        second for the clocks of the database and this process), so a tenant created or
+        resumed a moment ago, whose role or grant a replica may not have yet, reads on the
+        primary meanwhile. Raises CapacityExhausted (the worker's budget is busy) as the
+        primary would.
         """
-        replica = self.rotation.choose(cluster, position)
+        fresh_after = None if changed_at is None else self.settled_after(changed_at)
+        replica = self.rotation.choose(cluster, position, fresh_after=fresh_after)
         if replica is None:
             return None
         target = self._targets[replica]
@@ -100,11 +113,18 @@ class ReadReplicas:
                 replica.name,
                 type(getattr(error, "orig", error)).__name__,
             )
-            self.fell_back += 1
+            with self._counts:
+                self.fell_back += 1
             return None
         session.info[SERVER] = replica.name
-        self.served[replica.name] = self.served.get(replica.name, 0) + 1
+        with self._counts:
+            self.served[replica.name] = self.served.get(replica.name, 0) + 1
         return session, way
+
+    def settled_after(self, changed_at: dt.datetime) -> float:
+        """The moment (the rotation's clock) a replica must be fresh after to serve a tenant
+        changed at ``changed_at``."""
+        return self.rotation.moment_of(changed_at) + SETTLING.total_seconds()
 
     def _open(
         self, target: ReplicaTarget, context: TenantContext, *, dedicated: bool, mix: bool

@@ -19,6 +19,7 @@ qualifies: the caller reads on the primary.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import os
@@ -54,8 +55,12 @@ PROBE_TIMEOUT = 2
 # Query keys that say where a DSN connects: a replica's URL replaces them all.
 _WHERE = frozenset({"host", "hostaddr", "port", "target_session_attrs"})
 _PRIMARY_PROBE = (
-    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END"
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END, "
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END"
 )
+FLUSH_GRACE = 1.0
+"""Seconds within which the primary flushes every commit record (an asynchronous commit's
+by the WAL writer, after at most 3 x wal_writer_delay, 0.6 s by default)."""
 _REPLICA_PROBE = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
 
 
@@ -123,6 +128,8 @@ class ReplicaRotation:
         self._samples: dict[str, deque[tuple[float, int]]] = {
             cluster: deque() for cluster in self._by_cluster
         }
+        # Per cluster: (when asked, flush position) of the primary's last sample.
+        self._flushed: dict[str, tuple[float, int]] = {}
         self._turn = itertools.count()
 
     @property
@@ -134,14 +141,35 @@ class ReplicaRotation:
         """The clusters that have replicas."""
         return sorted(self._by_cluster)
 
-    def primary_sample(self, cluster: str, asked_at: float, position: int) -> None:
-        """The primary of ``cluster``, asked at ``asked_at``, was at insert ``position``."""
-        horizon = asked_at - self.max_lag - 2 * CHECK_INTERVAL
+    def moment_of(self, wall: dt.datetime) -> float:
+        """``wall`` (an aware time, e.g. a row's ``updated_at``) on this rotation's clock."""
+        return self._clock() - (dt.datetime.now(dt.UTC) - wall).total_seconds()
+
+    def primary_sample(
+        self, cluster: str, asked_at: float, position: int, flushed: int | None = None
+    ) -> None:
+        """The primary of ``cluster``, asked at ``asked_at``, was at insert ``position``,
+        and had flushed up to ``flushed`` (default: all of it)."""
+        horizon = asked_at - self.max_lag - 2 * CHECK_INTERVAL - FLUSH_GRACE
         with self._lock:
             samples = self._samples[cluster]
             samples.append((asked_at, record_end(position)))
+            self._flushed[cluster] = (asked_at, position if flushed is None else flushed)
             while len(samples) > 1 and samples[0][0] < horizon:
                 samples.popleft()
+
+    def _commits_before_locked(self, cluster: str, asked_at: float, position: int) -> int:
+        """Where every commit made before ``asked_at`` ends at the latest.
+
+        The insert position bounds them; once FLUSH_GRACE has passed, so does what the
+        primary has flushed since (every commit record is flushed by then). That matters
+        on an idle primary: records that are not commits (a standby snapshot) can sit
+        unflushed in a partial WAL page for ever, never sent to any replica.
+        """
+        flushed_at, flushed = self._flushed.get(cluster, (asked_at, position))
+        if flushed_at - asked_at >= FLUSH_GRACE:
+            return min(position, flushed)
+        return position
 
     def probed(self, replica: Replica, *, in_recovery: bool, replay: int | None) -> None:
         """The replica answered: still a standby or not, and how far it has replayed."""
@@ -152,7 +180,7 @@ class ReplicaRotation:
                 return
             fresh = None
             for asked_at, position in self._samples[replica.cluster]:
-                if position <= replay:
+                if self._commits_before_locked(replica.cluster, asked_at, position) <= replay:
                     fresh = asked_at  # samples are in time order: keep the latest
             if fresh is None and state.replay is not None and replay >= state.replay:
                 fresh = state.fresh_as_of  # pruned samples: what it held, it still holds
@@ -165,26 +193,34 @@ class ReplicaRotation:
             if state is not None:
                 state.answering = False
 
-    def choose(self, cluster: str, position: int | None = None) -> Replica | None:
-        """A replica of ``cluster`` in the rotation (that has replayed ``position``), or None.
+    def choose(
+        self, cluster: str, position: int | None = None, *, fresh_after: float | None = None
+    ) -> Replica | None:
+        """A replica of ``cluster`` in the rotation, or None.
 
-        Replicas that qualify take turns.
+        ``position``: it must have replayed that WAL position; ``fresh_after``: it must hold
+        every commit made before that moment (of this rotation's clock). Replicas that
+        qualify take turns.
         """
         now = self._clock()
         with self._lock:
             candidates = [
                 replica
                 for replica in self._by_cluster.get(cluster, ())
-                if self._serves(self._states[replica], now, position)
+                if self._serves(self._states[replica], now, position, fresh_after)
             ]
             if not candidates:
                 return None
             return candidates[next(self._turn) % len(candidates)]
 
-    def _serves(self, state: _State, now: float, position: int | None) -> bool:
+    def _serves(
+        self, state: _State, now: float, position: int | None, fresh_after: float | None = None
+    ) -> bool:
         if not state.answering or state.fresh_as_of is None or state.replay is None:
             return False
         if now - state.fresh_as_of > self.max_lag:
+            return False
+        if fresh_after is not None and state.fresh_as_of < fresh_after:
             return False
         return position is None or state.replay >= position
 
@@ -267,7 +303,8 @@ class ReplicaWatcher:
             asked_at = self._clock()
             row = self._probe(url, _PRIMARY_PROBE)
             if row is not None and row[0] is not None:
-                self.rotation.primary_sample(cluster, asked_at, lsn_from_text(row[0]))
+                inserted, flushed = lsn_from_text(row[0]), lsn_from_text(row[1])
+                self.rotation.primary_sample(cluster, asked_at, inserted, flushed)
         for replica, url in self._replica_urls.items():
             row = self._probe(url, _REPLICA_PROBE)
             if row is None:

@@ -92,6 +92,33 @@ def test_replica_token_position_must_be_replayed() -> None:
     assert {rotation.choose("default") for _ in range(4)} == {R1, R2}  # turns
 
 
+def test_replica_serves_a_changed_tenant_only_once_fresh_after_the_change() -> None:
+    clock = Clock()
+    rotation = _rotation(clock)
+    rotation.primary_sample("default", 100.0, 1000)
+    rotation.primary_sample("default", 101.0, 2000)
+    clock.now = 101.5
+    rotation.probed(R1, in_recovery=True, replay=1500)  # fresh as of 100.0
+    assert rotation.choose("default", fresh_after=100.0) is R1
+    assert rotation.choose("default", fresh_after=100.5) is None  # changed later: primary
+    rotation.probed(R1, in_recovery=True, replay=2000)
+    assert rotation.choose("default", fresh_after=100.5) is R1
+
+
+def test_replica_idle_primary_unflushed_tail_is_not_lag_after_the_flush_grace() -> None:
+    """A standby snapshot stuck in a partial WAL page: inserted, never flushed, never sent."""
+    clock = Clock()
+    rotation = _rotation(clock, max_lag=5.0)
+    rotation.primary_sample("default", 100.0, 5000 + 184, flushed=5000)
+    rotation.probed(R1, in_recovery=True, replay=5000)
+    assert rotation.choose("default") is None  # it may still flush a commit there
+    clock.now = 101.0
+    rotation.primary_sample("default", 101.0, 5000 + 184, flushed=5000)
+    rotation.probed(R1, in_recovery=True, replay=5000)
+    assert rotation.choose("default") is R1  # a second on: no commit can be in that tail
+    assert rotation.status()[0]["lag_at_most"] == 1.0
+
+
 def test_replica_of_another_cluster_is_never_chosen() -> None:
     clock = Clock()
     rotation = _rotation(clock, R1, OTHER)
