@@ -27,7 +27,6 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.cli.db import alembic_config
 from app.dev.cluster import LocalCluster
-from app.dev.standby import make_standby
 from app.tenancy import Tenancy, tenancy_of
 from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
 from app.tenancy.control.roles import role_name
@@ -104,25 +103,6 @@ def second_cluster() -> Iterator[LocalCluster]:
     """A second PostgreSQL server for tenant placement tests (made when first asked for)."""
     with throwaway_cluster(max_connections=100) as cluster:
         yield cluster
-
-
-@pytest.fixture(scope="session")
-def replica_cluster(pg_cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """A hot standby of the suite's cluster (pg_basebackup, streaming), made when first asked."""
-    standby = make_standby(
-        pg_cluster,
-        pg_cluster.datadir.parent / "replica",
-        name="suite_replica",
-        max_connections=200,
-        extra_settings=_FAST_SETTINGS,
-    )
-    yield standby
-    standby.stop()
-
-
-def replica_dsn(replica: LocalCluster, database: str = "tenantpool") -> str:
-    """``APP_READ_REPLICAS``'s form of a replica: where it is, never who logs in."""
-    return f"postgresql://127.0.0.1:{replica.port}/{database}"
 
 
 @pytest.fixture(scope="session")
@@ -247,36 +227,6 @@ def mix_app(settings: Settings, migrated: None) -> Iterator[Flask]:
     )
     yield application
     tenancy_of(application).close()
-
-
-@pytest.fixture(scope="session", params=["dedicated", "shared", "mix"])
-def replica_app(
-    request: pytest.FixtureRequest,
-    settings: Settings,
-    migrated: None,
-    replica_cluster: LocalCluster,
-) -> Iterator[Flask]:
-    """The application reading on ``replica_cluster`` (APP_READ_REPLICAS), in each way.
-
-    Its lag bound is generous: these tests are about what a replica lets a tenant see, not
-    about when it leaves the rotation (tests/db/test_replica_reads.py).
-    """
-    replicas = {"default": (replica_dsn(replica_cluster),)}
-    configured = dataclasses.replace(
-        settings, serving=request.param, read_replicas=replicas, replica_max_lag=60.0
-    )
-    application = create_app(configured)
-    if request.param == "mix":  # as mix_app: a tenant is hot from its first request on
-        tenancy_of(application).ways = ServingWays(
-            ServingMode.MIX, dedicated_slots=2, window=0.05, min_requests=1
-        )
-    yield application
-    tenancy_of(application).close()
-
-
-@pytest.fixture
-def replica_tenancy(replica_app: Flask) -> Tenancy:
-    return tenancy_of(replica_app)
 
 
 @pytest.fixture(params=["dedicated", "shared", "mix"])

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ from app.tenancy.control.ddl import PLACEMENTS_TABLE
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.control.roles import role_name
 from app.tenancy.control.scram import generate_password, scram_sha256_verifier
-from app.tenancy.errors import TenantUnavailable
 from config import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -396,43 +395,3 @@ def logged_since(pg_cluster: LocalCluster, offset: int) -> list[str]:
             for line in handle
             if " statement: " in line
         ]
-
-
-def wait_for_replica(
-    tenancy: Any,
-    position: int | None = None,
-    *,
-    tenants: Sequence[uuid.UUID] = (),
-    cluster: str = "default",
-    timeout: float = 15.0,
-) -> None:
-    """Until a replica of ``cluster`` is in the rotation, has replayed ``position`` and may
-    serve ``tenants`` (it holds their last change)."""
-    tenancy.start_background()  # the replica watcher, as a tenant request would
-    deadline = time.monotonic() + timeout
-    fresh_after = max(
-        (tenancy.replicas.settled_after(tenancy.directory.find(t).changed_at) for t in tenants),
-        default=None,
-    )
-    while tenancy.replicas.rotation.choose(cluster, position, fresh_after=fresh_after) is None:
-        if time.monotonic() > deadline:
-            pytest.fail(f"no replica caught up within {timeout} s: {tenancy.replicas.status()}")
-        time.sleep(0.05)
-
-
-REFUSED_BY_THE_DATABASE = (sa.exc.DBAPIError, TenantUnavailable)
-"""What an injection may get instead of rows: an error from PostgreSQL or the verifier."""
-
-
-def seen_or_refused(session: Any, injected: str) -> set[Any] | str:
-    """The first column of the rows ``injected`` makes visible in ``session``, or "refused".
-
-    The session's transaction is rolled back either way.
-    """
-    try:
-        rows = session.execute(sa.text(injected)).all()
-    except REFUSED_BY_THE_DATABASE:
-        return "refused"
-    finally:
-        session.rollback()
-    return {row[0] for row in rows}

@@ -160,24 +160,16 @@ class Tenancy:
             context = TenantContext.of_tenant(tenant_id)
         elif context.tenant_id != str(tenant_id):
             raise ValueError("the context names another tenant")
+        # Cached (the request just authenticated); before any checkout, so a failure here
+        # holds no connection.
+        record = self.directory.find(tenant_id)
         dedicated = self.ways.dedicated(tenant_id)
         way = DEDICATED if dedicated else SHARED
         opened = False
         started = time.perf_counter()
         try:
             on_replica = self._replica_session(context, dedicated, token) if read_only else None
-            if on_replica is not None:
-                session, way = on_replica
-            elif dedicated:
-                try:
-                    session = self._dedicated_session(context, read_only)
-                except (CapacityExhausted, TenantUnavailable):
-                    if self.ways.mode is not ServingMode.MIX:
-                        raise
-                    way = SHARED
-                    session = self._shared_session(context, read_only)
-            else:
-                session = self._shared_session(context, read_only)
+            session, way = on_replica or self._primary_session(context, read_only, dedicated)
             opened = True
         finally:
             # Failures too: a request that waited for nothing and got 503 waited most.
@@ -185,7 +177,23 @@ class Tenancy:
             self.observer.pool_wait(way, waited)
             self.activity.session_opened(tenant_id, way, waited, opened=opened)
         session.info["way"] = way
+        if record is not None:
+            session.info["cluster"] = record.cluster  # its writes' consistency tokens
         return session
+
+    def _primary_session(
+        self, context: TenantContext, read_only: bool, dedicated: bool
+    ) -> tuple[TenantSession, str]:
+        """A session on the tenant's primary, and its way (in ``mix``, shared when its own
+        engine cannot be had right now)."""
+        if not dedicated:
+            return self._shared_session(context, read_only), SHARED
+        try:
+            return self._dedicated_session(context, read_only), DEDICATED
+        except (CapacityExhausted, TenantUnavailable):
+            if self.ways.mode is not ServingMode.MIX:
+                raise
+        return self._shared_session(context, read_only), SHARED
 
     def _replica_session(
         self, context: TenantContext, dedicated: bool, token: ConsistencyToken | None
@@ -209,13 +217,14 @@ class Tenancy:
             changed_at=record.changed_at,
         )
 
-    def consistency_token(self, tenant_id: uuid.UUID, session: TenantSession) -> str | None:
-        """The ``X-Consistency-Token`` of what ``session`` committed; None: nothing."""
+    @staticmethod
+    def consistency_token(session: TenantSession) -> str | None:
+        """The ``X-Consistency-Token`` of what ``session`` committed; None: nothing. No I/O."""
         position = session.commit_position()
-        record = None if position is None else self.directory.find(tenant_id)
-        if position is None or record is None:
+        cluster: str | None = session.info.get("cluster")
+        if position is None or cluster is None:
             return None
-        return format_token(position, record.cluster)
+        return format_token(position, cluster)
 
     def _dedicated_session(self, context: TenantContext, read_only: bool) -> TenantSession:
         """A session on the tenant's own engine.

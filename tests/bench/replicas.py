@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from app.dev.cluster import LocalCluster
 from app.dev.standby import make_standby
 from tests.bench import load, stack
 from tests.bench.report import Run, Scenario
@@ -40,16 +41,7 @@ def measure(
     say: Callable[[str], None],
 ) -> list[Run]:
     """The replica runs (``Run.app`` in LABELS) on ``scenario``; the standby removed after."""
-    with db.superuser() as cursor:
-        cursor.execute("SHOW max_connections")
-        (max_connections,) = cursor.fetchone()
-    say("making a streaming standby of the bench cluster (pg_basebackup)")
-    standby = make_standby(
-        db.cluster,
-        db.cluster.datadir.parent / "replica",
-        max_connections=int(max_connections),
-        extra_settings=stack.SERVER_SETTINGS,
-    )
+    standby = _standby(db, say)
     try:
         replicas = {"default": [f"postgresql://127.0.0.1:{standby.port}/{stack.DATABASE}"]}
         replica_env = {**env, "APP_READ_REPLICAS": json.dumps(replicas)}
@@ -82,6 +74,20 @@ def measure(
 
 
 _ARGS = ["-c", "gunicorn.conf.py", "wsgi:app"]
+
+
+def _standby(db: stack.Database, say: Callable[[str], None]) -> LocalCluster:
+    """A streaming standby of the bench cluster, as many connections as it allows."""
+    with db.superuser() as cursor:
+        cursor.execute("SHOW max_connections")
+        (max_connections,) = cursor.fetchone()
+    say("making a streaming standby of the bench cluster (pg_basebackup)")
+    return make_standby(
+        db.cluster,
+        db.cluster.datadir.parent / "replica",
+        max_connections=int(max_connections),
+        extra_settings=stack.SERVER_SETTINGS,
+    )
 
 
 def _token(url: str, tenant: stack.Tenant) -> str:

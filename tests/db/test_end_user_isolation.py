@@ -23,7 +23,7 @@ from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
-from tests.support import seen_or_refused
+from tests.replicas import seen_or_refused
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
 

@@ -26,7 +26,8 @@ from app.tenancy.control.roles import role_name
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.replica_reads import SERVER
 from app.tenancy.serving.session import TenantSession
-from tests.support import auth_headers, seen_or_refused, wait_for_replica
+from tests.replicas import seen_or_refused, wait_for_replica
+from tests.support import auth_headers
 
 
 @dataclasses.dataclass(frozen=True)

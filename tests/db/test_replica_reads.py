@@ -29,7 +29,8 @@ from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
 from app.tenancy.serving.consistency import parse_token
 from config import load_settings
 from tests.conftest import FreshDatabase, throwaway_cluster
-from tests.support import auth_headers, wait_for_replica
+from tests.replicas import wait_for_replica
+from tests.support import auth_headers
 
 _FAST = {"fsync": "off", "full_page_writes": "off"}
 LEAVES_WITHIN = 5.0

@@ -28,7 +28,7 @@ from app.tenancy.control.roles import role_name
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
-from tests.support import seen_or_refused
+from tests.replicas import seen_or_refused
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
 """What an attack may get instead of rows: an error from PostgreSQL or the verifier."""

@@ -89,9 +89,11 @@ class TenantSession(orm.Session):
         Everything the session committed is on any server that has replayed that far
         (``consistency.py``).
         """
-        if not isinstance(self.bind, sa.Connection) or self.bind.closed:
+        bind = self.bind
+        # An invalidated connection (lost mid-request) would try to reconnect for its info.
+        if not isinstance(bind, sa.Connection) or bind.closed or bind.invalidated:
             return None
-        position: int | None = self.bind.info.get(COMMIT_POSITION)
+        position: int | None = bind.info.get(COMMIT_POSITION)
         return position
 
     def close(self) -> None:
