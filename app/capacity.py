@@ -1,11 +1,14 @@
 """The start-up check that the service's connections fit in each PostgreSQL server.
 
 The service opens at most, per worker: the connection budget (tenant connections, on
-whichever server the tenants live), the control-plane pool and one LISTEN connection (on
-the control-plane server). Gunicorn's master runs ``check_capacity`` before forking any
+whichever server the tenants live, replicas included), the control-plane pool and one
+LISTEN connection (on the control-plane server), a gateway pool per cluster on each of its
+servers (primary and replicas), and with read replicas one watcher connection on each of
+them and on their primary. Gunicorn's master runs ``check_capacity`` before forking any
 worker (``on_starting``) and refuses to start, with one line, when
 
-    workers x (budget [+ control pool + 1 listener]) > max_connections
+    workers x (budget [+ control pool + 1 listener] [+ gateway pools] [+ watcher])
+                                                     > max_connections
                                                        - superuser_reserved_connections
                                                        - reserved_connections (PG 16+)
 
@@ -22,6 +25,7 @@ import sqlalchemy as sa
 from app.db import CONTROL_POOL_MAX
 from app.dbhosts import Server, hosts, single_host, where
 from app.tenancy.control.clusters import cluster_urls, owner_urls
+from app.tenancy.serving.replicas import on_replica
 from config import Settings
 
 __all__ = ["CapacityError", "ServerSlots", "check_capacity", "demand_per_worker", "server_slots"]
@@ -50,18 +54,24 @@ class ServerSlots:
 
 
 def demand_per_worker(
-    settings: Settings, *, control_plane: bool, tenant_route: bool = True, gateways: int = 0
+    settings: Settings,
+    *,
+    control_plane: bool,
+    tenant_route: bool = True,
+    gateways: int = 0,
+    watchers: int = 0,
 ) -> int:
     """Connections one worker may hold on a server.
 
     ``control_plane``: the server hosts it (the control pool and the LISTEN connection);
     ``tenant_route``: tenants' own connections may land there (all of the budget, at worst);
-    ``gateways``: how many clusters' shared gateway pools log in there.
+    ``gateways``: how many clusters' shared gateway pools log in there;
+    ``watchers``: how many of the replica watcher's probes (one connection each) go there.
     """
     budget = settings.connection_budget if tenant_route and settings.serving != "shared" else 0
     shared = settings.gateway_pool_size * gateways if settings.serving != "dedicated" else 0
     extra = CONTROL_POOL_MAX + LISTENER_CONNECTIONS if control_plane else 0
-    return budget + shared + extra
+    return budget + shared + extra + watchers
 
 
 def server_slots(connection: sa.Connection) -> ServerSlots:
@@ -88,6 +98,7 @@ class _Server:
     control_plane: bool = False
     tenant_route: bool = False
     gateways: int = 0
+    watchers: int = 0
 
 
 def check_capacity(settings: Settings) -> None:
@@ -103,6 +114,7 @@ def check_capacity(settings: Settings) -> None:
             control_plane=server.control_plane,
             tenant_route=server.tenant_route,
             gateways=server.gateways,
+            watchers=server.watchers,
         )
         needed = settings.workers * per_worker
         url = server.url
@@ -136,9 +148,22 @@ def _servers(settings: Settings) -> dict[Server, _Server]:
         for key, one in _each_host(route):
             servers.setdefault(key, _Server(one)).tenant_route = True
     # A cluster's gateway logs in where its owner does.
-    for owner in owner_urls(control, settings.clusters).values():
+    owners = owner_urls(control, settings.clusters)
+    for owner in owners.values():
         for key, one in _each_host(owner):
             servers.setdefault(key, _Server(one)).gateways += 1
+    # A replica gets what its primary gets (tenants, a gateway pool), and the watcher.
+    for cluster, dsns in settings.read_replicas.items():
+        owner = owners[cluster]
+        if dsns:
+            for key, one in _each_host(owner):  # the watcher's connection to the primary
+                servers.setdefault(key, _Server(one)).watchers += 1
+        for dsn in dsns:
+            for key, one in _each_host(on_replica(owner, sa.make_url(dsn))):
+                replica = servers.setdefault(key, _Server(one))
+                replica.tenant_route = True
+                replica.gateways += 1
+                replica.watchers += 1
     return servers
 
 

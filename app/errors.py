@@ -22,6 +22,7 @@ from app.dbfailover import READ_ONLY_SQLSTATE
 from app.tenancy.errors import (
     AuthenticationFailed,
     CapacityExhausted,
+    InvalidConsistencyToken,
     InvalidTenantHeader,
     ReadOnlyToken,
     TenantNameTaken,
@@ -90,6 +91,11 @@ class ServiceUnavailable(ApiError):
 
 _TENANCY_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     InvalidTenantHeader: (400, "invalid_tenant_header", "Invalid X-Tenant-ID header"),
+    InvalidConsistencyToken: (
+        400,
+        "invalid_consistency_token",
+        "Invalid X-Consistency-Token header",
+    ),
     AuthenticationFailed: (401, "unauthorized", "Unauthorized"),
     TenantSuspended: (403, "tenant_suspended", "Tenant suspended"),
     ReadOnlyToken: (403, "read_only_token", "Forbidden"),

@@ -16,6 +16,8 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from app import idempotency
 from app.tenancy import Tenancy, attach, tenancy_of
 from app.tenancy.errors import AuthenticationFailed, ReadOnlyToken
+from app.tenancy.serving.consistency import HEADER as CONSISTENCY_TOKEN
+from app.tenancy.serving.consistency import parse_token
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.resolve import parse_bearer, parse_tenant_id
 from app.tenancy.serving.session import TenantSession
@@ -29,6 +31,7 @@ def init_app(app: Flask, tenancy: Tenancy) -> None:
     """Attach the worker's tenancy to ``app``; refuse a second one."""
     attach(app, tenancy)
     app.after_request(_answered)
+    app.after_request(_consistency_token)
     # Teardowns run last registered first: the connection goes back, then the share.
     app.teardown_request(_leave_share)
     app.teardown_request(_close_session)
@@ -52,6 +55,8 @@ def _bind_tenant() -> None:
     tenancy = tenancy_of(current_app)
     tenancy.start_background()
     tenant_id, context = _authenticate(tenancy)
+    # Before anything is held: a malformed token is the client's 400.
+    token = parse_token(request.headers.getlist(CONSISTENCY_TOKEN))
     g.tenant_id = tenant_id
     # Before a connection is taken: a request waiting for its tenant's share holds none.
     tenancy.fair_share.enter(tenant_id)
@@ -62,7 +67,7 @@ def _bind_tenant() -> None:
     # Safe methods must not write: their statements run as read-only transactions of one
     # round trip each, with no COMMIT or ROLLBACK to send.
     g.tenant_session = tenancy.open_session(
-        tenant_id, read_only=request.method in SAFE_METHODS, context=context
+        tenant_id, read_only=request.method in SAFE_METHODS, context=context, token=token
     )
 
 
@@ -72,6 +77,16 @@ def _claim_idempotency_key() -> Response | None:
         return None
     ttl = dt.timedelta(seconds=current_app.config["SETTINGS"].idempotency_ttl)
     return idempotency.begin(tenant_session(), ttl)
+
+
+def _consistency_token(response: Response) -> Response:
+    """A write's answer carries the WAL position of what it committed (read-your-writes)."""
+    session: TenantSession | None = g.get("tenant_session")
+    if session is not None and request.method not in SAFE_METHODS and response.status_code < 300:
+        token = tenancy_of(current_app).consistency_token(session)  # no I/O: never raises
+        if token is not None:
+            response.headers[CONSISTENCY_TOKEN] = token
+    return response
 
 
 def _answered(response: Response) -> Response:

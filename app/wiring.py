@@ -9,7 +9,9 @@ short-lived ``flask`` command no thread.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -19,21 +21,25 @@ from app.crypto import Keyring
 from app.db import create_control_engine
 from app.metrics import TenancyMetrics, worker_directory
 from app.tenancy import Tenancy
-from app.tenancy.control.clusters import Clusters
+from app.tenancy.control.clusters import Clusters, owner_urls
 from app.tenancy.control.gateways import context_key, gateway_access
 from app.tenancy.control.roles import RoleLimits
+from app.tenancy.errors import UnknownCluster
 from app.tenancy.serving.activity import TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff
 from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.directory import TenantDirectory
 from app.tenancy.serving.engines import PoolSettings, TenantEngineFactory
 from app.tenancy.serving.fairshare import FairShare
-from app.tenancy.serving.gateway import Gateways
+from app.tenancy.serving.gateway import GatewayAccess, Gateways
 from app.tenancy.serving.listener import TenantEventListener, connector
+from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.peers import PeerServer
 from app.tenancy.serving.reaper import Reaper, process_reaper
 from app.tenancy.serving.registry import EngineRegistry
-from app.tenancy.serving.session import tenant_sessionmaker
+from app.tenancy.serving.replica_reads import ReadReplicas, ReplicaTarget
+from app.tenancy.serving.replicas import Replica, ReplicaRotation, ReplicaWatcher, on_replica
+from app.tenancy.serving.session import TenantSession, tenant_sessionmaker
 from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.tokens import JwksCache, TokenVerifier
 from app.tenancy.serving.ways import ServingMode, ServingWays
@@ -80,23 +86,11 @@ def build_tenancy(settings: Settings) -> Tenancy:
         observer=observer,
         activity=activity,
     )
-    gateways = Gateways(
-        functools.partial(
-            gateway_access, clusters, keyring, scram_iterations=settings.scram_iterations
-        ),
-        pool,
-        size=settings.gateway_pool_size,
-        statement_timeout_ms=settings.tenant_statement_timeout_ms,
-        on_refused=directory.invalidate,
-        observer=observer,
+    gateway_fetch = functools.partial(
+        gateway_access, clusters, keyring, scram_iterations=settings.scram_iterations
     )
-    registry = EngineRegistry(
-        engines,
-        session_factory=tenant_sessionmaker,
-        max_engines=settings.max_engines,
-        idle_ttl=settings.idle_ttl,
-        observer=observer,
-    )
+    gateways = _gateways(settings, gateway_fetch, directory, observer)
+    registry = _registry(settings, engines, observer)
     tenancy = Tenancy(
         control_engine,
         directory,
@@ -120,8 +114,102 @@ def build_tenancy(settings: Settings) -> Tenancy:
         activity=activity,
     )
     tenancy.tokens = _token_verifier(settings)
+    tenancy.replicas = _read_replicas(settings, tenancy, gateway_fetch)
     _attach_background(tenancy, settings, control_engine)
     return tenancy
+
+
+def _read_replicas(
+    settings: Settings, tenancy: Tenancy, gateway_fetch: Callable[[str], GatewayAccess]
+) -> ReadReplicas | None:
+    """``APP_READ_REPLICAS``: a rotation, its watcher, and per replica what the primary has."""
+    if not any(settings.read_replicas.values()):
+        return None
+    owners = owner_urls(settings.database_url, settings.clusters)
+    replicas = [
+        Replica(cluster, sa.make_url(dsn))
+        for cluster, dsns in sorted(settings.read_replicas.items())
+        for dsn in dsns
+    ]
+    rotation = ReplicaRotation(replicas, max_lag=settings.replica_max_lag)
+    watcher = ReplicaWatcher(
+        rotation,
+        {cluster: owners[cluster] for cluster in rotation.clusters()},
+        {replica: on_replica(owners[replica.cluster], replica.url) for replica in replicas},
+    )
+    targets = {
+        replica: _replica_target(settings, tenancy, replica, gateway_fetch) for replica in replicas
+    }
+    return ReadReplicas(rotation, watcher, targets)
+
+
+def _replica_target(
+    settings: Settings,
+    tenancy: Tenancy,
+    replica: Replica,
+    gateway_fetch: Callable[[str], GatewayAccess],
+) -> ReplicaTarget:
+    """Tenant engines and a gateway pool on ``replica``, logging in as on its primary."""
+
+    def cluster_url(name: str) -> sa.URL:
+        if name != replica.cluster:
+            raise UnknownCluster(name)
+        return on_replica(tenancy.clusters.url(name), replica.url)
+
+    def gateway_on_replica(name: str) -> GatewayAccess:
+        access = gateway_fetch(name)
+        return dataclasses.replace(access, url=on_replica(access.url, replica.url))
+
+    pool = _pool_settings(settings)
+    observer = tenancy.observer
+    engines = TenantEngineFactory(
+        tenancy.directory,
+        tenancy.keyring,
+        cluster_url,
+        pool,
+        budget=tenancy.budget,  # one budget for every server: the bound stays per worker
+        # Its own: a login refused here (a rotation not replayed yet) must not hold the
+        # tenant back on its primary.
+        backoff=LoginBackoff(observer=observer),
+        context_key=tenancy.engines.signer_key,
+        observer=observer,
+        activity=tenancy.activity,
+        writable=False,  # a standby is read-only: not a failover
+    )
+    registry = _registry(settings, engines, observer)
+    gateways = _gateways(settings, gateway_on_replica, tenancy.directory, observer, writable=False)
+    return ReplicaTarget(replica, engines, registry, gateways)
+
+
+def _registry(
+    settings: Settings, engines: TenantEngineFactory, observer: Observer
+) -> EngineRegistry[TenantSession]:
+    return EngineRegistry(
+        engines,
+        session_factory=tenant_sessionmaker,
+        max_engines=settings.max_engines,
+        idle_ttl=settings.idle_ttl,
+        observer=observer,
+    )
+
+
+def _gateways(
+    settings: Settings,
+    fetch: Callable[[str], GatewayAccess],
+    directory: TenantDirectory,
+    observer: Observer,
+    *,
+    writable: bool = True,
+) -> Gateways:
+    return Gateways(
+        fetch,
+        _pool_settings(settings),
+        size=settings.gateway_pool_size,
+        statement_timeout_ms=settings.tenant_statement_timeout_ms,
+        on_refused=directory.invalidate,
+        observer=observer,
+        writable=writable,
+    )
 
 
 def _token_verifier(settings: Settings) -> TokenVerifier | None:
@@ -184,6 +272,8 @@ def _attach_background(tenancy: Tenancy, settings: Settings, control_engine: sa.
     reaper.configure(interval=settings.reaper_interval)
     reaper.watch(tenancy.registry)
     reaper.listen(tenancy.listener)
+    for target in [] if tenancy.replicas is None else tenancy.replicas.targets:
+        reaper.watch(target.registry)
     tenancy.reaper = reaper
     workers = worker_directory()
     if workers is not None:  # under gunicorn: workers that can ask and tell each other

@@ -87,6 +87,8 @@ class Settings:
     tenant_share_wait: float
     auth_failure_limit: int
     idempotency_ttl: float
+    read_replicas: Mapping[str, tuple[str, ...]]
+    replica_max_lag: float
 
 
 BUDGET_HEADROOM = 2
@@ -172,7 +174,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_ttl=reader.get(
             "APP_IDEMPOTENCY_TTL", 86_400.0, float_between(60.0, 30 * 86_400.0)
         ),
+        read_replicas=reader.get("APP_READ_REPLICAS", {}, _read_replicas),
+        replica_max_lag=reader.get("APP_REPLICA_MAX_LAG", 5.0, float_between(0.5, 3_600.0)),
     )
+    _check_replica_clusters(settings)
     if settings.database_io_timeout * 1000 <= settings.tenant_statement_timeout_ms:
         raise ConfigError(
             "APP_DATABASE_IO_TIMEOUT: must be longer than APP_TENANT_STATEMENT_TIMEOUT_MS, so "
@@ -333,3 +338,44 @@ def _cidrs(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...
         except ValueError:
             raise ValueError(f"{item.strip()!r} is not an IP network like 10.0.0.0/8") from None
     return tuple(networks)
+
+
+def _read_replicas(raw: str) -> dict[str, tuple[str, ...]]:
+    """``{"cluster": ["postgresql://host:port/db", ...]}``: where, never who (see README)."""
+    shape = 'must be a JSON object {"cluster": ["postgresql://host:port/db", ...]}'
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError(shape) from None
+    if not isinstance(value, dict):
+        raise ValueError(shape)
+    replicas: dict[str, tuple[str, ...]] = {}
+    for name, dsns in value.items():
+        if not isinstance(dsns, list) or not all(isinstance(dsn, str) for dsn in dsns):
+            raise ValueError(shape)
+        found = []
+        for position, dsn in enumerate(dsns, start=1):
+            try:
+                url = make_url(_database_url(dsn))
+            except ValueError as error:
+                raise ValueError(f"cluster {name!r}, replica {position}: {error}") from None
+            if url.username or url.password:
+                raise ValueError(
+                    f"cluster {name!r}, replica {position}: leave out the user and password; "
+                    "the service logs in on a replica as on its primary"
+                )
+            found.append(url.render_as_string(hide_password=False))
+        if len(set(found)) != len(found):
+            raise ValueError(f"cluster {name!r} lists a replica twice")
+        replicas[name] = tuple(found)
+    return replicas
+
+
+def _check_replica_clusters(settings: Settings) -> None:
+    known = {"default", *settings.clusters}
+    for name in sorted(settings.read_replicas):
+        if name not in known:
+            raise ConfigError(
+                f"APP_READ_REPLICAS: cluster {name!r} is not in APP_CLUSTERS "
+                f"(known: {', '.join(sorted(known))})"
+            )

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 
 import pytest
+import sqlalchemy as sa
 
 from app.capacity import CapacityError, check_capacity, demand_per_worker
 from app.dev.cluster import LocalCluster
@@ -87,3 +88,23 @@ def test_capacity_counts_every_host_of_a_multi_host_dsn(
 
     assert f"cannot check the connection capacity of 127.0.0.1:{down} " in caplog.text
     assert f"connections fit: 187 of 197 on 127.0.0.1:{pg_cluster.port}" in caplog.text
+
+
+def test_capacity_counts_replica_servers_and_the_watcher(
+    settings: Settings, cluster_factory: ClusterFactory
+) -> None:
+    # Any server serves for counting: the check reads max_connections, not the role it plays.
+    replica = cluster_factory(max_connections=8)  # 5 for non-superusers
+    owner = sa.make_url(settings.database_url)  # it logs in there as on its primary
+    replica.bootstrap_owner(str(owner.username), str(owner.password), "tenantpool")
+    dsn = f"postgresql://127.0.0.1:{replica.port}/tenantpool"
+    sized = dataclasses.replace(settings, connection_budget=3, serving="mix", gateway_pool_size=1)
+    assert demand_per_worker(sized, control_plane=False, gateways=1, watchers=1) == 3 + 1 + 1
+    check_capacity(dataclasses.replace(sized, workers=1, read_replicas={"default": (dsn,)}))
+
+    # On the replica: 2 x (budget 3 + gateway 1 + watcher 1) = 10 do not fit in its 5.
+    with pytest.raises(
+        CapacityError,
+        match=f"2 workers x 5 connections = 10 exceed the 5 that 127.0.0.1:{replica.port}",
+    ):
+        check_capacity(dataclasses.replace(sized, workers=2, read_replicas={"default": (dsn,)}))

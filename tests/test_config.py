@@ -347,3 +347,36 @@ def test_config_one_host_gets_no_target_session_attrs() -> None:
     settings = load_settings(VALID)
 
     assert "target_session_attrs" not in sa.make_url(settings.database_url).query
+
+
+def test_config_read_replicas_are_parsed_with_their_lag_bound() -> None:
+    replicas = '{"default": ["postgresql://r1:5432/tenantpool", "postgresql://r2/tenantpool"]}'
+    settings = load_settings({**VALID, "APP_READ_REPLICAS": replicas, "APP_REPLICA_MAX_LAG": "2.5"})
+    assert [sa.make_url(dsn).host for dsn in settings.read_replicas["default"]] == ["r1", "r2"]
+    assert settings.replica_max_lag == 2.5
+    assert load_settings(VALID).read_replicas == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('["postgresql://r1/db"]', "must be a JSON object"),
+        ('{"default": "postgresql://r1/db"}', "must be a JSON object"),
+        ('{"default": ["postgresql://u:secret@r1/db"]}', "leave out the user and password"),
+        ('{"default": ["postgresql://r1"]}', "replica 1: names no database"),
+        ('{"default": ["postgresql://r1/db?user=owner"]}', r"replica 1: \?user= is not allowed"),
+        ('{"default": ["postgresql://r1/db", "postgresql://r1/db"]}', "lists a replica twice"),
+        ('{"eu9": ["postgresql://r1/db"]}', "cluster 'eu9' is not in APP_CLUSTERS"),
+    ],
+)
+def test_config_bad_read_replicas_name_the_variable_without_secrets(
+    value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^APP_READ_REPLICAS: .*{message}") as raised:
+        load_settings({**VALID, "APP_READ_REPLICAS": value})
+    assert "secret" not in str(raised.value)
+
+
+def test_config_replica_max_lag_is_bounded() -> None:
+    with pytest.raises(ConfigError, match=r"^APP_REPLICA_MAX_LAG"):
+        load_settings({**VALID, "APP_REPLICA_MAX_LAG": "0.1"})

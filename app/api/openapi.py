@@ -33,6 +33,26 @@ _TENANT_HEADERS = [
         "then equal.",
     }
 ]
+# Read-your-writes, as a reusable parameter (components.parameters.ConsistencyToken) that
+# every read accepts: declared there rather than on each operation, because schemathesis
+# then counts the fuzz tests' real Authorization header as generated ("ignored auth").
+_CONSISTENCY_TOKEN_PARAMETER = {
+    "name": "X-Consistency-Token",
+    "required": False,
+    "schema": {"type": "string", "pattern": r"^1\.[0-9a-f]{16}\.[0-9a-f]{8}$"},
+    "description": "Read-your-writes: the X-Consistency-Token of a write's response, "
+    "sent back as-is on a read, which is then answered only by a server that has that "
+    "write (a caught-up read replica, else the primary). Opaque; a malformed one is a "
+    "400. Without it a read may be served by a replica behind by at most "
+    "APP_REPLICA_MAX_LAG seconds.",
+}
+_CONSISTENCY_TOKEN = {
+    "X-Consistency-Token": {
+        "description": "The position of what this write committed; send it back on reads "
+        "that must see it (opaque)",
+        "schema": {"type": "string"},
+    }
+}
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _PROBLEM_SCHEMA = {
     "type": "object",
@@ -73,6 +93,7 @@ _REPLAYED = {
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
+_WRITE_HEADERS = {**_REPLAYED, **_CONSISTENCY_TOKEN}
 _ADMIN_OPERATION = {"tags": ["admin"], "security": [{"adminToken": []}]}
 _ADMIN_TENANT_OPERATION = {**_ADMIN_OPERATION, "parameters": [_TENANT_ID]}
 # POST /v1/admin/tenants/{tenant_id}/<action>: (response schema, summary).
@@ -131,6 +152,7 @@ def _new_spec() -> APISpec:
         },
     )
     spec.components.schema("Problem", _PROBLEM_SCHEMA)
+    spec.components.parameter("ConsistencyToken", "header", _CONSISTENCY_TOKEN_PARAMETER)
     return spec
 
 
@@ -199,7 +221,7 @@ def _add_collection_path(
                 "parameters": [*_TENANT_HEADERS, _IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, **_json(f"{title}Create")},
                 "responses": {
-                    "201": {"description": "created", "headers": _REPLAYED, **_json(title)},
+                    "201": {"description": "created", "headers": _WRITE_HEADERS, **_json(title)},
                     **_write_errors(errors),
                 },
             },
@@ -225,7 +247,7 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
                 "operationId": f"patch_{resource.name}{_suffix(prefix)}",
                 "requestBody": {"required": True, **_json(f"{title}Patch")},
                 "responses": {
-                    "200": {"description": "updated", "headers": _REPLAYED, **_json(title)},
+                    "200": {"description": "updated", "headers": _WRITE_HEADERS, **_json(title)},
                     **_write_errors(errors),
                 },
             },
@@ -233,7 +255,7 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
                 **write,
                 "operationId": f"delete_{resource.name}{_suffix(prefix)}",
                 "responses": {
-                    "204": {"description": "deleted", "headers": _REPLAYED},
+                    "204": {"description": "deleted", "headers": _WRITE_HEADERS},
                     **_write_errors(errors),
                 },
             },
@@ -314,7 +336,10 @@ def _add_admin_tenant_path(spec: APISpec, errors: dict[str, Any]) -> None:
                 **_ADMIN_TENANT_OPERATION,
                 "operationId": "admin_delete_tenant",
                 "summary": "End its sessions, drop its role, delete its rows and secret",
-                "responses": {"204": {"description": "deleted"}, **errors},
+                "responses": {
+                    "204": {"description": "deleted", "headers": _CONSISTENCY_TOKEN},
+                    **errors,
+                },
             },
         },
     )

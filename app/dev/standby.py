@@ -2,10 +2,12 @@
 
 ``make_standby`` copies a running primary with ``pg_basebackup -R`` (streaming, a
 ``standby.signal``, and ``cluster_name`` as the walreceiver's ``application_name``, which
-``synchronous_standby_names`` matches); ``require_synchronous`` makes the primary wait for
-it (``ANY 1``); ``promote`` is ``pg_ctl promote``; ``demote_in_place`` leaves a server up but
-read-only (``default_transaction_read_only``), as an old primary is after a failover done
-around it. Not Patroni: nothing here decides anything, the caller does.
+``synchronous_standby_names`` matches), optionally synchronous or delayed
+(``recovery_min_apply_delay``, for read replicas that lag); ``require_synchronous`` makes the
+primary wait for it (``ANY 1``); ``promote`` is ``pg_ctl promote``; ``demote_in_place``
+leaves a server up but read-only (``default_transaction_read_only``), as an old primary is
+after a failover done around it; ``set_setting`` changes a running server's setting. Not
+Patroni: nothing here decides anything, the caller does.
 
 The replication password reaches pg_basebackup and the walreceiver through a password
 file beside the standby's data directory (readable by the server user only), never a
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
+from psycopg2 import sql
 
 from app.dev.cluster import SUPERUSER, LocalCluster
 from app.dev.errors import ClusterError
@@ -30,6 +33,8 @@ __all__ = [
     "promote",
     "replication_state",
     "require_synchronous",
+    "set_apply_delay",
+    "set_setting",
 ]
 
 _REPLICATION_HBA = "host    replication    all    127.0.0.1/32    scram-sha-256\n"
@@ -39,8 +44,10 @@ def make_standby(
     primary: LocalCluster,
     datadir: Path,
     *,
-    name: str,
+    name: str = "standby",
     port: int | None = None,
+    synchronous: bool = False,
+    apply_delay_ms: int | None = None,
     max_connections: int = 100,
     extra_settings: dict[str, str] | None = None,
     timeout: float = 30.0,
@@ -48,7 +55,9 @@ def make_standby(
     """A started hot standby of ``primary`` in ``datadir``, streaming as ``name``.
 
     ``max_connections`` must be at least the primary's (PostgreSQL refuses to start a hot
-    standby with fewer). Returns once the primary sees it streaming.
+    standby with fewer). ``synchronous``: the primary's commits wait for it from now on;
+    ``apply_delay_ms``: it replays what it receives that much later. Returns once the primary
+    sees it streaming.
     """
     _allow_replication(primary)
     password = primary.superuser_password
@@ -84,12 +93,15 @@ def make_standby(
     )
     if result.returncode != 0:
         raise ClusterError(f"pg_basebackup failed: {result.stderr.strip().splitlines()[-1:]}")
+    settings = {"cluster_name": name, "hot_standby": "on", "hot_standby_feedback": "on"}
+    if apply_delay_ms is not None:
+        settings["recovery_min_apply_delay"] = f"{apply_delay_ms}ms"
     standby.start(
-        port,
-        max_connections=max_connections,
-        extra_settings={"cluster_name": name, "hot_standby": "on", **(extra_settings or {})},
+        port, max_connections=max_connections, extra_settings={**settings, **(extra_settings or {})}
     )
     _wait_for(lambda: replication_state(primary, name) is not None, timeout, f"{name} streaming")
+    if synchronous:
+        require_synchronous(primary, name, timeout=timeout)
     return standby
 
 
@@ -126,6 +138,23 @@ def demote_in_place(server: LocalCluster) -> None:
     _execute(server, "SELECT pg_reload_conf()")
 
 
+def set_setting(cluster: LocalCluster, name: str, value: str | None) -> None:
+    """``ALTER SYSTEM SET name = value`` (None: RESET) on a running server, then reload."""
+    if value is None:
+        statement = sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name))
+    else:
+        statement = sql.SQL("ALTER SYSTEM SET {} = {}").format(
+            sql.Identifier(name), sql.Literal(value)
+        )
+    _execute(cluster, statement)
+    _execute(cluster, "SELECT pg_reload_conf()")
+
+
+def set_apply_delay(standby: LocalCluster, delay_ms: int) -> None:
+    """Change a running standby's ``recovery_min_apply_delay`` (0: replay at once)."""
+    set_setting(standby, "recovery_min_apply_delay", f"{delay_ms}ms")
+
+
 def replication_state(primary: LocalCluster, name: str) -> str | None:
     """``sync_state`` of the standby ``name`` as the primary sees it streaming; else None."""
     rows = _execute(
@@ -146,7 +175,7 @@ def _allow_replication(primary: LocalCluster) -> None:
 
 
 def _execute(
-    cluster: LocalCluster, statement: str, params: tuple[object, ...] = ()
+    cluster: LocalCluster, statement: str | sql.Composable, params: tuple[object, ...] = ()
 ) -> list[tuple[object, ...]]:
     connection = psycopg2.connect(cluster.superuser_url(), connect_timeout=10)
     try:

@@ -11,6 +11,10 @@ class InvalidTenantHeader(TenancyError):
     """``X-Tenant-ID`` is missing, repeated or not a canonical UUID (400)."""
 
 
+class InvalidConsistencyToken(TenancyError):
+    """``X-Consistency-Token`` is repeated or not a value this service made (400)."""
+
+
 class AuthenticationFailed(TenancyError):
     """No API key, a wrong one, or one of another tenant: one answer for all (401)."""
 

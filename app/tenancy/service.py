@@ -27,6 +27,7 @@ from app.tenancy.errors import (
 from app.tenancy.serving.activity import DEDICATED, SHARED, TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
+from app.tenancy.serving.consistency import ConsistencyToken, format_token
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
@@ -38,6 +39,7 @@ from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.peers import PeerServer
 from app.tenancy.serving.reaper import Reaper
 from app.tenancy.serving.registry import EngineRegistry
+from app.tenancy.serving.replica_reads import ReadReplicas
 from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
 from app.tenancy.serving.throttle import AuthThrottle
@@ -72,6 +74,8 @@ class Tenancy:
     # The process's reaper, watching this registry and listener; started by
     # ``start_background`` (gunicorn's post_fork starts it earlier), never by building.
     reaper: Reaper | None = None
+    # APP_READ_REPLICAS: standbys that serve reads; None without any.
+    replicas: ReadReplicas | None = None
     _background_started: bool = field(default=False, init=False, repr=False)
 
     def start_background(self) -> None:
@@ -80,6 +84,8 @@ class Tenancy:
         Short-lived commands (``flask tenancy check``) never serve a tenant request, so
         they start no thread and open no LISTEN connection.
         """
+        if self.replicas is not None:
+            self.replicas.start()  # idempotent; its own thread (probes every second)
         if self._background_started or self.reaper is None:
             return
         self.reaper.start()
@@ -130,6 +136,7 @@ class Tenancy:
         *,
         read_only: bool = False,
         context: TenantContext | None = None,
+        token: ConsistencyToken | None = None,
     ) -> TenantSession:
         """A session for the tenant on a connection checked out now; the caller closes it.
 
@@ -142,6 +149,8 @@ class Tenancy:
 
         ``read_only``: every statement is its own read-only transaction, one round trip
         each (see ``app.tenancy.serving.session``); for requests that must not write.
+        With read replicas, such a session runs on a replica in the rotation when one
+        has replayed ``token``'s position (any, without a token), else on the primary.
         The connection is checked out here, not at the view's first query, so that every
         connection failure surfaces in one place. Raises TenantUnavailable,
         CapacityExhausted (no connection free in time) and SQLAlchemy errors (database
@@ -151,21 +160,16 @@ class Tenancy:
             context = TenantContext.of_tenant(tenant_id)
         elif context.tenant_id != str(tenant_id):
             raise ValueError("the context names another tenant")
+        # Cached (the request just authenticated); before any checkout, so a failure here
+        # holds no connection.
+        record = self.directory.find(tenant_id)
         dedicated = self.ways.dedicated(tenant_id)
         way = DEDICATED if dedicated else SHARED
         opened = False
         started = time.perf_counter()
         try:
-            if dedicated:
-                try:
-                    session = self._dedicated_session(context, read_only)
-                except (CapacityExhausted, TenantUnavailable):
-                    if self.ways.mode is not ServingMode.MIX:
-                        raise
-                    way = SHARED
-                    session = self._shared_session(context, read_only)
-            else:
-                session = self._shared_session(context, read_only)
+            on_replica = self._replica_session(context, dedicated, token) if read_only else None
+            session, way = on_replica or self._primary_session(context, read_only, dedicated)
             opened = True
         finally:
             # Failures too: a request that waited for nothing and got 503 waited most.
@@ -173,7 +177,54 @@ class Tenancy:
             self.observer.pool_wait(way, waited)
             self.activity.session_opened(tenant_id, way, waited, opened=opened)
         session.info["way"] = way
+        if record is not None:
+            session.info["cluster"] = record.cluster  # its writes' consistency tokens
         return session
+
+    def _primary_session(
+        self, context: TenantContext, read_only: bool, dedicated: bool
+    ) -> tuple[TenantSession, str]:
+        """A session on the tenant's primary, and its way (in ``mix``, shared when its own
+        engine cannot be had right now)."""
+        if not dedicated:
+            return self._shared_session(context, read_only), SHARED
+        try:
+            return self._dedicated_session(context, read_only), DEDICATED
+        except (CapacityExhausted, TenantUnavailable):
+            if self.ways.mode is not ServingMode.MIX:
+                raise
+        return self._shared_session(context, read_only), SHARED
+
+    def _replica_session(
+        self, context: TenantContext, dedicated: bool, token: ConsistencyToken | None
+    ) -> tuple[TenantSession, str] | None:
+        """A read on a replica of the tenant's cluster, and its way; None: on the primary."""
+        if self.replicas is None:
+            return None
+        record = self.directory.find(uuid.UUID(context.tenant_id))
+        if record is None or not self.replicas.has_replicas(record.cluster):
+            return None
+        position = None if token is None else token.for_cluster(record.cluster)
+        if token is not None and position is None:
+            return None  # made on another cluster (the tenant moved): not comparable
+        mix = self.ways.mode is ServingMode.MIX
+        return self.replicas.session(
+            context,
+            record.cluster,
+            dedicated=dedicated,
+            mix=mix,
+            position=position,
+            changed_at=record.changed_at,
+        )
+
+    @staticmethod
+    def consistency_token(session: TenantSession) -> str | None:
+        """The ``X-Consistency-Token`` of what ``session`` committed; None: nothing. No I/O."""
+        position = session.commit_position()
+        cluster: str | None = session.info.get("cluster")
+        if position is None or cluster is None:
+            return None
+        return format_token(position, cluster)
 
     def _dedicated_session(self, context: TenantContext, read_only: bool) -> TenantSession:
         """A session on the tenant's own engine.
@@ -259,6 +310,8 @@ class Tenancy:
         """Drop what this worker holds of the tenant: cached record and engine."""
         self.directory.invalidate(tenant_id)
         self.registry.evict(tenant_id, reason)
+        if self.replicas is not None:
+            self.replicas.evict(tenant_id, reason)
 
     def on_event(self, event: TenantEvent) -> None:
         """A tenant may have changed, here or on another node: check, and drop what is stale.
@@ -278,15 +331,20 @@ class Tenancy:
         self.directory.invalidate(tenant_id)
         entry = self.registry.peek(tenant_id)
         backing_off, failed_version = self.backoff.version_of(tenant_id)
+        on_replicas = self.replicas is not None and self.replicas.holds(tenant_id)
         if entry is None:
             # Nothing to evict; a creation in progress fetches its credentials again.
             self.registry.evict(tenant_id, event.kind.value)
-            if not backing_off:
+            if not backing_off and not on_replicas:
+                if self.replicas is not None:  # creations on replicas, likewise
+                    self.replicas.evict(tenant_id, event.kind.value)
                 return
         current = self.directory.credentials(tenant_id)
         version = None if current is None else current.version
         if entry is not None and self.engines.version_of(entry.engine) != version:
             self.registry.evict(tenant_id, event.kind.value)
+        if self.replicas is not None:
+            self.replicas.evict_stale(tenant_id, version, event.kind.value)
         if backing_off and failed_version != version:
             self.backoff.reset(tenant_id)  # a rotation may have fixed the credentials
 
@@ -300,6 +358,8 @@ class Tenancy:
             self.listener.close()
         if self.peers is not None:
             self.peers.close()
+        if self.replicas is not None:
+            self.replicas.close()
         self.registry.dispose_all()
         self.gateways.dispose()
         self.clusters.dispose()

@@ -1,4 +1,8 @@
-"""What a request sends to PostgreSQL: a read is one message, a write two, never a ping."""
+"""What a request sends to PostgreSQL: a read is one message, a write two, never a ping.
+
+A write's second message is its ``COMMIT`` with the read of the commit's WAL position
+(``X-Consistency-Token``) in the same message.
+"""
 
 from __future__ import annotations
 
@@ -37,4 +41,7 @@ def test_reads_are_one_read_only_message_and_writes_two(
         assert logged[0].startswith("SELECT set_config('app.tenant_sig'")  # the signed context
         assert ("; BEGIN; " in logged[0]) == (method != "GET"), logged
         if messages == 2:
-            assert logged[1] == "COMMIT"
+            # The commit's WAL position rides along (X-Consistency-Token): no third message.
+            assert logged[1].startswith("COMMIT; SELECT "), logged
+            assert "pg_current_wal_insert_lsn()" in logged[1], logged
+            assert response.headers["X-Consistency-Token"].startswith("1."), method

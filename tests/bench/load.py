@@ -86,8 +86,10 @@ def run_wrk(
     connections: int,
     threads: int,
     exponent: float = 1.1,
+    token: str = "",
 ) -> WrkResult:
-    """One wrk run against ``url``; raises RuntimeError if wrk fails."""
+    """One wrk run against ``url`` (every request with ``token``, if given); raises
+    RuntimeError if wrk fails."""
     command = [
         wrk_path(),
         f"-t{threads}",
@@ -104,6 +106,7 @@ def run_wrk(
         str(exponent),
         method,
         path,
+        *([token] if token else []),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

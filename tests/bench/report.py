@@ -120,6 +120,8 @@ class Figures:
     verifier_runs: list[Run] = field(default_factory=list)
     tracing_runs: list[Run] = field(default_factory=list)
     tracing_exports: int = 0  # OTLP requests the local collector received during them
+    # Read replicas: app primary | replica | replica+token (tests/bench/replicas.py).
+    replica_runs: list[Run] = field(default_factory=list)
     profile: Profile | None = None
     default_way: str = ""
     same_rows: int = 0  # tenants whose page every service answered as the baseline did
@@ -149,6 +151,7 @@ def load(path: Path) -> Figures:
     data["runs"] = [Run(**item) for item in data["runs"]]
     data["verifier_runs"] = [Run(**item) for item in data["verifier_runs"]]
     data["tracing_runs"] = [Run(**item) for item in data.get("tracing_runs", [])]
+    data["replica_runs"] = [Run(**item) for item in data.get("replica_runs", [])]
     if data["profile"] is not None:
         items = [ProfileItem(**item) for item in data["profile"].pop("items")]
         data["profile"] = Profile(**data["profile"], items=items)
@@ -258,11 +261,8 @@ def best_per_scenario(figures: Figures, cluster: int) -> dict[str, Cell]:
 
 def paired_cost(runs: Sequence[Run], costly: str, plain: str) -> float | None:
     """Throughput lost to what ``costly`` runs add: 1 - mean costly / mean plain (None: none)."""
-    with_ = [r.rps for r in runs if r.app == costly]
-    without = [r.rps for r in runs if r.app == plain]
-    if not with_ or not without:
-        return None
-    return 1 - statistics.fmean(with_) / statistics.fmean(without)
+    with_, without = _mean_rps(runs, costly), _mean_rps(runs, plain)
+    return None if not with_ or not without else 1 - with_ / without
 
 
 def verifier_cost(figures: Figures) -> float | None:
@@ -273,6 +273,53 @@ def verifier_cost(figures: Figures) -> float | None:
 def tracing_cost(figures: Figures) -> float | None:
     """Throughput lost to tracing on (OTLP to a local collector) against off."""
     return paired_cost(figures.tracing_runs, "on", "off")
+
+
+def _mean_rps(runs: Sequence[Run], app: str) -> float | None:
+    found = [run.rps for run in runs if run.app == app]
+    return statistics.fmean(found) if found else None
+
+
+def replica_ratio(figures: Figures) -> float | None:
+    """Reads through a replica over reads on the primary, in throughput (None: not measured)."""
+    replica = _mean_rps(figures.replica_runs, "replica")
+    primary = _mean_rps(figures.replica_runs, "primary")
+    return None if not replica or not primary else replica / primary
+
+
+def token_cost(figures: Figures) -> float | None:
+    """Throughput lost to sending a consistency token the replica has: 1 - with / without."""
+    return paired_cost(figures.replica_runs, "replica+token", "replica")
+
+
+def _replicas(figures: Figures) -> list[str]:
+    ratio, cost = replica_ratio(figures), token_cost(figures)
+    if ratio is None or cost is None:
+        return []
+    runs = figures.replica_runs
+    p50 = {
+        app: statistics.fmean(r.p50_ms for r in runs if r.app == app)
+        for app in {r.app for r in runs}
+    }
+    return [
+        "## Read replicas",
+        "",
+        f"`{runs[0].scenario}` in the `{runs[0].way}` way, {max(r.round for r in runs)} rounds in "
+        "rotating order, through two services: one with `APP_READ_REPLICAS` naming a "
+        "streaming standby of the bench cluster (made with `pg_basebackup`), one without "
+        "(every read on the primary); then the first again, every request sending an "
+        "`X-Consistency-Token` the standby has replayed (the same server answers; the "
+        "difference is the token's check). Both services and both PostgreSQL servers share "
+        "this machine's cores, so this says what routing a read costs or saves here, not "
+        "what a replica on a machine of its own adds (`tests/bench/replicas.py`).",
+        "",
+        "| | ratio |",
+        "| --- | --- |",
+        f"| reads through the replica / reads on the primary (req/s) | {ratio:.2f} |",
+        f"| p50 through the replica / p50 on the primary | {p50['replica'] / p50['primary']:.2f} |",
+        f"| cost of the token's check (1 - with / without, req/s) | {cost:.1%} |",
+        "",
+    ]
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -351,6 +398,7 @@ def render_markdown(figures: Figures, plots: Sequence[str] = ()) -> str:
         _throughput,
         _verifier,
         _tracing,
+        _replicas,
         _profile,
         _cold,
         _connect,

@@ -33,7 +33,7 @@ from app.db import CONTROL_POOL_MAX
 from app.tenancy.control.ddl import POLICY_NAME, POLICY_PREDICATE, TWO_SIDED_PREDICATE
 from app.tenancy.control.scram import scram_sha256_verifier
 from config import Settings, load_settings
-from tests.bench import baseline_app, load, profile, report, rows, stack
+from tests.bench import baseline_app, load, profile, replicas, report, rows, stack
 from tests.bench.otlp_sink import OtlpSink
 from tests.bench.report import STOCK, WAYS, Deployment, Figures, Run, Scenario
 from tests.support import REPO_ROOT
@@ -405,16 +405,48 @@ class Bench:
         cost = report.tracing_cost(self.figures)
         say(f"tracing on costs {cost:.1%} ({sink.exports} OTLP exports received)")
 
+    def measure_replicas(self, cluster: int) -> None:
+        """Reads through a read replica against reads on the primary, and a token's cost."""
+        scenario = next(s for s in SCENARIOS if s.key == APART)
+        if scenario.tenants not in self.tenant_files:
+            say(f"no replica runs: {APART} needs more tenants")
+            return
+        way = self.figures.default_way
+        env = service_env(self.db, cluster, way, len(self.tenants))
+        serving = deployment(self.db, cluster, way, env)
+        self.figures.replica_runs = replicas.measure(
+            self.db,
+            env,
+            scenario,
+            self.tenant_files[scenario.tenants],
+            self.tenants[0],
+            rounds=self.args.replica_rounds,
+            run_wrk=self.wrk_at,
+            make_run=lambda app, number, result: _run(scenario, serving, app, number, result),
+            work=WORK,
+            say=say,
+        )
+        stack.remove_users_after(self.db, self.newest_user, (stack.DATABASE, BASELINE_DATABASE))
+        ratio, cost = report.replica_ratio(self.figures), report.token_cost(self.figures)
+        say(f"reads through a replica: {ratio:.2f}x the primary's; a token costs {cost:.1%}")
+
     def wrk(self, scenario: Scenario, server: stack.Server, seconds: float) -> load.WrkResult:
+        return self.wrk_at(scenario, server.url, seconds)
+
+    def wrk_at(
+        self, scenario: Scenario, url: str, seconds: float | None, token: str = ""
+    ) -> load.WrkResult:
+        """One wrk run of ``scenario`` at ``url`` (``seconds`` None: the run length)."""
         return load.run_wrk(
-            server.url,
+            url,
             self.tenant_files[scenario.tenants],
             distribution=scenario.distribution,
             method=scenario.method,
             path=scenario.path,
-            seconds=seconds,
+            seconds=self.args.seconds if seconds is None else seconds,
             connections=self.args.connections,
             threads=self.args.wrk_threads,
+            token=token,
         )
 
 
@@ -478,6 +510,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--profile-seconds", type=float, default=10, help="py-spy run length (0: none)"
+    )
+    parser.add_argument(
+        "--replica-rounds",
+        type=int,
+        default=3,
+        help="rounds of reads on a read replica, the primary, the replica with a token (0: none)",
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not write docs/")
     parser.add_argument(
@@ -550,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"restarting PostgreSQL with max_connections {cluster}")
                 bench.db = stack.restart(bench.db, cluster)
             bench.measure_cluster(cluster, ways, scenarios)
+        if args.replica_rounds:
+            bench.measure_replicas(clusters[-1])
     # Other work on the machine shows here first: it widens the spread of the rounds.
     figures.machine["load average"] = (
         f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1 minute)"

@@ -1,6 +1,7 @@
 -- wrk script of `make bench`: spreads requests over tenants, uniformly or by Zipf's law.
 -- Arguments (after `--`): tenants file (a Lua chunk returning {{id, api_key}, ...}),
--- distribution (uniform | zipf), Zipf exponent, method (GET | POST), path.
+-- distribution (uniform | zipf), Zipf exponent, method (GET | POST), path, and optionally
+-- an X-Consistency-Token every request sends.
 -- done() prints one line `WRK_JSON {...}` that tests/bench/load.py parses.
 
 local counter = 0
@@ -30,6 +31,7 @@ end
 function init(args)
   local tenants = dofile(args[1])
   local distribution, exponent, method, path = args[2], tonumber(args[3]), args[4], args[5]
+  local token = args[6]
   local body = nil
   if method == "POST" then
     body = '{"first_name": "Bench", "last_name": "User", "email": "bench@example.com"}'
@@ -38,6 +40,7 @@ function init(args)
   for i, tenant in ipairs(tenants) do
     local headers = {["X-Tenant-ID"] = tenant[1], ["Authorization"] = "Bearer " .. tenant[2]}
     if body then headers["Content-Type"] = "application/json" end
+    if token and token ~= "" then headers["X-Consistency-Token"] = token end
     requests[i] = wrk.format(method, path, headers, body)
   end
   count = #requests

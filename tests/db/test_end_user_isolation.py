@@ -23,6 +23,7 @@ from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
+from tests.replicas import seen_or_refused
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
 
@@ -61,13 +62,7 @@ def user_1(serving_tenancy: Tenancy, tenant_a: ProvisionedTenant) -> Iterator[Te
 
 def _orders_seen(session: TenantSession, injected: str) -> set[uuid.UUID] | str:
     """The ids of the orders ``injected`` makes visible, or "refused"."""
-    try:
-        rows = session.execute(sa.text(injected)).all()
-    except REFUSED:
-        return "refused"
-    finally:
-        session.rollback()
-    return {row.id for row in rows}
+    return seen_or_refused(session, injected)
 
 
 def test_end_user_sees_only_own_orders_and_knows_who_they_are(

@@ -28,6 +28,7 @@ from app.tenancy.control.roles import role_name
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
+from tests.replicas import seen_or_refused
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
 """What an attack may get instead of rows: an error from PostgreSQL or the verifier."""
@@ -60,13 +61,7 @@ def session_a(
 
 def _tenants_seen(session: TenantSession, injected: str) -> set[uuid.UUID] | str:
     """The tenant ids of the user rows ``injected`` makes visible, or "refused"."""
-    try:
-        rows = session.execute(sa.text(injected)).all()
-    except REFUSED:
-        return "refused"
-    finally:
-        session.rollback()
-    return {row.tenant_id for row in rows}
+    return seen_or_refused(session, injected)
 
 
 def _b_context(tenant_b: ProvisionedTenant) -> str:

@@ -86,13 +86,16 @@ def test_superuser_login_with_wrong_password_is_rejected(pg_cluster: LocalCluste
 def test_pg_hba_allows_only_scram_over_loopback_tcp(pg_cluster: LocalCluster) -> None:
     rules = _fetchall(
         pg_cluster.superuser_url(),
-        "SELECT type, address, auth_method, error FROM pg_hba_file_rules ORDER BY line_number",
+        "SELECT type, database, address, auth_method, error FROM pg_hba_file_rules "
+        "ORDER BY line_number",
     )
 
-    assert rules == [
-        ("host", "127.0.0.1", "scram-sha-256", None),
-        ("host", "::1", "scram-sha-256", None),
+    assert rules[:2] == [
+        ("host", ["all"], "127.0.0.1", "scram-sha-256", None),
+        ("host", ["all"], "::1", "scram-sha-256", None),
     ]
+    # A streaming standby (app/dev/standby.py, the replica tests) adds replication the same way.
+    assert rules[2:] in ([], [("host", ["replication"], "127.0.0.1", "scram-sha-256", None)])
 
 
 def test_pg_hba_file_has_no_trust_line(pg_cluster: LocalCluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
@@ -23,6 +24,8 @@ class TenantRecord:
     status: str
     api_key_hash: bytes
     cluster: str
+    # When its role, grants, credentials or status last changed (``tenants.updated_at``).
+    changed_at: dt.datetime | None = None
 
     @property
     def active(self) -> bool:
@@ -182,10 +185,17 @@ class TenantDirectory:
 
     def _load(self, tenant_id: uuid.UUID) -> TenantRecord | None:
         query = sa.select(
-            Tenant.id, Tenant.name, Tenant.status, Tenant.api_key_hash, Tenant.cluster
+            Tenant.id,
+            Tenant.name,
+            Tenant.status,
+            Tenant.api_key_hash,
+            Tenant.cluster,
+            Tenant.updated_at,
         ).where(Tenant.id == tenant_id)
         with self._engine.connect() as connection:
             row = connection.execute(query).one_or_none()
         if row is None:
             return None
-        return TenantRecord(row.id, row.name, row.status, bytes(row.api_key_hash), row.cluster)
+        return TenantRecord(
+            row.id, row.name, row.status, bytes(row.api_key_hash), row.cluster, row.updated_at
+        )

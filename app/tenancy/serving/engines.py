@@ -69,7 +69,11 @@ class TenantEngineFactory:
         context_key: Callable[[str], bytes],
         observer: Observer | None = None,
         activity: TenantActivity | None = None,
+        writable: bool = True,
     ) -> None:
+        # ``writable``: engines of a primary, where a read-only answer means a failover (a
+        # lost connection); False for a read replica's, which is read-only by nature.
+        self._writable = writable
         self._directory = directory
         self._context_key = context_key
         self._keyring = keyring
@@ -120,6 +124,10 @@ class TenantEngineFactory:
         self._versions[engine] = credentials.version
         return engine
 
+    def signer_key(self, cluster: str) -> bytes:
+        """The key tenant contexts on ``cluster`` are signed with (read once per worker)."""
+        return self._context_key(cluster)
+
     def signer(self, cluster: str) -> ContextSigner:
         """What signs a tenant's own connections on ``cluster`` (its key read once per worker)."""
         return ContextSigner(self._context_key(cluster), shared=False)
@@ -165,7 +173,8 @@ class TenantEngineFactory:
         # After the dialect's own connect hook (autocommit), before anyone uses it.
         sa.event.listen(engine, "connect", refuse_unless_logged_in_as(credentials.db_user))
         sa.event.listen(engine, "handle_error", translate_moving)
-        follow_writable(engine)  # a read-only server (failover) is a lost one
+        if self._writable:
+            follow_writable(engine)  # a read-only server (failover) is a lost one
         if pooled:
             sa.event.listen(engine, "checkout", discard_if_closed_by_server)
             sa.event.listen(engine, "connect", self._logged_in(credentials.id))

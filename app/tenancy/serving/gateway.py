@@ -103,6 +103,7 @@ class _GatewayPool:
         statement_timeout_ms: int,
         on_refused: Callable[[uuid.UUID], object],
         observer: Observer,
+        writable: bool,
     ) -> None:
         self.role = access.role
         self.engine = sa.create_engine(
@@ -124,7 +125,8 @@ class _GatewayPool:
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
-        follow_writable(self.engine)  # a read-only server (failover) is a lost one
+        if writable:
+            follow_writable(self.engine)  # a read-only server (failover) is a lost one
         _count_connections(self.engine, observer)
         self.sessionmaker = orm.sessionmaker(
             bind=self.engine, class_=TenantSession, expire_on_commit=False
@@ -217,7 +219,9 @@ class Gateways:
         on_refused: Callable[[uuid.UUID], object] = lambda tenant_id: None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        writable: bool = True,
     ) -> None:
+        self._writable = writable  # as TenantEngineFactory's: False on a read replica
         self._fetch = fetch
         self._observer = observer or Observer()
         self._pool = pool
@@ -280,6 +284,7 @@ class Gateways:
                     statement_timeout_ms=self._statement_timeout_ms,
                     on_refused=self._on_refused,
                     observer=self._observer,
+                    writable=self._writable,
                 )
             except Exception as error:
                 if isinstance(error, CryptoError):

@@ -39,6 +39,7 @@ from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 from app.dbhosts import hosts
 from app.tenancy.errors import TenantUnavailable
+from app.tenancy.serving.consistency import lsn_from_text, record_end
 from app.tenancy.serving.context import ContextSigner, TenantContext
 
 TENANT_DRIVER = "postgresql+tenantpool"
@@ -48,6 +49,9 @@ GATEWAY_DRIVER = "postgresql+tenantpool_gateway"
 BINDING = "tenantpool.binding"
 """Key of a connection's binding (``<pid>:<backend start>``, ``<pid>:0`` for a tenant's own
 connection) in its pool record's info: what its signatures are made for."""
+
+COMMIT_POSITION = "tenantpool.commit_position"
+"""Key, in a connection's info, of the WAL position its last ``COMMIT`` reached (an int)."""
 
 MOVING = "TPM01"
 """The SQLSTATE ``tenant_move_gate()`` raises while a move holds the tenant."""
@@ -77,6 +81,21 @@ class TenantSession(orm.Session):
         # The tenant itself (an API key) unless an end user's context is given.
         self.info["context"] = context or TenantContext.of_tenant(tenant_id)
         self.info["read_only"] = read_only
+        if isinstance(self.bind, sa.Connection):
+            self.bind.info.pop(COMMIT_POSITION, None)  # a former holder's commit
+
+    def commit_position(self) -> int | None:
+        """The WAL position this session's last commit reached; None if it committed nothing.
+
+        Everything the session committed is on any server that has replayed that far
+        (``consistency.py``).
+        """
+        bind = self.bind
+        # An invalidated connection (lost mid-request) would try to reconnect for its info.
+        if not isinstance(bind, sa.Connection) or bind.closed or bind.invalidated:
+            return None
+        position: int | None = bind.info.get(COMMIT_POSITION)
+        return position
 
     def close(self) -> None:
         """End the session and return its connection, if it was given one, to the pool."""
@@ -181,7 +200,17 @@ class TenantDialect(PGDialect_psycopg2):
         """Nothing yet: ``BEGIN`` goes out with the transaction's first statement."""
 
     def do_commit(self, dbapi_connection: Any) -> None:
-        _end_transaction(dbapi_connection, "COMMIT")
+        # The commit's WAL position in the same message: read-your-writes costs no round
+        # trip (consistency.py). NULL on a standby, where nothing can have been written.
+        if dbapi_connection.get_transaction_status() == TRANSACTION_STATUS_IDLE:
+            return
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(_COMMIT)
+            row = cursor.fetchone()
+        # The pool's proxy: its info is the pooled connection's (psycopg2's own is not a dict).
+        info = getattr(dbapi_connection, "info", None)
+        if row is not None and row[0] is not None and isinstance(info, dict):
+            info[COMMIT_POSITION] = record_end(lsn_from_text(row[0]))
 
     def do_rollback(self, dbapi_connection: Any) -> None:
         _end_transaction(dbapi_connection, "ROLLBACK")
@@ -248,6 +277,10 @@ class GatewayDialect(TenantDialect):
 
 
 _GATE = "SELECT tenant_move_gate();"
+_COMMIT = (
+    "COMMIT; SELECT CASE WHEN pg_is_in_recovery() THEN NULL "
+    "ELSE pg_current_wal_insert_lsn()::text END"
+)
 
 registry.register(TENANT_DRIVER.replace("+", "."), __name__, "TenantDialect")
 registry.register(GATEWAY_DRIVER.replace("+", "."), __name__, "GatewayDialect")
