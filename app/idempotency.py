@@ -92,6 +92,9 @@ def begin(session: orm.Session, ttl: dt.timedelta) -> Response | None:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with another request (method, path or body)"
         )
+    # Committed (the claim's lock and purge): its WAL position, at or after the first
+    # answer's commit, gives the replay an X-Consistency-Token that reads that write.
+    session.commit()
     return _replay(found.answer)
 
 

@@ -22,6 +22,7 @@ from app.models.idempotency import MAX_KEY_LENGTH
 from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.serving import idempotency as keys
+from app.tenancy.serving.consistency import parse_token
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
 from tests.idp import Idp
@@ -69,6 +70,11 @@ def test_idempotency_same_post_twice_makes_one_row_and_two_identical_answers(
     assert first.status_code == 201, first.json
     _same_answer(first, second)
     assert [user["id"] for user in _named(serving_client, tenant_a, name)] == [first.json["id"]]
+    # The replay reads the write too: its token is at or after the first answer's.
+    tokens = [parse_token([answer.headers["X-Consistency-Token"]]) for answer in (first, second)]
+    assert tokens[0] is not None
+    assert tokens[1] is not None
+    assert tokens[1].position >= tokens[0].position
 
 
 def test_idempotency_same_key_with_another_body_is_422_and_writes_nothing(
