@@ -615,48 +615,59 @@ def _cost_line(runs: Sequence[Run], costly: str, plain: str) -> str:
     )
 
 
-def _verifier(figures: Figures) -> list[str]:
-    runs = figures.verifier_runs
-    if not round_costs(runs, "with", "without"):
+def _cost_section(
+    figures: Figures,
+    runs: Sequence[Run],
+    pair: tuple[str, str],
+    heading: str,
+    describe: str,
+    subject: str,
+) -> list[str]:
+    """A paired measurement's section: which runs, a table of rounds, the mean cost."""
+    costly, plain = pair
+    if not round_costs(runs, costly, plain):
         return []
     first = runs[0]
     title = next((s.title for s in figures.scenarios if s.key == first.scenario), first.scenario)
     return [
-        "## What the verifier costs",
+        f"## {heading}",
         "",
-        f"{title}, served shared, max_connections {first.cluster}: the same service with the "
-        "policy as migration 0003 made it (`with`) and with its third term, the check of the "
-        "signed tenant context, dropped by the owner (`ALTER POLICY ... USING "
-        "(<TWO_SIDED_PREDICATE>)`, `without`, restored after), interleaved, alternating which "
-        "goes first.",
+        f"{title}, served shared, max_connections {first.cluster}: {describe}",
         "",
-        _rounds_table(runs, "with", "without"),
+        _rounds_table(runs, costly, plain),
         "",
-        "The verifier costs " + _cost_line(runs, "with", "without"),
+        f"{subject} costs " + _cost_line(runs, costly, plain),
         "",
     ]
+
+
+def _verifier(figures: Figures) -> list[str]:
+    return _cost_section(
+        figures,
+        figures.verifier_runs,
+        ("with", "without"),
+        "What the verifier costs",
+        "the same service with the policy as migration 0003 made it (`with`) and with its "
+        "third term, the check of the signed tenant context, dropped by the owner (`ALTER "
+        "POLICY ... USING (<TWO_SIDED_PREDICATE>)`, `without`, restored after), interleaved, "
+        "alternating which goes first.",
+        "The verifier",
+    )
 
 
 def _tracing(figures: Figures) -> list[str]:
-    runs = figures.tracing_runs
-    if not round_costs(runs, "on", "off"):
-        return []
-    first = runs[0]
-    title = next((s.title for s in figures.scenarios if s.key == first.scenario), first.scenario)
-    return [
-        "## What tracing costs",
-        "",
-        f"{title}, served shared, max_connections {first.cluster}: the service as measured "
-        "above (`APP_TRACING=off`, the default: no OpenTelemetry module is imported, no hook "
-        "added, `tests/test_tracing.py`) against a second one with `APP_TRACING=otlp`, every "
-        "request and statement a span, exported in batches to a local collector that answers "
-        f"at once ({figures.tracing_exports} exports received), interleaved.",
-        "",
-        _rounds_table(runs, "on", "off"),
-        "",
-        "Tracing on costs " + _cost_line(runs, "on", "off"),
-        "",
-    ]
+    return _cost_section(
+        figures,
+        figures.tracing_runs,
+        ("on", "off"),
+        "What tracing costs",
+        "the service as measured above (`APP_TRACING=off`, the default: no OpenTelemetry "
+        "module is imported, no hook added, `tests/test_tracing.py`) against a second one "
+        "with `APP_TRACING=otlp`, every request and statement a span, exported in batches to "
+        f"a local collector that answers at once ({figures.tracing_exports} exports "
+        "received), interleaved.",
+        "Tracing on",
+    )
 
 
 def _profile(figures: Figures) -> list[str]:
