@@ -9,12 +9,9 @@ in gunicorn (measured: a quiet tenant's p99 from 4.7 ms to 1.6 s). So, per worke
 - alone, a tenant may use every thread: nobody waits for them, so nothing is held back;
 - a request over its tenant's share waits (holding its thread, but no database
   connection: the wait comes before ``Tenancy.open_session``) for one of its tenant's
-  requests to finish, at most ``wait`` seconds: while a thread is free, or, once every
-  thread is taken, if it is the worker's only waiting request. Past that, someone may be
-  queued for a thread behind it, so it gives its own up at once: ``TenantOverShare``, a
-  429 with ``Retry-After``. The one waiter lets a busy tenant's momentary burst (three of
-  four threads for a few milliseconds, common under Zipf traffic) through without a 429,
-  and costs a flood at most one more thread.
+  requests to finish, at most ``wait`` seconds, and only while a thread is free; once
+  every thread is taken, someone may be queued for one behind it, so it gives its own up
+  at once: ``TenantOverShare``, a 429 with ``Retry-After``.
 
 Other tenants never wait here: below its share a request is admitted at once. The share
 bounds, per worker, how many connections (of its pool, of the connection budget, of the
@@ -79,7 +76,7 @@ class FairShare:
         """
         with self._cond:
             self._in_flight += 1
-            self._cond.notify_all()  # waiters give up if this took the last thread (bar a lone one)
+            self._cond.notify_all()  # waiters give up if this took the last thread
             if self._admissible_locked(tenant_id):
                 self._admit_locked(tenant_id)
                 outcome = "admitted"
@@ -118,7 +115,7 @@ class FairShare:
         self._waiting[tenant_id] = self._waiting.get(tenant_id, 0) + 1
         deadline = self._clock() + self.wait
         try:
-            while self._in_flight < self.threads or sum(self._waiting.values()) == 1:
+            while self._in_flight < self.threads:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     break

@@ -47,27 +47,10 @@ def test_fairshare_tenant_alone_uses_every_thread() -> None:
     assert outcomes.counts == {"admitted": 4}
 
 
-def _waiting_over_share(share: FairShare, tenant: uuid.UUID) -> threading.Event:
-    """A request of ``tenant`` over its share, waiting in a thread; set when it was refused."""
-    refused = threading.Event()
-
-    def over() -> None:
-        try:
-            share.enter(tenant)
-        except TenantOverShare:
-            refused.set()
-
-    before = share.waiting(tenant)
-    threading.Thread(target=over, daemon=True).start()
-    assert eventually(lambda: share.waiting(tenant) == before + 1, timeout=GUARD)
-    return refused
-
-
-def test_fairshare_over_share_is_refused_at_once_when_every_thread_is_taken_and_one_waits() -> None:
-    share, _, outcomes = _share(threads=5)
+def test_fairshare_over_share_is_refused_at_once_when_every_thread_is_taken() -> None:
+    share, _, outcomes = _share()
     _crowd(share)
-    _waiting_over_share(share, A)
-    share.enter(B)  # five threads in use, two of them A's, one waiting for A's share
+    share.enter(B)  # four threads in use, two of them A's
 
     with pytest.raises(TenantOverShare) as raised:
         share.enter(A)
@@ -75,20 +58,6 @@ def test_fairshare_over_share_is_refused_at_once_when_every_thread_is_taken_and_
     assert raised.value.retry_after == 1
     assert outcomes.counts["rejected"] == 1
     assert share.running(A) == 2
-
-
-def test_fairshare_a_lone_burst_over_share_waits_even_when_every_thread_is_taken() -> None:
-    share, _, outcomes = _share()
-    _crowd(share)
-    admitted = threading.Event()
-    threading.Thread(target=lambda: (share.enter(A), admitted.set()), daemon=True).start()
-    assert eventually(lambda: share.waiting(A) == 1, timeout=GUARD)  # four threads in use
-
-    share.leave(A)  # one of A's requests ends: the burst takes its place, no 429
-
-    assert admitted.wait(GUARD)
-    assert share.running(A) == 2
-    assert outcomes.counts["waited"] == 1
 
 
 def test_fairshare_other_tenants_never_wait() -> None:
@@ -117,18 +86,26 @@ def test_fairshare_over_share_waits_for_its_tenant_while_a_thread_is_free() -> N
     assert outcomes.counts["waited"] == 1
 
 
-def test_fairshare_one_of_two_waiters_gives_up_when_the_last_thread_is_taken() -> None:
-    share, _, outcomes = _share(threads=6)
+def test_fairshare_waiting_request_gives_up_when_the_last_thread_is_taken() -> None:
+    share, _, outcomes = _share(threads=5)
     _crowd(share)
-    first, second = _waiting_over_share(share, A), _waiting_over_share(share, A)
+    refused = threading.Event()
 
-    share.enter(B)  # someone may now queue for a thread: a waiter frees its own
+    def over() -> None:
+        try:
+            share.enter(A)
+        except TenantOverShare:
+            refused.set()
 
-    assert eventually(lambda: first.is_set() or second.is_set(), timeout=GUARD)
-    assert share.waiting(A) == 1  # the other is alone again, with a thread free
-    share.leave(A)
-    assert eventually(lambda: share.running(A) == 2 and share.waiting(A) == 0, timeout=GUARD)
-    assert outcomes.counts == {"admitted": 4, "rejected": 1, "waited": 1}
+    waiter = threading.Thread(target=over)
+    waiter.start()
+    assert eventually(lambda: share.waiting(A) == 1, timeout=GUARD)
+
+    share.enter(B)  # someone may now queue for a thread: the waiter frees its own
+
+    assert refused.wait(GUARD)
+    waiter.join(GUARD)
+    assert outcomes.counts["rejected"] == 1
 
 
 def test_fairshare_wait_is_bounded() -> None:
