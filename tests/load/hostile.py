@@ -60,7 +60,6 @@ def _env(owner_url: str) -> dict[str, str]:
         "APP_ENCRYPTION_ACTIVE_KEY": "load1",
         "APP_ADMIN_TOKEN": secrets.token_urlsafe(32),
         "APP_SCRAM_ITERATIONS": "64",
-        "APP_LOG_LEVEL": "WARNING",
     }
 
 
