@@ -10,6 +10,20 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 from marshmallow import fields
 
+from app.api.openapi_parts import (
+    ADMIN_ACTIONS,
+    ADMIN_OPERATION,
+    ADMIN_TENANT_OPERATION,
+    CONSISTENCY_TOKEN,
+    CONSISTENCY_TOKEN_PARAMETER,
+    IDEMPOTENCY_KEY,
+    NEXT_LINK,
+    PROBLEM,
+    PROBLEM_SCHEMA,
+    RECORD_ID,
+    TENANT_HEADERS,
+    WRITE_HEADERS,
+)
 from app.api.resource import Resource
 from app.schemas.common import ColumnList
 from app.schemas.stats import TenantStatsSchema
@@ -20,89 +34,6 @@ from app.schemas.tenants import (
     TenantSchema,
     TenantWithKeySchema,
 )
-
-_UUID = {"type": "string", "format": "uuid"}
-_TENANT_HEADERS = [
-    {
-        "in": "header",
-        "name": "X-Tenant-ID",
-        "required": False,
-        "schema": _UUID,
-        "description": "The tenant the request is for. Required with an API key (whose "
-        "tenant it must be); optional with an end user's JWT, whose tenant claim it must "
-        "then equal.",
-    }
-]
-# Read-your-writes, as a reusable parameter (components.parameters.ConsistencyToken) that
-# every read accepts: declared there rather than on each operation, because schemathesis
-# then counts the fuzz tests' real Authorization header as generated ("ignored auth").
-_CONSISTENCY_TOKEN_PARAMETER = {
-    "name": "X-Consistency-Token",
-    "required": False,
-    "schema": {"type": "string", "pattern": r"^1\.[0-9a-f]{16}\.[0-9a-f]{8}$"},
-    "description": "Read-your-writes: the X-Consistency-Token of a write's response, "
-    "sent back as-is on a read, which is then answered only by a server that has that "
-    "write (a caught-up read replica, else the primary). Opaque; a malformed one is a "
-    "400. Without it a read may be served by a replica behind by at most "
-    "APP_REPLICA_MAX_LAG seconds.",
-}
-_CONSISTENCY_TOKEN = {
-    "X-Consistency-Token": {
-        "description": "The position of what this write committed; send it back on reads "
-        "that must see it (opaque)",
-        "schema": {"type": "string"},
-    }
-}
-_PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-_PROBLEM_SCHEMA = {
-    "type": "object",
-    "required": ["type", "title", "status", "code"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "code": {"type": "string"},
-        "request_id": {"type": "string", "nullable": True},
-        "errors": {"type": "object"},
-    },
-}
-_RECORD_ID = {"in": "path", "name": "record_id", "required": True, "schema": _UUID}
-_NEXT_LINK = {
-    "description": '`<same list, after=<cursor>>; rel="next"` when more rows may follow',
-    "schema": {"type": "string"},
-}
-_TENANT_ID = {"in": "path", "name": "tenant_id", "required": True, "schema": _UUID}
-_IDEMPOTENCY_KEY = {
-    "in": "header",
-    "name": "Idempotency-Key",
-    "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-    "description": "Makes a retry safe (IETF httpapi-idempotency-key-header): the same key "
-    "with the same request within APP_IDEMPOTENCY_TTL (default 24 h) gets the first answer "
-    "again, with Idempotent-Replayed: true, and changes nothing. 1 to 255 printable ASCII "
-    "characters other than double quote, backslash and comma (the draft's quoted form, "
-    '"<key>", is the same key); per tenant and end user; 409 while the first request with '
-    "it runs, 422 when it was used with another request. "
-    "Only successful answers are kept: a failed write may be retried with its key.",
-}
-_REPLAYED = {
-    "Idempotent-Replayed": {
-        "description": "`true` when this is the stored answer to an earlier request with the "
-        "same Idempotency-Key",
-        "schema": {"type": "string", "enum": ["true"]},
-    }
-}
-_WRITE_HEADERS = {**_REPLAYED, **_CONSISTENCY_TOKEN}
-_ADMIN_OPERATION = {"tags": ["admin"], "security": [{"adminToken": []}]}
-_ADMIN_TENANT_OPERATION = {**_ADMIN_OPERATION, "parameters": [_TENANT_ID]}
-# POST /v1/admin/tenants/{tenant_id}/<action>: (response schema, summary).
-_ADMIN_ACTIONS = {
-    "rotate-credentials": ("Tenant", "New database password, online"),
-    "rotate-api-key": ("TenantWithKey", "New API key, in this response only"),
-    "suspend": ("Tenant", "Refuse its requests (403); keep its data"),
-    "resume": ("Tenant", "Serve it again"),
-}
 
 
 def build_spec(resources: list[tuple[Resource, str]]) -> dict[str, Any]:
@@ -151,15 +82,15 @@ def _new_spec() -> APISpec:
             "tenant in its tenant claim, the user in sub, their roles in the roles claim.",
         },
     )
-    spec.components.schema("Problem", _PROBLEM_SCHEMA)
-    spec.components.parameter("ConsistencyToken", "header", _CONSISTENCY_TOKEN_PARAMETER)
+    spec.components.schema("Problem", PROBLEM_SCHEMA)
+    spec.components.parameter("ConsistencyToken", "header", CONSISTENCY_TOKEN_PARAMETER)
     return spec
 
 
 def _error_responses() -> dict[str, Any]:
     """The error responses every operation may give, by status code."""
     errors: dict[str, Any] = {
-        str(code): {"description": "problem", "content": _PROBLEM}
+        str(code): {"description": "problem", "content": PROBLEM}
         for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)
     }
     # Refused by gunicorn before the app sees the request, so with gunicorn's HTML body.
@@ -176,12 +107,12 @@ def _write_errors(errors: dict[str, Any]) -> dict[str, Any]:
             "description": "problem: a record with these values exists already (conflict), or "
             "the first request with this Idempotency-Key is still running "
             "(idempotency_key_in_use: retry once it has answered)",
-            "content": _PROBLEM,
+            "content": PROBLEM,
         },
         "422": {
             "description": "problem: invalid fields (validation_failed), or this "
             "Idempotency-Key was used with another request (idempotency_key_reused)",
-            "content": _PROBLEM,
+            "content": PROBLEM,
         },
     }
 
@@ -205,11 +136,11 @@ def _add_collection_path(
             "get": {
                 **common,
                 "operationId": f"list_{resource.name}{_suffix(prefix)}",
-                "parameters": [*_TENANT_HEADERS, {"in": "query", "schema": type(resource.query)}],
+                "parameters": [*TENANT_HEADERS, {"in": "query", "schema": type(resource.query)}],
                 "responses": {
                     "200": {
                         "description": "a page",
-                        "headers": {"Link": _NEXT_LINK},
+                        "headers": {"Link": NEXT_LINK},
                         **_json(f"{title}Page"),
                     },
                     **errors,
@@ -218,10 +149,10 @@ def _add_collection_path(
             "post": {
                 **common,
                 "operationId": f"create_{resource.name}{_suffix(prefix)}",
-                "parameters": [*_TENANT_HEADERS, _IDEMPOTENCY_KEY],
+                "parameters": [*TENANT_HEADERS, IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, **_json(f"{title}Create")},
                 "responses": {
-                    "201": {"description": "created", "headers": _WRITE_HEADERS, **_json(title)},
+                    "201": {"description": "created", "headers": WRITE_HEADERS, **_json(title)},
                     **_write_errors(errors),
                 },
             },
@@ -232,8 +163,8 @@ def _add_collection_path(
 def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[str, Any]) -> None:
     """``prefix/{record_id}``: get, patch and delete one record."""
     title = resource.title
-    item = {**_tenant_operation(resource), "parameters": [*_TENANT_HEADERS, _RECORD_ID]}
-    write = {**item, "parameters": [*_TENANT_HEADERS, _RECORD_ID, _IDEMPOTENCY_KEY]}
+    item = {**_tenant_operation(resource), "parameters": [*TENANT_HEADERS, RECORD_ID]}
+    write = {**item, "parameters": [*TENANT_HEADERS, RECORD_ID, IDEMPOTENCY_KEY]}
     spec.path(
         path=f"{prefix}/{{record_id}}",
         operations={
@@ -247,7 +178,7 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
                 "operationId": f"patch_{resource.name}{_suffix(prefix)}",
                 "requestBody": {"required": True, **_json(f"{title}Patch")},
                 "responses": {
-                    "200": {"description": "updated", "headers": _WRITE_HEADERS, **_json(title)},
+                    "200": {"description": "updated", "headers": WRITE_HEADERS, **_json(title)},
                     **_write_errors(errors),
                 },
             },
@@ -255,7 +186,7 @@ def _add_item_path(spec: APISpec, resource: Resource, prefix: str, errors: dict[
                 **write,
                 "operationId": f"delete_{resource.name}{_suffix(prefix)}",
                 "responses": {
-                    "204": {"description": "deleted", "headers": _WRITE_HEADERS},
+                    "204": {"description": "deleted", "headers": WRITE_HEADERS},
                     **_write_errors(errors),
                 },
             },
@@ -268,7 +199,7 @@ def _tenant_operation(resource: Resource) -> dict[str, Any]:
     return {
         "tags": [resource.name],
         "security": [{"apiKey": []}, {"endUserJwt": []}],
-        "parameters": _TENANT_HEADERS,
+        "parameters": TENANT_HEADERS,
     }
 
 
@@ -287,7 +218,7 @@ def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
         path="/v1/admin/tenants/{tenant_id}/stats",
         operations={
             "get": {
-                **_ADMIN_TENANT_OPERATION,
+                **ADMIN_TENANT_OPERATION,
                 **_ok("200", "TenantStats", "the tenant across the workers", errors),
                 "summary": "Its engines, connections, requests and logins in every worker",
                 "operationId": "admin_tenant_stats",
@@ -298,18 +229,18 @@ def _add_admin_paths(spec: APISpec, errors: dict[str, Any]) -> None:
 
 def _add_admin_collection_path(spec: APISpec, errors: dict[str, Any]) -> None:
     """``/v1/admin/tenants``: list tenants, create one (409 when it exists)."""
-    admin_errors = {**errors, "409": {"description": "problem", "content": _PROBLEM}}
+    admin_errors = {**errors, "409": {"description": "problem", "content": PROBLEM}}
     spec.path(
         path="/v1/admin/tenants",
         operations={
             "get": {
-                **_ADMIN_OPERATION,
+                **ADMIN_OPERATION,
                 **_ok("200", "TenantPage", "a page of tenants, oldest first", errors),
                 "operationId": "admin_list_tenants",
                 "parameters": [{"in": "query", "schema": TenantListQuerySchema}],
             },
             "post": {
-                **_ADMIN_OPERATION,
+                **ADMIN_OPERATION,
                 "operationId": "admin_create_tenant",
                 "summary": "Create a tenant; its API key is in this response only",
                 "requestBody": {"required": True, **_json("TenantCreate")},
@@ -328,16 +259,16 @@ def _add_admin_tenant_path(spec: APISpec, errors: dict[str, Any]) -> None:
         path="/v1/admin/tenants/{tenant_id}",
         operations={
             "get": {
-                **_ADMIN_TENANT_OPERATION,
+                **ADMIN_TENANT_OPERATION,
                 **_ok("200", "Tenant", "the tenant", errors),
                 "operationId": "admin_get_tenant",
             },
             "delete": {
-                **_ADMIN_TENANT_OPERATION,
+                **ADMIN_TENANT_OPERATION,
                 "operationId": "admin_delete_tenant",
                 "summary": "End its sessions, drop its role, delete its rows and secret",
                 "responses": {
-                    "204": {"description": "deleted", "headers": _CONSISTENCY_TOKEN},
+                    "204": {"description": "deleted", "headers": CONSISTENCY_TOKEN},
                     **errors,
                 },
             },
@@ -347,12 +278,12 @@ def _add_admin_tenant_path(spec: APISpec, errors: dict[str, Any]) -> None:
 
 def _add_admin_action_paths(spec: APISpec, errors: dict[str, Any]) -> None:
     """``/v1/admin/tenants/{tenant_id}/<action>``: one POST per lifecycle action."""
-    for action, (schema, summary) in _ADMIN_ACTIONS.items():
+    for action, (schema, summary) in ADMIN_ACTIONS.items():
         spec.path(
             path=f"/v1/admin/tenants/{{tenant_id}}/{action}",
             operations={
                 "post": {
-                    **_ADMIN_TENANT_OPERATION,
+                    **ADMIN_TENANT_OPERATION,
                     **_ok("200", schema, "done", errors),
                     "summary": summary,
                     "operationId": f"admin_{action.replace('-', '_')}",
@@ -375,7 +306,7 @@ def _add_health_paths(spec: APISpec) -> None:
                     "summary": summary,
                     "responses": {
                         "200": {"description": "ok"},
-                        "503": {"description": "not ready", "content": _PROBLEM},
+                        "503": {"description": "not ready", "content": PROBLEM},
                     },
                 }
             },
