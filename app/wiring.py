@@ -52,33 +52,21 @@ LISTENER_MAX_DELAY = 2.0
 def build_tenancy(settings: Settings) -> Tenancy:
     """Wire the worker's tenancy from settings; connects to nothing yet."""
     dbwait.install()
-    control_engine = create_control_engine(
-        settings.database_url,
-        connect_timeout=settings.connect_timeout,
-        io_timeout=settings.database_io_timeout,
-        pool_timeout=settings.pool_timeout,
-    )
+    control_engine, clusters = _control_plane(settings)
     observer = TenancyMetrics()
     observer.budget_limit(settings.connection_budget)
     activity = TenantActivity()
     directory = TenantDirectory(control_engine, ttl=settings.tenant_cache_ttl)
-    clusters = Clusters.configured(
-        control_engine,
-        settings.clusters,
-        # Owner work (moves, removals) may run long statements: keepalives, no io bound.
-        connect_args=dbwait.connect_args(connect_timeout=settings.connect_timeout, io_timeout=None),
-    )
     budget = ConnectionBudget(
         settings.connection_budget, timeout=settings.pool_timeout, observer=observer
     )
     backoff = LoginBackoff(observer=observer)
     keyring = Keyring(settings.encryption_keys, settings.encryption_active_key)
-    pool = _pool_settings(settings)
     engines = TenantEngineFactory(
         directory,
         keyring,
         clusters.url,
-        pool,
+        _pool_settings(settings),
         budget=budget,
         backoff=backoff,
         # Read once per cluster and worker: the key changes only with the database.
@@ -89,26 +77,19 @@ def build_tenancy(settings: Settings) -> Tenancy:
     gateway_fetch = functools.partial(
         gateway_access, clusters, keyring, scram_iterations=settings.scram_iterations
     )
-    gateways = _gateways(settings, gateway_fetch, directory, observer)
-    registry = _registry(settings, engines, observer)
     tenancy = Tenancy(
         control_engine,
         directory,
-        registry,
+        _registry(settings, engines, observer),
         keyring,
         role_limits(settings),
         budget,
         backoff,
         clusters,
         engines,
-        gateways,
+        _gateways(settings, gateway_fetch, directory, observer),
         _serving_ways(settings),
-        FairShare(
-            settings.threads,
-            min(settings.tenant_thread_share, settings.threads),
-            wait=settings.tenant_share_wait,
-            observer=observer,
-        ),
+        _fair_share(settings, observer),
         AuthThrottle(settings.auth_failure_limit),
         observer=observer,
         activity=activity,
@@ -117,6 +98,29 @@ def build_tenancy(settings: Settings) -> Tenancy:
     tenancy.replicas = _read_replicas(settings, tenancy, gateway_fetch)
     _attach_background(tenancy, settings, control_engine)
     return tenancy
+
+
+def _control_plane(settings: Settings) -> tuple[sa.Engine, Clusters]:
+    """The control-plane engine and the clusters' owner engines (none connected yet)."""
+    control_engine = create_control_engine(
+        settings.database_url,
+        connect_timeout=settings.connect_timeout,
+        io_timeout=settings.database_io_timeout,
+        pool_timeout=settings.pool_timeout,
+    )
+    clusters = Clusters.configured(
+        control_engine,
+        settings.clusters,
+        # Owner work (moves, removals) may run long statements: keepalives, no io bound.
+        connect_args=dbwait.connect_args(connect_timeout=settings.connect_timeout, io_timeout=None),
+    )
+    return control_engine, clusters
+
+
+def _fair_share(settings: Settings, observer: Observer) -> FairShare:
+    # A share at or above the thread count means no cap.
+    share = min(settings.tenant_thread_share, settings.threads)
+    return FairShare(settings.threads, share, wait=settings.tenant_share_wait, observer=observer)
 
 
 def _read_replicas(
