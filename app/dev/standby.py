@@ -63,12 +63,28 @@ def make_standby(
     password = primary.superuser_password
     if password is None:
         raise ClusterError("the primary's superuser password is unknown")
+    standby = LocalCluster(datadir, bindir=primary.bindir, superuser_password=password)
+    _base_backup(primary, standby, name, password)
+    settings = {"cluster_name": name, "hot_standby": "on", "hot_standby_feedback": "on"}
+    if apply_delay_ms is not None:
+        settings["recovery_min_apply_delay"] = f"{apply_delay_ms}ms"
+    standby.start(
+        port, max_connections=max_connections, extra_settings={**settings, **(extra_settings or {})}
+    )
+    _wait_for(lambda: replication_state(primary, name) is not None, timeout, f"{name} streaming")
+    if synchronous:
+        require_synchronous(primary, name, timeout=timeout)
+    return standby
+
+
+def _base_backup(primary: LocalCluster, standby: LocalCluster, name: str, password: str) -> None:
+    """``pg_basebackup -R`` of ``primary`` into the standby's (new) data directory."""
+    datadir = standby.datadir
     passfile = datadir.parent / f".pgpass-{name}"
     passfile.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(f"127.0.0.1:{primary.port}:*:{SUPERUSER}:{password}\n")
-    standby = LocalCluster(datadir, bindir=primary.bindir, superuser_password=password)
     # The cluster's own helpers: the server user must reach and own them when we are root.
     standby._check_traversable(datadir.parent)
     datadir.mkdir(mode=0o700)
@@ -93,16 +109,6 @@ def make_standby(
     )
     if result.returncode != 0:
         raise ClusterError(f"pg_basebackup failed: {result.stderr.strip().splitlines()[-1:]}")
-    settings = {"cluster_name": name, "hot_standby": "on", "hot_standby_feedback": "on"}
-    if apply_delay_ms is not None:
-        settings["recovery_min_apply_delay"] = f"{apply_delay_ms}ms"
-    standby.start(
-        port, max_connections=max_connections, extra_settings={**settings, **(extra_settings or {})}
-    )
-    _wait_for(lambda: replication_state(primary, name) is not None, timeout, f"{name} streaming")
-    if synchronous:
-        require_synchronous(primary, name, timeout=timeout)
-    return standby
 
 
 def require_synchronous(primary: LocalCluster, *names: str, timeout: float = 30.0) -> None:
