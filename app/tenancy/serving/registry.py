@@ -1,9 +1,9 @@
 """The per-worker registry of tenant engines: one dict, one lock, per-tenant creations.
 
 Engines are created on a tenant's first request, kept while used, and disposed when idle
-for ``idle_ttl`` (``reap_idle``, called by the reaper thread), when the registry holds
-more than ``max_engines`` (least recently used first), when a tenant change event
-arrives (``evict``), at worker exit (``dispose_all``) and after a fork (in the child).
+for ``idle_ttl`` (``reap_idle``, by the reaper thread), beyond ``max_engines`` (least
+recently used first), on a tenant change event (``evict``), at worker exit
+(``dispose_all``) and after a fork (in the child).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ EngineFactory = Callable[[uuid.UUID], sa.Engine]
 
 Clock = Callable[[], float]
 """Seconds from an arbitrary origin; ``time.monotonic`` unless a test fakes it."""
-
 
 SessionFactory = Callable[[sa.Engine], orm.sessionmaker[S]]
 """Builds the sessionmaker of a newly created engine; cheap, no I/O."""
@@ -79,15 +78,14 @@ class EngineRegistry(Generic[S]):
     others wait, then read the entry again under the lock. So concurrent first requests
     of a tenant create one engine, and a slow tenant delays neither other tenants' hot
     path nor their creation. If the factory raises, the exception (the same object)
-    reaches the caller that ran it and every caller already waiting for that attempt
-    (they do not call the factory again); nothing is cached, and the next call tries
-    again. Nothing here bounds the wait for a factory: its own timeouts must.
+    reaches the caller that ran it and every caller waiting for that attempt (they do
+    not call the factory again); nothing is cached, and the next call tries again. The
+    factory's own timeouts bound the wait for it.
 
-    Counters (for inspection and tests; metrics get the same facts through the observer;
-    written under the lock): ``created``,
-    ``evicted_by_reason`` (``idle``, ``lru``, ``event`` or the reason given to ``evict``,
-    ``shutdown``, ``fork``) and ``over_capacity`` (inserts that left more than
-    ``max_engines`` engines because all the others had connections checked out).
+    Counters (for tests; metrics get the same facts through the observer; written under
+    the lock): ``created``, ``evicted_by_reason`` (``idle``, ``lru``, ``event`` or the
+    reason given to ``evict``, ``shutdown``, ``fork``) and ``over_capacity`` (inserts that
+    left more than ``max_engines`` engines because all others had connections checked out).
     """
 
     def __init__(
@@ -375,8 +373,8 @@ class EngineRegistry(Generic[S]):
     def _reset_after_fork(self) -> None:
         """In a forked child: drop the parent's engines, locks and creations.
 
-        Runs single threaded, without taking the lock: a parent thread may have held it
-        at fork time, and that thread does not exist here to release it.
+        Single threaded, without the lock: a parent thread may have held it at fork time,
+        and that thread does not exist here to release it.
         """
         entries = list(self._entries.values())
         self._lock = threading.Lock()
@@ -385,9 +383,8 @@ class EngineRegistry(Generic[S]):
         self._count_locked("fork", len(entries))
         for entry in entries:
             entry.retired = True
-            # close=False: the connections are the parent's; only forget them. When the
-            # child garbage collects them psycopg2 leaves them open, as it only closes a
-            # connection in the process that opened it (checked on PostgreSQL 15).
+            # close=False: the parent's connections, only forgotten; psycopg2 closes a
+            # connection only in the process that opened it (checked on PostgreSQL 15).
             entry.engine.dispose(close=False)
 
 
