@@ -168,7 +168,9 @@ class Tenancy:
         opened = False
         started = time.perf_counter()
         try:
-            on_replica = self._replica_session(context, dedicated, token) if read_only else None
+            on_replica = None
+            if read_only and record is not None:
+                on_replica = self._replica_session(context, record, dedicated, token)
             session, way = on_replica or self._primary_session(context, read_only, dedicated)
             opened = True
         finally:
@@ -196,13 +198,14 @@ class Tenancy:
         return self._shared_session(context, read_only), SHARED
 
     def _replica_session(
-        self, context: TenantContext, dedicated: bool, token: ConsistencyToken | None
+        self,
+        context: TenantContext,
+        record: TenantRecord,
+        dedicated: bool,
+        token: ConsistencyToken | None,
     ) -> tuple[TenantSession, str] | None:
         """A read on a replica of the tenant's cluster, and its way; None: on the primary."""
-        if self.replicas is None:
-            return None
-        record = self.directory.find(uuid.UUID(context.tenant_id))
-        if record is None or not self.replicas.has_replicas(record.cluster):
+        if self.replicas is None or not self.replicas.has_replicas(record.cluster):
             return None
         position = None if token is None else token.for_cluster(record.cluster)
         if token is not None and position is None:

@@ -18,6 +18,7 @@ name).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -25,6 +26,9 @@ import uuid
 from dataclasses import dataclass
 
 __all__ = ["ContextSigner", "TenantContext"]
+
+OPENINGS_CACHED = 1024
+"""Openings a signer keeps: one per (context, connection) in recent use."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,11 @@ class ContextSigner:
         self._shared = shared
         self._timeout = int(statement_timeout_ms)
         self._pid = os.getpid()  # signers are made in the worker, never before a fork
+        # Every statement of a transaction sends the same opening, and a pooled connection
+        # serves the same few contexts again and again: sign each pair once, not per statement.
+        self.opening = functools.lru_cache(maxsize=OPENINGS_CACHED)(self._opening)
 
-    def opening(self, context: TenantContext, binding: str) -> str:
+    def _opening(self, context: TenantContext, binding: str) -> str:
         """The context statement (no trailing ``;``): signature first, as the verifier wants."""
         roles = ",".join(context.roles)
         admin = "true" if context.admin else "false"
