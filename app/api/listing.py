@@ -28,11 +28,12 @@ from __future__ import annotations
 import enum
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
 from app.api.cursor import Cursor
 from app.schemas.common import ListQuerySchema
@@ -43,6 +44,8 @@ MAX_OFFSET = 10_000
 """Rows a page may skip (``(page - 1) * page_size``); deeper pages use ``after=``."""
 SEARCH_SCAN = 10_000
 """Rows one search request examines at most."""
+STRETCH = 250
+"""Rows a first page reads to count its list on its own (see ``ListStatements.page``)."""
 
 TOTAL = "_total"
 SCANNED = "_scanned"
@@ -120,6 +123,12 @@ class ListShape:
         dated = (self.date_after or self.date_before) and self.sort_column != DATE_COLUMN
         return bool(self.search_columns or self.filters or dated)
 
+    @property
+    def stretched(self) -> bool:
+        """Whether the page counts its list itself, up to a stretch of rows (not windowed, no
+        cursor: a cursor's page does not say how many rows came before it)."""
+        return not self.windowed and self.keyset is Keyset.NONE
+
     @classmethod
     def space(cls, resource: Listable) -> Iterator[ListShape]:
         """Every shape a request to ``resource`` can have: a finite set."""
@@ -157,6 +166,8 @@ class ListShape:
             values["scan"] = SEARCH_SCAN
         else:
             values["cap"] = COUNT_CAP + 1
+        if self.stretched:
+            values["stretch"] = max(STRETCH, offset + limit + 1)
         if self.search_columns:
             # %, _ and the escape character in the search text match literally.
             text = params["search"]
@@ -173,10 +184,21 @@ class ListShape:
         return values
 
 
+@dataclass(frozen=True)
+class ListPage:
+    """What a list statement read: the page's rows (one more than asked for if there are
+    more), and the list's total, capped at ``COUNT_CAP`` (or, windowed, among the rows
+    examined, ``capped`` when rows were left unexamined)."""
+
+    rows: Sequence[sa.Row[Any]]
+    total: int
+    capped: bool
+
+
 class ListStatements:
     """The statements of one table, per :class:`ListShape`, built once.
 
-    Bounded: at most one page statement and one window-end statement per shape of the
+    Bounded: at most one page, one count and one window-end statement per shape of the
     finite space (:meth:`ListShape.space`). A race builds the same statement twice; the
     dict operations themselves are atomic.
     """
@@ -185,26 +207,55 @@ class ListStatements:
         self._table = table
         self._output = output_columns
         self._pages: dict[ListShape, sa.Select[Any]] = {}
+        self._counts: dict[ListShape, sa.Select[int]] = {}
         self._window_ends: dict[ListShape, sa.Select[Any, uuid.UUID]] = {}
 
     def __len__(self) -> int:
         """Statements held (for tests of the bound)."""
-        return len(self._pages) + len(self._window_ends)
+        return len(self._pages) + len(self._counts) + len(self._window_ends)
 
     def shapes(self) -> frozenset[ListShape]:
         """The shapes a page statement was built for."""
         return frozenset(self._pages)
 
-    def page(self, shape: ListShape) -> sa.Select[Any]:
-        """One page of rows, each carrying the (capped) total: one query, one round trip.
+    def read(self, session: orm.Session, shape: ListShape, values: dict[str, Any]) -> ListPage:
+        """Run the shape's page statement, and its count when the page cannot tell the total.
 
-        The page is outer-joined to the count, so an empty page still gives one row: its
-        record columns are NULL and it carries the total.
+        A stretched shape's page (no search, no cursor) reads the first ``stretch`` rows of
+        the list, at least ``STRETCH``, in one scan of the table and counts them: a list
+        that ends within them is counted exactly, at no further cost. That is one scan and
+        one set of the policy's checks, not two, for every list of up to ``STRETCH`` rows.
+        A longer list (or a page past the end of one) takes a second statement, the capped
+        count, which an index-only scan answers. Other shapes read their page and its total
+        in one statement, the page outer-joined to the total so that an empty page still
+        gives one row, with NULL record columns.
         """
+        rows = session.execute(self.page(shape), values).all()
+        if shape.stretched:
+            total = rows[0]._mapping[TOTAL] if rows else 0
+            if total >= values["stretch"] or (not rows and values["offset"]):
+                total = session.execute(self.count(shape), values).scalar_one()
+            return ListPage(rows, min(total, COUNT_CAP), total > COUNT_CAP)
+        total, scanned = rows[0]._mapping[TOTAL], rows[0]._mapping[SCANNED]
+        rows = [row for row in rows if row.id is not None]
+        if shape.windowed:
+            return ListPage(rows, total, scanned >= SEARCH_SCAN)
+        return ListPage(rows, min(total, COUNT_CAP), total > COUNT_CAP)
+
+    def page(self, shape: ListShape) -> sa.Select[Any]:
+        """The statement of one page of rows, each carrying the list's total (see ``read``)."""
         statement = self._pages.get(shape)
         if statement is None:
             statement = self._build_page(shape)
             self._pages[shape] = statement
+        return statement
+
+    def count(self, shape: ListShape) -> sa.Select[int]:
+        """The shape's rows counted up to ``cap`` (``COUNT_CAP + 1``)."""
+        statement = self._counts.get(shape)
+        if statement is None:
+            statement = sa.select(sa.func.count()).select_from(self._capped(shape))
+            self._counts[shape] = statement
         return statement
 
     def window_end(self, shape: ListShape) -> sa.Select[Any, uuid.UUID]:
@@ -228,6 +279,18 @@ class ListStatements:
         rows = sa.select(*self._selected(shape)).where(
             *self._narrowing(shape), *self._keyset(shape)
         )
+        if shape.stretched:
+            stretch = (
+                rows.order_by(*self._order(shape))
+                .limit(sa.bindparam("stretch", type_=sa.Integer))
+                .subquery("stretch")
+            )
+            return (
+                sa.select(*stretch.c, sa.func.count().over().label(TOTAL))
+                .order_by(*self._order(shape, stretch.c))
+                .limit(limit)
+                .offset(offset)
+            )
         if shape.windowed:
             # The rows examined: a stretch of at most SEARCH_SCAN, in order, from the cursor.
             scan = sa.bindparam("scan", type_=sa.Integer)
@@ -239,16 +302,9 @@ class ListStatements:
             ).subquery("total")
         else:
             page = rows.order_by(*self._order(shape))
-            capped = (
-                sa.select(sa.literal_column("1"))
-                .select_from(self._table)
-                .where(*self._narrowing(shape))
-                .limit(sa.bindparam("cap", type_=sa.Integer))
-                .subquery()
-            )
             total = (
                 sa.select(sa.func.count().label(TOTAL), sa.null().label(SCANNED))
-                .select_from(capped)
+                .select_from(self._capped(shape))
                 .subquery("total")
             )
         page_rows = page.limit(limit).offset(offset).subquery("page")
@@ -256,6 +312,16 @@ class ListStatements:
             sa.select(*page_rows.c, total.c[TOTAL], total.c[SCANNED])
             .select_from(total.outerjoin(page_rows, sa.true()))
             .order_by(*self._order(shape, page_rows.c))
+        )
+
+    def _capped(self, shape: ListShape) -> sa.Subquery:
+        """The shape's rows (the cursor aside), at most ``cap`` of them, as bare ``1``s."""
+        return (
+            sa.select(sa.literal_column("1"))
+            .select_from(self._table)
+            .where(*self._narrowing(shape))
+            .limit(sa.bindparam("cap", type_=sa.Integer))
+            .subquery()
         )
 
     def _selected(self, shape: ListShape) -> list[sa.Column[Any]]:

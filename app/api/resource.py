@@ -17,7 +17,7 @@ from marshmallow import Schema
 
 from app.api.body import json_object, page_response, query_args
 from app.api.cursor import Cursor
-from app.api.listing import COUNT_CAP, SCANNED, SEARCH_SCAN, TOTAL, ListShape, ListStatements
+from app.api.listing import ListShape, ListStatements
 from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
 from app.idempotency import acknowledge
@@ -82,13 +82,8 @@ class _ResourceViews:
         shape = ListShape.of(self._resource, params, cursor)
         values = shape.values(params, limit=size, offset=(page - 1) * size, cursor=cursor)
         session = tenant_session()
-        rows = session.execute(self._statements.page(shape), values).all()
-        total, scanned = rows[0]._mapping[TOTAL], rows[0]._mapping[SCANNED]
-        rows = [row for row in rows if row.id is not None]  # an empty page is one NULL row
-        if shape.windowed:
-            capped = scanned >= SEARCH_SCAN  # rows may be left unexamined
-        else:
-            capped, total = total > COUNT_CAP, min(total, COUNT_CAP)
+        read = self._statements.read(session, shape, values)
+        rows, total, capped = read.rows, read.total, read.capped
         after = None
         if len(rows) > size:  # one row more than the page: there is a next page
             rows = rows[:size]

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from app.api.listing import COUNT_CAP, SEARCH_SCAN
+from app.api.listing import COUNT_CAP, SEARCH_SCAN, STRETCH
 from app.schemas.common import MAX_OFFSET
 from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant
@@ -94,6 +94,35 @@ def test_list_small_total_is_exact_and_uncapped(
     body = _get(client, tenant_a, "/v1/users", page_size=5).json
     assert (body["total"], body["total_pages"]) == (7, 2)
     assert "total_capped" not in body
+
+
+@pytest.mark.parametrize("rows", [STRETCH - 1, STRETCH, 2 * STRETCH + 3])
+def test_list_total_is_exact_either_side_of_the_stretch(
+    client: FlaskClient, tenancy: Tenancy, rows: int
+) -> None:
+    """A first page counts its list alone while the list ends within the stretch; a longer
+    list, or a page past the end, takes the count statement: the totals agree either way."""
+    tenant = create_tenant(
+        tenancy.clusters, tenancy.keyring, f"stretch-{uuid.uuid4().hex[:8]}", tenancy.limits
+    )
+    _fill(tenancy, tenant, rows)
+    last = -(-rows // 20)
+    for page, size in ((1, 20), (last, 20), (last + 3, 20), (1, 100), (3, 100)):
+        statements: list[str] = []
+
+        def record(*args: Any, seen: list[str] = statements) -> None:
+            seen.append(args[2])
+
+        sa.event.listen(sa.Engine, "before_cursor_execute", record)
+        try:
+            body = _get(client, tenant, "/v1/users", page=page, page_size=size).json
+        finally:
+            sa.event.remove(sa.Engine, "before_cursor_execute", record)
+        assert body["total"] == rows, (page, size)
+        assert len(body["records"]) == max(0, min(size, rows - (page - 1) * size)), (page, size)
+        reads = [s for s in statements if "FROM users" in s]
+        counted_alone = page <= last and rows < max(STRETCH, page * size + 1)
+        assert len(reads) == (1 if counted_alone else 2), (page, size, reads)
 
 
 def test_list_offset_beyond_the_cap_is_422_naming_the_cursor(
