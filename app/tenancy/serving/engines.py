@@ -30,7 +30,13 @@ from app.tenancy.serving.budget import ConnectionBudget
 from app.tenancy.serving.context import ContextSigner
 from app.tenancy.serving.directory import TenantCredentials, TenantDirectory
 from app.tenancy.serving.observer import Observer
-from app.tenancy.serving.session import BINDING, TENANT_DRIVER, translate_moving
+from app.tenancy.serving.session import (
+    BINDING,
+    PINNED,
+    TENANT_DRIVER,
+    pinned,
+    translate_moving,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +205,7 @@ class TenantEngineFactory:
 
 
 # Who the connection is and which backend, in one round trip on connect.
-_WHO_AM_I = "SELECT current_user, session_user, pg_backend_pid()"
+_WHO_AM_I = "SELECT current_user, session_user, pg_backend_pid(), current_setting('search_path')"
 
 
 def refuse_unless_logged_in_as(role: str) -> Callable[[Any, Any], None]:
@@ -218,11 +224,12 @@ def refuse_unless_logged_in_as(role: str) -> Callable[[Any, Any], None]:
     def check(dbapi_connection: Any, record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
             cursor.execute(_WHO_AM_I)
-            current_user, session_user, pid = cursor.fetchone()
+            current_user, session_user, pid, search_path = cursor.fetchone()
         if not dbapi_connection.autocommit:
             dbapi_connection.rollback()  # the SELECT opened a transaction: end it
         refuse_wrong_role(dbapi_connection, role, current_user, session_user)
         record.info[BINDING] = f"{int(pid)}:0"
+        record.info[PINNED] = pinned(search_path)
 
     return check
 

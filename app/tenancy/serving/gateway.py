@@ -39,7 +39,9 @@ from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
     GATEWAY_DRIVER,
+    PINNED,
     TenantSession,
+    pinned,
     tenant_of_failed_transaction,
     translate_moving,
 )
@@ -55,8 +57,23 @@ _RETRY_AFTER_FAILURE = 1.0
 # Who the connection is, in the same round trip: see engines.refuse_unless_logged_in_as.
 _BINDING_QUERY = (
     "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint, "
-    "current_user, session_user FROM pg_stat_get_activity(pg_backend_pid())"
+    "current_user, session_user, current_setting('search_path') "
+    "FROM pg_stat_get_activity(pg_backend_pid())"
 )
+# What a tenant's injected SQL could change at session level (SET, set_config(..., false)) on
+# a shared connection, to the harm of the tenants served on it later. search_path is reset by
+# each transaction's opening (session.pinned); these, which
+# the server reports on every change, are compared when the connection comes back, and a
+# connection whose settings changed is closed rather than pooled.
+_REPORTED = (
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "client_encoding",
+    "standard_conforming_strings",
+    "default_transaction_read_only",
+)
+_REPORTED_AT_CONNECT = "tenantpool.reported"
 # A shared transaction whose role switch was refused: the gateway is no longer a member
 # (tenant suspended, being moved: 42501) or the role is gone (deleted, moved: 22023). Told
 # apart from other errors with these SQLSTATEs (an RLS violation is 42501 too) by where the
@@ -78,17 +95,18 @@ class GatewayAccess:
         return f"GatewayAccess(role={self.role!r}, url={self.url!r})"
 
 
-def backend_binding(dbapi_connection: Any, *, role: str) -> str:
-    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection.
+def backend_binding(dbapi_connection: Any, *, role: str) -> tuple[str, str]:
+    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection, and its
+    search_path at log-in.
 
     Raises TenantUnavailable (and closes the connection) unless it is logged in as ``role``,
     the gateway role: a connection that is anyone else is never used to serve a tenant.
     """
     with dbapi_connection.cursor() as cursor:
         cursor.execute(_BINDING_QUERY)
-        pid, started, current_user, session_user = cursor.fetchone()
+        pid, started, current_user, session_user, search_path = cursor.fetchone()
     refuse_wrong_role(dbapi_connection, role, current_user, session_user)
-    return f"{int(pid)}:{int(started)}"
+    return f"{int(pid)}:{int(started)}", search_path
 
 
 class _GatewayPool:
@@ -123,6 +141,7 @@ class _GatewayPool:
         )
         event.listen(self.engine, "connect", _binding_of(access.role))
         event.listen(self.engine, "checkout", discard_if_closed_by_server)
+        event.listen(self.engine, "checkin", _close_if_changed)
         event.listen(self.engine, "handle_error", translate_moving)
         event.listen(self.engine, "handle_error", _refusals(on_refused))
         if writable:
@@ -172,9 +191,28 @@ def _binding_of(role: str) -> Callable[[Any, Any], None]:
     """Pool ``connect`` hook: check the new connection is ``role`` and remember its binding."""
 
     def remember(dbapi_connection: Any, record: Any) -> None:
-        record.info[BINDING] = backend_binding(dbapi_connection, role=role)
+        record.info[BINDING], search_path = backend_binding(dbapi_connection, role=role)
+        record.info[PINNED] = pinned(search_path)
+        record.info[_REPORTED_AT_CONNECT] = _reported(dbapi_connection)
 
     return remember
+
+
+def _reported(dbapi_connection: Any) -> tuple[str | None, ...]:
+    return tuple(dbapi_connection.get_parameter_status(name) for name in _REPORTED)
+
+
+def _close_if_changed(dbapi_connection: Any, record: Any) -> None:
+    """Pool ``checkin`` hook: a connection whose session settings a tenant changed is closed."""
+    if dbapi_connection is None or record.info.get(_REPORTED_AT_CONNECT) == _reported(
+        dbapi_connection
+    ):
+        return
+    logger.warning(
+        "closed a shared connection whose session settings a tenant's SQL changed (%s)",
+        ", ".join(_REPORTED),
+    )
+    record.invalidate()
 
 
 def _refusals(on_refused: Callable[[uuid.UUID], object]) -> Callable[[Any], None]:

@@ -50,6 +50,9 @@ BINDING = "tenantpool.binding"
 """Key of a connection's binding (``<pid>:<backend start>``, ``<pid>:0`` for a tenant's own
 connection) in its pool record's info: what its signatures are made for."""
 
+PINNED = "tenantpool.pinned"
+"""Key of what a connection's opening also sets (:func:`pinned`), in its pool record's info."""
+
 COMMIT_POSITION = "tenantpool.commit_position"
 """Key, in a connection's info, of the WAL position its last ``COMMIT`` reached (an int)."""
 
@@ -116,6 +119,18 @@ def _set_tenant(session: orm.Session, transaction: object, connection: sa.Connec
         session.info["context"],
         session.info["read_only"],
     )
+
+
+def pinned(search_path: str) -> str:
+    """The opening's reset of ``search_path`` to ``search_path``, its value at log-in.
+
+    SQL injected into one transaction may change it for the session (``SET search_path``),
+    and PostgreSQL 15 does not report that to the client: reset for every transaction, it
+    cannot make a later one's names (the move gate, the tables) mean anything else, on a
+    gateway connection for the next tenant, on a tenant's own for its next request.
+    """
+    quoted = search_path.replace("'", "''")
+    return f", set_config('search_path', '{quoted}', true)"
 
 
 def tenant_of_failed_transaction(context: sa.engine.ExceptionContext) -> uuid.UUID | None:
@@ -241,6 +256,7 @@ class TenantDialect(PGDialect_psycopg2):
             raise sa.exc.InvalidRequestError("a tenant engine needs a signer for its context")
         _, tenant_context, read_only = tenant
         signed = self.signer.opening(tenant_context, connection.info[BINDING])
+        signed += connection.info.get(PINNED, "")
         # The move gate is a statement of its own: its EXECUTE privilege is checked as the
         # role that runs it, which on a gateway connection is the tenant's only once the
         # opening ran.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -116,3 +117,56 @@ def test_gateway_pools_are_forgotten_in_a_forked_child(
     assert shared_tenancy.gateways.clusters() == ["default"]
     assert run_in_child(lambda: shared_tenancy.gateways.clusters() == []) == 0
     assert shared_tenancy.gateways.clusters() == ["default"]
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        "SELECT set_config('search_path', '', false)",
+        "SET search_path = pg_temp",
+        "SET DateStyle = 'SQL, DMY'",
+        "SET TimeZone = 'Pacific/Chatham'",
+        "SET default_transaction_read_only = on",
+    ],
+)
+def test_gateway_session_state_a_tenant_sets_never_reaches_the_next(
+    shared_tenancy: Tenancy,
+    tenant_a: ProvisionedTenant,
+    tenant_b: ProvisionedTenant,
+    poison: str,
+) -> None:
+    """Injected SQL that changes the shared connection's session settings harms no later
+    tenant: search_path is reset by every opening, a reported setting closes the connection."""
+    gateways = Gateways(
+        shared_tenancy.gateways._fetch,  # the app's own credentials and key
+        POOL,  # one connection: tenant B gets the one tenant A changed, or a new one
+        size=1,
+        statement_timeout_ms=5000,
+    )
+    try:
+        session = gateways.session(TenantContext.of_tenant(tenant_a.id), "default", read_only=False)
+        settings = sa.text(
+            "SELECT current_setting('DateStyle'), current_setting('TimeZone'), "
+            "current_setting('search_path'), current_setting('default_transaction_read_only')"
+        )
+        try:
+            before = session.execute(settings).one()
+            session.commit()
+            # Read-only by default looks like a failover to dbfailover, which fails tenant A's
+            # own transaction and drops the connection at once.
+            with contextlib.suppress(sa.exc.OperationalError):
+                session.execute(sa.text(poison))
+                session.commit()
+        finally:
+            session.close()
+        session = gateways.session(TenantContext.of_tenant(tenant_b.id), "default", read_only=False)
+        try:
+            session.execute(sa.text("INSERT INTO users (first_name, last_name) VALUES ('B', 'B')"))
+            seen = session.execute(sa.text("SELECT DISTINCT tenant_id FROM users")).scalars()
+            assert list(seen) == [tenant_b.id]
+            assert session.execute(settings).one() == before
+            session.commit()
+        finally:
+            session.close()
+    finally:
+        gateways.dispose()
