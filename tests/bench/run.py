@@ -631,8 +631,9 @@ def _settings_text(
         "control-plane and listener - APP_GATEWAY_POOL_SIZE unless dedicated"
     )
     return {
-        "gunicorn": f"{defaults.workers} workers x {defaults.threads} threads (gthread), both "
-        "apps: the service's defaults on this machine",
+        "gunicorn": f"{defaults.workers} workers x {defaults.threads} threads, both apps: the "
+        "service's defaults on this machine (gthread; the service's with its fair dispatch, "
+        "app/fair_dispatch.py)",
         "wrk": f"{args.wrk_threads} threads, {args.connections} connections, "
         f"{args.seconds:g} s per run, {args.rounds} rounds, after a warm-up of "
         "max(3 s, tenants / 100 s) per app and scenario",

@@ -4,8 +4,9 @@ The noisy tenant holds its requests open for real: each POST sends its headers a
 then trickles its body over ``TRICKLE`` seconds, so the request holds a thread (and a
 connection) for that long, as a slow or hostile client does. Without fair share, eight of
 those take all four threads and the quiet tenant's requests queue behind them for seconds.
-With it, the noisy tenant runs at most two at a time while the quiet one is present, its
-other attempts get 429, and the quiet tenant is answered within ``BOUND``.
+With it (app/fair_dispatch.py), the noisy tenant runs at most two at a time while the quiet
+one is present; its other requests wait on the worker's poller, holding no thread, and are
+served in turn, not refused; and the quiet tenant is answered within ``BOUND``.
 """
 
 from __future__ import annotations
@@ -109,7 +110,5 @@ def test_fair_share_quiet_tenant_is_served_while_another_holds_requests_open(
     print(f"\nquiet: {dict(statuses)}, slowest {slowest * 1000:.0f} ms; noisy: {dict(noisy_seen)}")
     assert set(statuses) == {200}
     assert slowest < BOUND
-    assert noisy_seen["429 tenant_busy"] > 0  # over its share while the quiet one was there
-    assert noisy_seen["201"] > 0  # and still served within it
-    metrics = requests.get(service.url + "/metrics", timeout=10).text
-    assert re.search(r'^tenantpool_fair_share_total\{outcome="rejected"\} [1-9]', metrics, re.M)
+    # Over its share it waited, holding no thread, and was served: nothing refused.
+    assert set(noisy_seen) == {"201"}

@@ -1,0 +1,128 @@
+"""Which queued request a gunicorn worker's free thread takes (app/fair_dispatch.py).
+
+The worker itself runs under a real gunicorn in tests/e2e/test_fair_share.py; here the
+policy, step by step, with a clock that moves only when told to.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.fair_dispatch import FairQueue, requester
+from tests.support import FakeClock
+
+NOISY, QUIET, OTHER = b"noisy", b"quiet", b"other"
+
+
+def _queue(threads: int = 4, share: int = 2) -> tuple[FairQueue[str], FakeClock]:
+    clock = FakeClock()
+    return FairQueue(threads, share, presence=1.0, clock=clock), clock
+
+
+def _take_all(queue: FairQueue[str]) -> list[str]:
+    taken = []
+    while (item := queue.take()) is not None:
+        taken.append(item[1])
+    return taken
+
+
+def test_alone_a_requester_may_use_every_thread() -> None:
+    queue, _ = _queue()
+    for n in range(6):
+        queue.add(NOISY, f"n{n}")
+    assert _take_all(queue) == ["n0", "n1", "n2", "n3"]  # every thread, in order
+    assert len(queue) == 2  # the rest wait for a thread, holding none
+
+
+def test_over_its_share_a_requester_waits_while_another_is_present() -> None:
+    queue, _ = _queue()
+    for n in range(6):
+        queue.add(NOISY, f"n{n}")
+    queue.add(QUIET, "q0")
+    # The quiet request is not behind the flood: it runs with two of the flood's.
+    assert sorted(_take_all(queue)) == ["n0", "n1", "q0"]
+    queue.done(QUIET)
+    # Gone, but present for a second: its thread stays free for its next request.
+    assert _take_all(queue) == []
+    queue.add(QUIET, "q1")
+    assert _take_all(queue) == ["q1"]
+
+
+def test_a_freed_thread_goes_to_the_requester_with_fewest_running() -> None:
+    queue, clock = _queue(threads=3, share=3)
+    for n in range(3):
+        queue.add(NOISY, f"n{n}")
+    assert _take_all(queue) == ["n0", "n1", "n2"]
+    queue.add(NOISY, "n3")
+    clock.advance(0.01)
+    queue.add(QUIET, "q0")  # arrives later, but runs nothing yet
+    queue.done(NOISY)
+    assert _take_all(queue) == ["q0"]
+    queue.done(NOISY)
+    assert _take_all(queue) == ["n3"]
+
+
+def test_among_equals_the_oldest_request_goes_first() -> None:
+    queue, clock = _queue(threads=1, share=1)
+    queue.add(OTHER, "o0")
+    assert _take_all(queue) == ["o0"]
+    queue.add(QUIET, "q0")
+    clock.advance(0.01)
+    queue.add(NOISY, "n0")
+    queue.done(OTHER)
+    assert _take_all(queue) == ["q0"]
+
+
+def test_presence_ends_and_the_share_lifts() -> None:
+    queue, clock = _queue()
+    queue.add(QUIET, "q0")
+    assert _take_all(queue) == ["q0"]
+    queue.done(QUIET)
+    for n in range(4):
+        queue.add(NOISY, f"n{n}")
+    assert _take_all(queue) == ["n0", "n1"]
+    clock.advance(1.5)  # the quiet tenant was last seen over a second ago
+    assert _take_all(queue) == ["n2", "n3"]
+
+
+def test_bounded_memory_forgets_requesters_gone_quiet() -> None:
+    queue, clock = _queue()
+    for n in range(1000):
+        key = f"t{n}".encode()
+        queue.add(key, "x")
+        assert queue.take() is not None
+        queue.done(key)
+    clock.advance(2)
+    queue.add(NOISY, "n0")
+    queue.add(NOISY, "n1")
+    queue.add(NOISY, "n2")
+    assert len(_take_all(queue)) == 3  # nobody present any more
+    assert len(queue._seen) <= 1
+
+
+def test_share_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="between 1 and threads"):
+        FairQueue(4, 5)
+
+
+@pytest.mark.parametrize(
+    ("head", "same_as"),
+    [
+        # Header names are case-insensitive; order and other headers do not matter.
+        (b"GET / HTTP/1.1\r\nx-tenant-id: T1\r\nauthorization: Bearer k\r\n\r\n", True),
+        (b"GET /v1/users?x=1 HTTP/1.1\r\nAuthorization: Bearer k\r\nX-Tenant-ID: T1\r\n\r\n", True),
+        # A forged id with another credential is another requester.
+        (b"GET / HTTP/1.1\r\nX-Tenant-ID: T1\r\nAuthorization: Bearer forged\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nX-Tenant-ID: T1\r\n\r\n", False),
+        # Headers in a body are not the request's.
+        (b"POST / HTTP/1.1\r\nX-Tenant-ID: T2\r\n\r\nX-Tenant-ID: T1\r\n", False),
+    ],
+)
+def test_requester_is_the_claimed_tenant_and_its_credential(head: bytes, same_as: bool) -> None:
+    reference = requester(b"GET / HTTP/1.1\r\nX-Tenant-ID: T1\r\nAuthorization: Bearer k\r\n\r\n")
+    assert (requester(head) == reference) is same_as
+
+
+def test_requester_key_is_bounded_whatever_the_headers() -> None:
+    head = b"GET / HTTP/1.1\r\nX-Tenant-ID: " + b"x" * 5000 + b"\r\nAuthorization: " + b"y" * 5000
+    assert len(requester(head)) <= 64 + 1 + 8
