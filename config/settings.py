@@ -130,7 +130,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         threads=threads,
         # A tenant uses at most one connection per request thread; an overflow connection
         # is closed when it comes back, so each burst above the pool size would log in again.
-        serving=reader.get("APP_SERVING", "shared", choice(SERVING_MODES)),
+        serving=reader.get("APP_SERVING", "mix", choice(SERVING_MODES)),
         # One shared connection per request thread: a request never waits for another's.
         gateway_pool_size=reader.get("APP_GATEWAY_POOL_SIZE", threads, int_between(1, 100)),
         tenant_pool_size=reader.get("APP_TENANT_POOL_SIZE", threads, int_between(1, 100)),
