@@ -6,10 +6,10 @@ served by the new workers. That is why
 
 - the settings are read here and ``config`` is then forgotten (``_forget``);
 - the log format (app/logs.py), what the master records of a worker's exit
-  (app/worker_exits.py) and the worker class (app/fair_dispatch.py) are loaded from their
-  files by path, not imported as ``app.*``
-  (which would import the whole ``app`` package, and its metrics, into the master); both
-  import nothing of ``app`` (tests/test_layout.py);
+  (app/worker_exits.py) and the worker class (app/fair_dispatch.py, app/presence.py) are
+  loaded from their files by path, not imported as ``app.*`` (which would import the whole
+  ``app`` package, and its metrics, into the master); they import nothing of ``app``
+  (tests/test_layout.py);
 - the start-up checks (capacity, affinity) run in a short-lived forked child;
 - the worker hooks import what they need inside the worker.
 
@@ -150,7 +150,8 @@ threads = _settings.threads
 # gthread, with each free thread given fairly between requesters (app/fair_dispatch.py): a
 # request over its tenant's share waits on the poller, not in a thread.
 worker_class = _load_by_path("app/fair_dispatch.py").fair_worker(
-    min(_settings.tenant_thread_share, _settings.threads)
+    min(_settings.tenant_thread_share, _settings.threads),
+    _load_by_path("app/presence.py").Presence,
 )
 # Above the longest a request waits on the database (a pool wait, then up to two round
 # trips and reconnects, each bounded by app.dbwait), so a slow or silent database gives a

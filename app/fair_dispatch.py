@@ -8,7 +8,7 @@ answered 429 after 429, each a trip through Flask, while the quiet request still
 
 :class:`FairThreadWorker` keeps one queue per requester instead and gives each free thread
 to the requester with the fewest requests running, oldest request first. While other
-requesters are present (running, queued, or seen within ``PRESENCE`` seconds), one runs at
+requesters are present (running, queued, or seen within the last second), one runs at
 most ``share`` requests at once (``APP_TENANT_THREAD_SHARE``); alone, it may use every
 thread. A request over its share waits in the queue holding no thread, and no connection
 of any pool: HTTP/1.1 sends a connection's next request only after its answer, so a
@@ -21,7 +21,8 @@ queues nobody but itself; the app's fair share still counts authenticated tenant
 connection whose head has not arrived waits for it on the poller, as gthread's own deferred
 connections do, not in a thread.
 
-Imports nothing of ``app``: gunicorn.conf.py loads this file by path in the master.
+Imports nothing of ``app``: gunicorn.conf.py loads this file by path in the master, and
+app/presence.py (who was present lately, shared with the app's fair share) the same way.
 """
 
 from __future__ import annotations
@@ -31,17 +32,14 @@ import re
 import selectors
 import socket
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Hashable
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from gunicorn.workers.gthread import ThreadWorker
 
-__all__ = ["PRESENCE", "FairQueue", "FairThreadWorker", "fair_worker", "requester"]
-
-PRESENCE = 1.0
-"""Seconds a requester counts as present after its last request ended (as the app's)."""
+__all__ = ["FairQueue", "FairThreadWorker", "fair_worker", "requester"]
 _HEAD_BYTES = 8192
 _TENANT_BYTES = 64
 _HEADER = re.compile(rb"\r\n(x-tenant-id|authorization)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -49,31 +47,31 @@ _HEADER = re.compile(rb"\r\n(x-tenant-id|authorization)[ \t]*:[ \t]*([^\r\n]*)",
 Item = TypeVar("Item")
 
 
+class Presence(Protocol):
+    """app/presence.py's ``Presence``: who was seen lately."""
+
+    def saw(self, key: Hashable) -> None: ...
+
+    def others_than(self, key: Hashable) -> bool: ...
+
+
 class FairQueue(Generic[Item]):
     """Which queued request a free thread takes. Not thread safe: gthread's main loop owns it.
 
-    Memory: the queued items, a count per requester with requests running, and the
-    requesters seen within ``presence`` seconds, pruned as time passes.
+    Memory: the queued items, a count per requester with requests running, and
+    ``presence``'s recent requesters.
     """
 
-    def __init__(
-        self,
-        threads: int,
-        share: int,
-        *,
-        presence: float = PRESENCE,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, threads: int, share: int, presence: Presence) -> None:
         if not 1 <= share <= threads:
             raise ValueError(f"share must be between 1 and threads ({threads}), got {share}")
         self.threads = threads
         self.share = share
         self._presence = presence
-        self._clock = clock
         self._queues: dict[Hashable, deque[tuple[float, Item]]] = {}
         self._running: dict[Hashable, int] = {}
         self._busy = 0
-        self._seen: OrderedDict[Hashable, float] = OrderedDict()
+        self._order = 0  # arrival order, the tie-break among requesters running as many
 
     def __len__(self) -> int:
         """Requests queued."""
@@ -81,7 +79,8 @@ class FairQueue(Generic[Item]):
 
     def add(self, key: Hashable, item: Item) -> None:
         """Queue a request of requester ``key``."""
-        self._queues.setdefault(key, deque()).append((self._clock(), item))
+        self._order += 1
+        self._queues.setdefault(key, deque()).append((self._order, item))
 
     def take(self) -> tuple[Hashable, Item] | None:
         """The request a free thread runs next, or None (no free thread, or none may run)."""
@@ -114,21 +113,14 @@ class FairQueue(Generic[Item]):
         else:
             self._running.pop(key, None)
         self._busy -= 1
-        self._seen[key] = self._clock()
-        self._seen.move_to_end(key)
+        self._presence.saw(key)
 
     def _others_present(self, key: Hashable) -> bool:
         if len(self._running) - (key in self._running) > 0:
             return True
         if len(self._queues) - (key in self._queues) > 0:
             return True
-        horizon = self._clock() - self._presence
-        while self._seen:
-            oldest, seen_at = next(iter(self._seen.items()))
-            if seen_at >= horizon:
-                break
-            del self._seen[oldest]
-        return len(self._seen) - (key in self._seen) > 0
+        return self._presence.others_than(key)
 
 
 def requester(head: bytes) -> bytes:
@@ -163,11 +155,13 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     share = 0
     """Set by :func:`fair_worker`; 0 means half the threads."""
+    presence: Any = None
+    """Set by :func:`fair_worker`: app/presence.py's ``Presence`` class."""
 
     def init_process(self) -> None:
         threads = self.cfg.threads
         share = min(self.share or max(1, threads // 2), threads)
-        self._fair: FairQueue[Any] = FairQueue(threads, share)
+        self._fair: FairQueue[Any] = FairQueue(threads, share, self.presence())
         super().init_process()
 
     def enqueue_req(self, conn: Any) -> None:
@@ -200,6 +194,8 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
         )
 
 
-def fair_worker(share: int) -> type[FairThreadWorker]:
-    """The worker class for gunicorn.conf.py, with each requester's ``share`` of the threads."""
-    return type("FairThreadWorker", (FairThreadWorker,), {"share": share})
+def fair_worker(share: int, presence: type) -> type[FairThreadWorker]:
+    """The worker class for gunicorn.conf.py: each requester's ``share`` of the threads, and
+    the ``Presence`` class of app/presence.py (loaded by path, as this module is)."""
+    attributes = {"share": share, "presence": presence}
+    return type("FairThreadWorker", (FairThreadWorker,), attributes)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import pytest
 
 from app.fair_dispatch import FairQueue, requester
+from app.presence import Presence
 from tests.support import FakeClock
 
 NOISY, QUIET, OTHER = b"noisy", b"quiet", b"other"
 
 
-def _queue(threads: int = 4, share: int = 2) -> tuple[FairQueue[str], FakeClock]:
+def _queue(threads: int = 4, share: int = 2) -> tuple[FairQueue[str], FakeClock, Presence]:
     clock = FakeClock()
-    return FairQueue(threads, share, presence=1.0, clock=clock), clock
+    presence = Presence(1.0, clock)
+    return FairQueue(threads, share, presence), clock, presence
 
 
 def _take_all(queue: FairQueue[str]) -> list[str]:
@@ -27,7 +29,7 @@ def _take_all(queue: FairQueue[str]) -> list[str]:
 
 
 def test_alone_a_requester_may_use_every_thread() -> None:
-    queue, _ = _queue()
+    queue, _, _ = _queue()
     for n in range(6):
         queue.add(NOISY, f"n{n}")
     assert _take_all(queue) == ["n0", "n1", "n2", "n3"]  # every thread, in order
@@ -35,7 +37,7 @@ def test_alone_a_requester_may_use_every_thread() -> None:
 
 
 def test_over_its_share_a_requester_waits_while_another_is_present() -> None:
-    queue, _ = _queue()
+    queue, _, _ = _queue()
     for n in range(6):
         queue.add(NOISY, f"n{n}")
     queue.add(QUIET, "q0")
@@ -49,7 +51,7 @@ def test_over_its_share_a_requester_waits_while_another_is_present() -> None:
 
 
 def test_a_freed_thread_goes_to_the_requester_with_fewest_running() -> None:
-    queue, clock = _queue(threads=3, share=3)
+    queue, clock, _ = _queue(threads=3, share=3)
     for n in range(3):
         queue.add(NOISY, f"n{n}")
     assert _take_all(queue) == ["n0", "n1", "n2"]
@@ -63,7 +65,7 @@ def test_a_freed_thread_goes_to_the_requester_with_fewest_running() -> None:
 
 
 def test_among_equals_the_oldest_request_goes_first() -> None:
-    queue, clock = _queue(threads=1, share=1)
+    queue, clock, _ = _queue(threads=1, share=1)
     queue.add(OTHER, "o0")
     assert _take_all(queue) == ["o0"]
     queue.add(QUIET, "q0")
@@ -74,7 +76,7 @@ def test_among_equals_the_oldest_request_goes_first() -> None:
 
 
 def test_presence_ends_and_the_share_lifts() -> None:
-    queue, clock = _queue()
+    queue, clock, _ = _queue()
     queue.add(QUIET, "q0")
     assert _take_all(queue) == ["q0"]
     queue.done(QUIET)
@@ -86,7 +88,7 @@ def test_presence_ends_and_the_share_lifts() -> None:
 
 
 def test_bounded_memory_forgets_requesters_gone_quiet() -> None:
-    queue, clock = _queue()
+    queue, clock, presence = _queue()
     for n in range(1000):
         key = f"t{n}".encode()
         queue.add(key, "x")
@@ -97,12 +99,12 @@ def test_bounded_memory_forgets_requesters_gone_quiet() -> None:
     queue.add(NOISY, "n1")
     queue.add(NOISY, "n2")
     assert len(_take_all(queue)) == 3  # nobody present any more
-    assert len(queue._seen) <= 1
+    assert len(presence) <= 1
 
 
 def test_share_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="between 1 and threads"):
-        FairQueue(4, 5)
+        FairQueue(4, 5, Presence())
 
 
 @pytest.mark.parametrize(

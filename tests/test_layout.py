@@ -100,7 +100,9 @@ def test_layout_check_catches_a_reverse_import(tmp_path: Path, statement: str) -
     assert found, statement
 
 
-@pytest.mark.parametrize("module", ["app/logs.py", "app/worker_exits.py", "app/fair_dispatch.py"])
+@pytest.mark.parametrize(
+    "module", ["app/logs.py", "app/worker_exits.py", "app/fair_dispatch.py", "app/presence.py"]
+)
 def test_layout_modules_the_gunicorn_master_loads_by_path_import_nothing_of_the_app(
     module: str,
 ) -> None:

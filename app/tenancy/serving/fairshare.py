@@ -23,16 +23,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 
+from app.presence import PRESENCE, Presence
 from app.tenancy.errors import TenantOverShare
 from app.tenancy.serving.observer import Observer
 
 __all__ = ["PRESENCE", "FairShare"]
-
-PRESENCE = 1.0
-"""Seconds a tenant counts as present after its last request ended in this worker."""
 
 
 class FairShare:
@@ -59,14 +56,13 @@ class FairShare:
         self.threads = threads
         self.share = share
         self.wait = wait
-        self._presence = presence
         self._clock = clock
         self._observer = observer or Observer()
         self._cond = threading.Condition(threading.Lock())
         self._running: dict[uuid.UUID, int] = {}
         self._waiting: dict[uuid.UUID, int] = {}
         self._in_flight = 0  # admitted and waiting requests: each holds a thread
-        self._seen: OrderedDict[uuid.UUID, float] = OrderedDict()
+        self._seen = Presence(presence, clock)
 
     def enter(self, tenant_id: uuid.UUID) -> None:
         """Admit a request of the tenant, maybe after a wait; ``leave`` must follow.
@@ -145,18 +141,11 @@ class FairShare:
             return True
         if len(self._waiting) - (tenant_id in self._waiting) > 0:
             return True
-        horizon = self._clock() - self._presence
-        while self._seen:
-            oldest, seen_at = next(iter(self._seen.items()))
-            if seen_at >= horizon:
-                break
-            del self._seen[oldest]
-        return len(self._seen) - (tenant_id in self._seen) > 0
+        return self._seen.others_than(tenant_id)
 
     def _admit_locked(self, tenant_id: uuid.UUID) -> None:
         self._running[tenant_id] = self._running.get(tenant_id, 0) + 1
         self._seen_locked(tenant_id)
 
     def _seen_locked(self, tenant_id: uuid.UUID) -> None:
-        self._seen[tenant_id] = self._clock()
-        self._seen.move_to_end(tenant_id)
+        self._seen.saw(tenant_id)
