@@ -171,7 +171,9 @@ class Tenancy:
             on_replica = None
             if read_only and record is not None:
                 on_replica = self._replica_session(context, record, dedicated, token)
-            session, way = on_replica or self._primary_session(context, read_only, dedicated)
+            session, way = on_replica or self._primary_session(
+                context, read_only, dedicated, record
+            )
             opened = True
         finally:
             # Failures too: a request that waited for nothing and got 503 waited most.
@@ -184,18 +186,22 @@ class Tenancy:
         return session
 
     def _primary_session(
-        self, context: TenantContext, read_only: bool, dedicated: bool
+        self,
+        context: TenantContext,
+        read_only: bool,
+        dedicated: bool,
+        record: TenantRecord | None,
     ) -> tuple[TenantSession, str]:
         """A session on the tenant's primary, and its way (in ``mix``, shared when its own
         engine cannot be had right now)."""
         if not dedicated:
-            return self._shared_session(context, read_only), SHARED
+            return self._shared_session(context, read_only, record), SHARED
         try:
             return self._dedicated_session(context, read_only), DEDICATED
         except (CapacityExhausted, TenantUnavailable):
             if self.ways.mode is not ServingMode.MIX:
                 raise
-        return self._shared_session(context, read_only), SHARED
+        return self._shared_session(context, read_only, record), SHARED
 
     def _replica_session(
         self,
@@ -263,9 +269,11 @@ class Tenancy:
         if isinstance(error, sa.exc.OperationalError) and is_auth_failure(error):
             self.observer.login_rejected()
 
-    def _shared_session(self, context: TenantContext, read_only: bool) -> TenantSession:
-        """A session on a gateway connection of the tenant's cluster (DESIGN section 3a)."""
-        record = self.directory.find(uuid.UUID(context.tenant_id))
+    def _shared_session(
+        self, context: TenantContext, read_only: bool, record: TenantRecord | None
+    ) -> TenantSession:
+        """A session on a gateway connection of the tenant's cluster (DESIGN section 3a);
+        ``record`` is the tenant's, as ``open_session`` found it."""
         if record is None:  # deleted since it authenticated: as for an unknown tenant
             raise AuthenticationFailed("tenant no longer exists")
         return self.gateways.session(context, record.cluster, read_only=read_only)
