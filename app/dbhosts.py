@@ -52,7 +52,7 @@ def where(url: str | sa.URL) -> str:
 def single_host(url: str | sa.URL, server: Server) -> sa.URL:
     """``url`` pointed at ``server`` alone (to ask one server of a list something)."""
     url = sa.make_url(url)
-    query = {key: value for key, value in url.query.items() if key not in _WHERE_KEYS}
+    query = {key: value for key, value in url.query.items() if key.lower() not in _WHERE_KEYS}
     host, port = server
     return url.set(host=host, port=port, query=query)
 

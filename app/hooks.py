@@ -83,7 +83,7 @@ def _consistency_token(response: Response) -> Response:
     """A write's answer carries the WAL position of what it committed (read-your-writes)."""
     session: TenantSession | None = g.get("tenant_session")
     if session is not None and request.method not in SAFE_METHODS and response.status_code < 300:
-        token = tenancy_of(current_app).consistency_token(session)  # no I/O: never raises
+        token = session.consistency_token()  # no I/O: never raises
         if token is not None:
             response.headers[CONSISTENCY_TOKEN] = token
     return response

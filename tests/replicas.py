@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.dev.cluster import LocalCluster
+from app.tenancy.control.roles import role_name
 from app.tenancy.errors import TenantUnavailable
 
 
@@ -57,3 +58,11 @@ def seen_or_refused(session: Any, injected: str) -> set[Any] | str:
     finally:
         session.rollback()
     return {row[0] for row in rows}
+
+
+def injected_switch(tenant_id: uuid.UUID) -> str:
+    """SQL an injection would run to become ``tenant_id``: its role and its setting."""
+    return (
+        f"SELECT set_config('role', '{role_name(tenant_id)}', true), "
+        f"set_config('app.tenant_id', '{tenant_id}', true)"
+    )

@@ -20,14 +20,12 @@ from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.roles import RoleLimits
 from app.tenancy.errors import (
     AuthenticationFailed,
-    CapacityExhausted,
     TenantSuspended,
-    TenantUnavailable,
 )
 from app.tenancy.serving.activity import DEDICATED, SHARED, TenantActivity
 from app.tenancy.serving.backoff import LoginBackoff, is_auth_failure
 from app.tenancy.serving.budget import ConnectionBudget
-from app.tenancy.serving.consistency import ConsistencyToken, format_token
+from app.tenancy.serving.consistency import ConsistencyToken
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.directory import TenantDirectory, TenantRecord
 from app.tenancy.serving.engines import TenantEngineFactory
@@ -44,7 +42,7 @@ from app.tenancy.serving.resolve import check_api_key
 from app.tenancy.serving.session import TenantSession
 from app.tenancy.serving.throttle import AuthThrottle
 from app.tenancy.serving.tokens import TokenVerifier
-from app.tenancy.serving.ways import ServingMode, ServingWays
+from app.tenancy.serving.ways import ServingMode, ServingWays, either_way
 
 
 @dataclass
@@ -144,8 +142,7 @@ class Tenancy:
         default the tenant itself (an API key).
 
         The connection is the tenant's own engine's or a shared gateway connection's, as
-        ``ways`` chooses (``APP_SERVING``); in ``mix`` a tenant whose own engine cannot be
-        had right now (budget busy, logins backing off) is served shared instead.
+        ``ways`` chooses (``APP_SERVING``, ``ways.either_way``).
 
         ``read_only``: every statement is its own read-only transaction, one round trip
         each (see ``app.tenancy.serving.session``); for requests that must not write.
@@ -160,17 +157,13 @@ class Tenancy:
             context = TenantContext.of_tenant(tenant_id)
         elif context.tenant_id != str(tenant_id):
             raise ValueError("the context names another tenant")
-        # Cached (the request just authenticated); before any checkout, so a failure here
-        # holds no connection.
-        record = self.directory.find(tenant_id)
+        record = self.directory.find(tenant_id)  # cached: the request just authenticated
         dedicated = self.ways.dedicated(tenant_id)
         way = DEDICATED if dedicated else SHARED
         opened = False
         started = time.perf_counter()
         try:
-            on_replica = None
-            if read_only and record is not None:
-                on_replica = self._replica_session(context, record, dedicated, token)
+            on_replica = self._replica_session(context, record, read_only, dedicated, token)
             session, way = on_replica or self._primary_session(
                 context, read_only, dedicated, record
             )
@@ -192,26 +185,26 @@ class Tenancy:
         dedicated: bool,
         record: TenantRecord | None,
     ) -> tuple[TenantSession, str]:
-        """A session on the tenant's primary, and its way (in ``mix``, shared when its own
-        engine cannot be had right now)."""
-        if not dedicated:
-            return self._shared_session(context, read_only, record), SHARED
-        try:
-            return self._dedicated_session(context, read_only), DEDICATED
-        except (CapacityExhausted, TenantUnavailable):
-            if self.ways.mode is not ServingMode.MIX:
-                raise
-        return self._shared_session(context, read_only, record), SHARED
+        """A session on the tenant's primary, and its way."""
+        return either_way(
+            dedicated,
+            self.ways.mode is ServingMode.MIX,
+            lambda: self._dedicated_session(context, read_only),
+            lambda: self._shared_session(context, read_only, record),
+        )
 
     def _replica_session(
         self,
         context: TenantContext,
-        record: TenantRecord,
+        record: TenantRecord | None,
+        read_only: bool,
         dedicated: bool,
         token: ConsistencyToken | None,
     ) -> tuple[TenantSession, str] | None:
         """A read on a replica of the tenant's cluster, and its way; None: on the primary."""
-        if self.replicas is None or not self.replicas.has_replicas(record.cluster):
+        if not read_only or record is None or self.replicas is None:
+            return None
+        if not self.replicas.has_replicas(record.cluster):
             return None
         position = None if token is None else token.for_cluster(record.cluster)
         if token is not None and position is None:
@@ -225,15 +218,6 @@ class Tenancy:
             position=position,
             changed_at=record.changed_at,
         )
-
-    @staticmethod
-    def consistency_token(session: TenantSession) -> str | None:
-        """The ``X-Consistency-Token`` of what ``session`` committed; None: nothing. No I/O."""
-        position = session.commit_position()
-        cluster: str | None = session.info.get("cluster")
-        if position is None or cluster is None:
-            return None
-        return format_token(position, cluster)
 
     def _dedicated_session(self, context: TenantContext, read_only: bool) -> TenantSession:
         """A session on the tenant's own engine.
@@ -318,8 +302,11 @@ class Tenancy:
         }
 
     def forget(self, tenant_id: uuid.UUID, reason: str) -> None:
-        """Drop what this worker holds of the tenant: cached record and engine."""
+        """Drop what this worker holds of the tenant: cached record and engines."""
         self.directory.invalidate(tenant_id)
+        self._evict(tenant_id, reason)
+
+    def _evict(self, tenant_id: uuid.UUID, reason: str) -> None:
         self.registry.evict(tenant_id, reason)
         if self.replicas is not None:
             self.replicas.evict(tenant_id, reason)
@@ -343,16 +330,14 @@ class Tenancy:
         entry = self.registry.peek(tenant_id)
         backing_off, failed_version = self.backoff.version_of(tenant_id)
         on_replicas = self.replicas is not None and self.replicas.holds(tenant_id)
-        if entry is None:
-            # Nothing to evict; a creation in progress fetches its credentials again.
-            self.registry.evict(tenant_id, event.kind.value)
-            if not backing_off and not on_replicas:
-                if self.replicas is not None:  # creations on replicas, likewise
-                    self.replicas.evict(tenant_id, event.kind.value)
-                return
+        if entry is None and not backing_off and not on_replicas:
+            # Nothing held, no query: only engines being created are cancelled (they fetch
+            # their credentials again).
+            self._evict(tenant_id, event.kind.value)
+            return
         current = self.directory.credentials(tenant_id)
         version = None if current is None else current.version
-        if entry is not None and self.engines.version_of(entry.engine) != version:
+        if entry is None or self.engines.version_of(entry.engine) != version:
             self.registry.evict(tenant_id, event.kind.value)
         if self.replicas is not None:
             self.replicas.evict_stale(tenant_id, version, event.kind.value)

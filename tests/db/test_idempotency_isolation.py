@@ -22,6 +22,7 @@ from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving import idempotency as keys
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
+from tests.replicas import injected_switch
 from tests.support import auth_headers
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
@@ -62,13 +63,6 @@ def session_b(
     session.close()
 
 
-def _a_context(tenant_a: ProvisionedTenant) -> str:
-    return (
-        f"SELECT set_config('role', '{role_name(tenant_a.id)}', true), "
-        f"set_config('app.tenant_id', '{tenant_a.id}', true)"
-    )
-
-
 def test_idempotency_isolation_b_sees_only_its_keys(
     session_b: TenantSession, stored: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
@@ -98,7 +92,7 @@ def test_idempotency_isolation_b_never_reaches_a_keys(
 ) -> None:
     tenant_a, _ = stored
     injected = attack.format(
-        a=_a_context(tenant_a), tenant=tenant_a.id, role=role_name(tenant_a.id)
+        a=injected_switch(tenant_a.id), tenant=tenant_a.id, role=role_name(tenant_a.id)
     )
     seen = _rows(session_b, injected)
     assert seen == "refused" or str(tenant_a.id) not in {tenant for tenant, _ in seen}

@@ -26,7 +26,7 @@ from app.tenancy.control.roles import role_name
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.replica_reads import SERVER
 from app.tenancy.serving.session import TenantSession
-from tests.replicas import seen_or_refused, wait_for_replica
+from tests.replicas import injected_switch, seen_or_refused, wait_for_replica
 from tests.support import auth_headers
 
 
@@ -120,13 +120,6 @@ def session_a(
 _seen = seen_or_refused
 
 
-def _b_context(tenant_b: ProvisionedTenant) -> str:
-    return (
-        f"SELECT set_config('role', '{role_name(tenant_b.id)}', true), "
-        f"set_config('app.tenant_id', '{tenant_b.id}', true)"
-    )
-
-
 def test_replica_session_sees_only_its_tenant(
     session_a: TenantSession, tenant_a: ProvisionedTenant
 ) -> None:
@@ -148,7 +141,9 @@ def test_replica_session_sees_only_its_tenant(
 def test_replica_injected_sql_sees_nothing_of_b(
     session_a: TenantSession, tenant_b: ProvisionedTenant, attack: str
 ) -> None:
-    injected = attack.format(b=_b_context(tenant_b), role=role_name(tenant_b.id), tid=tenant_b.id)
+    injected = attack.format(
+        b=injected_switch(tenant_b.id), role=role_name(tenant_b.id), tid=tenant_b.id
+    )
     seen = _seen(session_a, injected)
     assert seen == "refused" or tenant_b.id not in seen
 
@@ -164,7 +159,7 @@ def test_replica_signature_of_b_is_refused_in_a_session(
         stolen = session_b.scalar(sa.text("SELECT current_setting('app.tenant_sig', true)"))
     finally:
         session_b.close()
-    forged = f"{_b_context(tenant_b)}, set_config('app.tenant_sig', '{stolen}', true)"
+    forged = f"{injected_switch(tenant_b.id)}, set_config('app.tenant_sig', '{stolen}', true)"
     assert _seen(session_a, f"{forged}; SELECT tenant_id FROM users") == "refused"
 
 

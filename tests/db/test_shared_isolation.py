@@ -28,7 +28,7 @@ from app.tenancy.control.roles import role_name
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.session import TenantSession
-from tests.replicas import seen_or_refused
+from tests.replicas import injected_switch, seen_or_refused
 
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
 """What an attack may get instead of rows: an error from PostgreSQL or the verifier."""
@@ -64,13 +64,6 @@ def _tenants_seen(session: TenantSession, injected: str) -> set[uuid.UUID] | str
     return seen_or_refused(session, injected)
 
 
-def _b_context(tenant_b: ProvisionedTenant) -> str:
-    return (
-        f"SELECT set_config('role', '{role_name(tenant_b.id)}', true), "
-        f"set_config('app.tenant_id', '{tenant_b.id}', true)"
-    )
-
-
 def test_shared_session_sees_only_its_tenant(
     session_a: TenantSession, two_tenants: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
@@ -84,7 +77,7 @@ def test_shared_injected_set_role_and_tenant_sees_nothing_of_b(
     session_a: TenantSession, two_tenants: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:
     _, tenant_b = two_tenants
-    seen = _tenants_seen(session_a, f"{_b_context(tenant_b)}; SELECT tenant_id FROM users")
+    seen = _tenants_seen(session_a, f"{injected_switch(tenant_b.id)}; SELECT tenant_id FROM users")
     assert seen == "refused"
 
 
@@ -113,7 +106,7 @@ def test_shared_injected_write_for_b_is_refused(
 ) -> None:
     _, tenant_b = two_tenants
     insert = (
-        f"{_b_context(tenant_b)}; INSERT INTO users (first_name, last_name) "
+        f"{injected_switch(tenant_b.id)}; INSERT INTO users (first_name, last_name) "
         "VALUES ('mallory', 'x') RETURNING tenant_id"
     )
     assert _tenants_seen(session_a, insert) == "refused"
@@ -136,7 +129,7 @@ def test_shared_signature_of_another_backend_is_refused(
         b_pid = session_b.scalar(sa.text("SELECT pg_backend_pid()"))
         stolen = _signature_seen_on(session_a, b_pid)
         assert session_a.scalar(sa.text("SELECT pg_backend_pid()")) != b_pid
-        forged = f"{_b_context(tenant_b)}, set_config('app.tenant_sig', '{stolen}', true)"
+        forged = f"{injected_switch(tenant_b.id)}, set_config('app.tenant_sig', '{stolen}', true)"
         assert _tenants_seen(session_a, f"{forged}; SELECT tenant_id FROM users") == "refused"
     finally:
         session_b.close()
@@ -168,7 +161,7 @@ def test_shared_signature_replayed_on_its_own_backend_is_refused(
         stolen = _signature_seen_on(holder, b_pid)
         holder.close()
         other.close()
-    forged = f"{_b_context(tenant_b)}, set_config('app.tenant_sig', '{stolen}', true)"
+    forged = f"{injected_switch(tenant_b.id)}, set_config('app.tenant_sig', '{stolen}', true)"
     for _ in range(4 * shared_tenancy.gateways.size):  # until A's request lands on X
         session = shared_tenancy.open_session(tenant_a.id)
         try:

@@ -31,6 +31,7 @@ from sqlalchemy import pool as sa_pool
 from sqlalchemy.util import queue as sa_queue
 
 from app.tenancy.errors import CapacityExhausted
+from app.tenancy.serving.forks import reset_in_child
 from app.tenancy.serving.observer import Observer
 
 __all__ = ["BudgetedQueuePool", "ConnectionBudget"]
@@ -102,7 +103,7 @@ class ConnectionBudget:
         Bound.budget = self
         # The QueuePool class for ``create_engine(poolclass=...)``, bound to this budget.
         self.pool_class: type[BudgetedQueuePool] = Bound
-        _LIVE_BUDGETS.add(self)
+        reset_in_child(self)
 
     @property
     def in_use(self) -> int:
@@ -345,14 +346,3 @@ def _await_server_close(watch: socket.socket, timeout: float) -> bool:
     finally:
         with contextlib.suppress(OSError):
             watch.close()
-
-
-_LIVE_BUDGETS: weakref.WeakSet[ConnectionBudget] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for budget in list(_LIVE_BUDGETS):
-        budget._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -29,7 +29,7 @@ from app.presence import PRESENCE, Presence
 from app.tenancy.errors import TenantOverShare
 from app.tenancy.serving.observer import Observer
 
-__all__ = ["PRESENCE", "FairShare"]
+__all__ = ["FairShare"]
 
 
 class FairShare:

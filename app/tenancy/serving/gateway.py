@@ -20,7 +20,6 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from app.dbwait import discard_if_closed_by_server
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.context import ContextSigner, TenantContext
 from app.tenancy.serving.engines import PoolSettings, refuse_wrong_role
+from app.tenancy.serving.forks import reset_in_child
 from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
@@ -271,7 +271,7 @@ class Gateways:
         self._pools: dict[str, _GatewayPool] = {}
         self._creating: dict[str, threading.Lock] = {}
         self._failed_until: dict[str, float] = {}
-        _LIVE_GATEWAYS.add(self)
+        reset_in_child(self)
 
     def session(self, context: TenantContext, cluster: str, *, read_only: bool) -> TenantSession:
         """A session for ``context`` on a gateway connection of ``cluster``; caller closes it.
@@ -351,14 +351,3 @@ def _unavailable(cluster: str) -> TenantUnavailable:
     return TenantUnavailable(
         f"shared connections to cluster {cluster} cannot be set up", code="database_unavailable"
     )
-
-
-_LIVE_GATEWAYS: weakref.WeakSet[Gateways] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for gateways in list(_LIVE_GATEWAYS):
-        gateways._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

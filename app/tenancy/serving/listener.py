@@ -24,7 +24,6 @@ import os
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ import sqlalchemy as sa
 from app import dbwait
 from app.dbhosts import libpq_params
 from app.tenancy.serving.events import CHANNEL, TenantEvent
+from app.tenancy.serving.forks import reset_in_child
 from app.tenancy.serving.observer import Observer
 
 __all__ = ["TenantEventListener", "connector"]
@@ -120,7 +120,7 @@ class TenantEventListener:
         self._closed = False
         self.connects = 0
         self.failures = 0
-        _LIVE_LISTENERS.add(self)
+        reset_in_child(self)
 
     @property
     def connected(self) -> bool:
@@ -265,14 +265,3 @@ class TenantEventListener:
         self._conn = None
         self._delay = self.min_delay
         self._next_attempt = 0.0
-
-
-_LIVE_LISTENERS: weakref.WeakSet[TenantEventListener] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for listener in list(_LIVE_LISTENERS):
-        listener._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -28,11 +28,11 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.tenancy.serving.forks import reset_in_child
 from app.worker_exits import SOCKET_PREFIX, socket_path
 
 __all__ = ["PeerServer", "ask_peers", "socket_path"]
@@ -62,7 +62,7 @@ class PeerServer:
         self._pid: int | None = None
         self._failed = False
         self.answered = 0
-        _LIVE_SERVERS.add(self)
+        reset_in_child(self)
 
     def fileno(self) -> int | None:
         with self._lock:
@@ -208,14 +208,3 @@ def _collect(
             waiting.discard(view["pid"])
             views.append(view)
     return views, sorted(waiting)
-
-
-_LIVE_SERVERS: weakref.WeakSet[PeerServer] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for server in list(_LIVE_SERVERS):
-        server._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

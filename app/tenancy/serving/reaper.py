@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from app.tenancy.serving.forks import reset_in_child
 from app.tenancy.serving.registry import Clock, EngineRegistry
 
 __all__ = [
@@ -88,7 +89,7 @@ class Reaper:
         self.ticks = 0
         self.failures = 0
         self.last_tick: float | None = None
-        _LIVE_REAPERS.add(self)
+        reset_in_child(self)
 
     @property
     def interval(self) -> float:
@@ -304,14 +305,9 @@ def shutdown_process(close: bool = True) -> None:
             logger.exception("disposing tenant engines at shutdown failed")
 
 
-_LIVE_REAPERS: weakref.WeakSet[Reaper] = weakref.WeakSet()
-
-
 def _after_fork_in_child() -> None:
     global _process_lock
     _process_lock = threading.Lock()
-    for reaper in list(_LIVE_REAPERS):
-        reaper._reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

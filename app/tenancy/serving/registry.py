@@ -9,21 +9,20 @@ recently used first), on a tenant change event (``evict``), at worker exit
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Generic
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 
 from app.tenancy.errors import TenantUnavailable
 from app.tenancy.serving.entry import EngineEntry, S, checked_out, close_retired_on_checkin, retire
+from app.tenancy.serving.forks import reset_in_child
 from app.tenancy.serving.observer import Observer
 
 __all__ = ["Clock", "EngineEntry", "EngineFactory", "EngineRegistry", "SessionFactory"]
@@ -114,7 +113,7 @@ class EngineRegistry(Generic[S]):
         self.created = 0
         self.evicted_by_reason: dict[str, int] = {}
         self.over_capacity = 0
-        _LIVE_REGISTRIES.add(self)
+        reset_in_child(self)
 
     def __len__(self) -> int:
         with self._lock:
@@ -386,15 +385,3 @@ class EngineRegistry(Generic[S]):
             # close=False: the parent's connections, only forgotten; psycopg2 closes a
             # connection only in the process that opened it (checked on PostgreSQL 15).
             entry.engine.dispose(close=False)
-
-
-_LIVE_REGISTRIES: weakref.WeakSet[EngineRegistry[Any]] = weakref.WeakSet()
-"""Every registry of this process, weakly: the at-fork hook must not keep them alive."""
-
-
-def _after_fork_in_child() -> None:
-    for registry in list(_LIVE_REGISTRIES):
-        registry._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -24,8 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from app.tenancy.errors import AuthenticationFailed, CapacityExhausted, TenantUnavailable
-from app.tenancy.serving.activity import DEDICATED, SHARED
+from app.tenancy.errors import AuthenticationFailed, TenantUnavailable
 from app.tenancy.serving.backoff import is_auth_failure
 from app.tenancy.serving.context import TenantContext
 from app.tenancy.serving.engines import TenantEngineFactory
@@ -33,6 +32,7 @@ from app.tenancy.serving.gateway import Gateways
 from app.tenancy.serving.registry import EngineRegistry
 from app.tenancy.serving.replicas import Replica, ReplicaRotation, ReplicaWatcher
 from app.tenancy.serving.session import TenantSession
+from app.tenancy.serving.ways import either_way
 
 __all__ = ["ReadReplicas", "ReplicaTarget"]
 
@@ -130,13 +130,12 @@ class ReadReplicas:
         self, target: ReplicaTarget, context: TenantContext, *, dedicated: bool, mix: bool
     ) -> tuple[TenantSession, str]:
         cluster = target.replica.cluster
-        if dedicated:
-            try:
-                return self._dedicated(target, context), DEDICATED
-            except (CapacityExhausted, TenantUnavailable):
-                if not mix:
-                    raise
-        return target.gateways.session(context, cluster, read_only=True), SHARED
+        return either_way(
+            dedicated,
+            mix,
+            lambda: self._dedicated(target, context),
+            lambda: target.gateways.session(context, cluster, read_only=True),
+        )
 
     def _dedicated(self, target: ReplicaTarget, context: TenantContext) -> TenantSession:
         tenant_id = uuid.UUID(context.tenant_id)

@@ -25,7 +25,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import dbwait
+from app.dbhosts import single_host
 from app.dbwait import discard_if_closed_by_server
 from app.tenancy.serving.consistency import lsn_from_text, record_end
+from app.tenancy.serving.forks import reset_in_child
 
 __all__ = [
     "CHECK_INTERVAL",
@@ -52,8 +53,6 @@ CHECK_INTERVAL = 1.0
 PROBE_TIMEOUT = 2
 """Seconds a probe may wait to connect or for an answer (libpq's least connect timeout)."""
 
-# Query keys that say where a DSN connects: a replica's URL replaces them all.
-_WHERE = frozenset({"host", "hostaddr", "port", "target_session_attrs"})
 _PRIMARY_PROBE = (
     "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END, "
     "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END"
@@ -83,13 +82,9 @@ def on_replica(url: sa.URL, replica: sa.URL) -> sa.URL:
     So the service logs in on a replica exactly as on its primary: the same role and
     password (roles replicate), the same options; only where changes.
     """
-    query = {key: value for key, value in url.query.items() if key.lower() not in _WHERE}
-    query.update(replica.query)
-    return url.set(
-        host=replica.host,
-        port=replica.port,
-        database=replica.database or url.database,
-        query=query,
+    pointed = single_host(url, (replica.host, replica.port))
+    return pointed.set(
+        database=replica.database or url.database, query={**pointed.query, **replica.query}
     )
 
 
@@ -271,11 +266,11 @@ class ReplicaWatcher:
         self._replica_urls = dict(replica_urls)
         self._interval = interval
         self._clock = clock
-        self._engines: dict[str, sa.Engine] = {}
+        self._engines: dict[sa.URL, sa.Engine] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        _LIVE_WATCHERS.add(self)
+        reset_in_child(self)
 
     def start(self) -> None:
         """Start probing in a daemon thread, once (every tenant request asks: a lock, no more)."""
@@ -337,8 +332,7 @@ class ReplicaWatcher:
             return None
 
     def _engine(self, url: sa.URL) -> sa.Engine:
-        key = url.render_as_string(hide_password=False)
-        engine = self._engines.get(key)
+        engine = self._engines.get(url)
         if engine is None:
             engine = sa.create_engine(
                 url,
@@ -351,7 +345,7 @@ class ReplicaWatcher:
                 },
             )
             sa.event.listen(engine, "checkout", discard_if_closed_by_server)
-            self._engines[key] = engine
+            self._engines[url] = engine
         return engine
 
     def _dispose(self, *, close: bool) -> None:
@@ -365,14 +359,3 @@ class ReplicaWatcher:
         self._thread = None
         self._stop = threading.Event()
         self._dispose(close=False)
-
-
-_LIVE_WATCHERS: weakref.WeakSet[ReplicaWatcher] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for watcher in list(_LIVE_WATCHERS):
-        watcher._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

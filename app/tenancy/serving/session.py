@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 from app.dbhosts import hosts
 from app.tenancy.errors import TenantUnavailable
-from app.tenancy.serving.consistency import lsn_from_text, record_end
+from app.tenancy.serving.consistency import format_token, lsn_from_text, record_end
 from app.tenancy.serving.context import ContextSigner, TenantContext
 
 TENANT_DRIVER = "postgresql+tenantpool"
@@ -99,6 +99,15 @@ class TenantSession(orm.Session):
             return None
         position: int | None = bind.info.get(COMMIT_POSITION)
         return position
+
+    def consistency_token(self) -> str | None:
+        """The ``X-Consistency-Token`` of what this session committed; None: nothing (or its
+        cluster unknown). No I/O."""
+        position = self.commit_position()
+        cluster: str | None = self.info.get("cluster")
+        if position is None or cluster is None:
+            return None
+        return format_token(position, cluster)
 
     def close(self) -> None:
         """End the session and return its connection, if it was given one, to the pool."""

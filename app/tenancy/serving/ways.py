@@ -19,8 +19,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["HOT_MIN_REQUESTS", "WINDOW", "ServingMode", "ServingWays"]
+from app.tenancy.errors import CapacityExhausted, TenantUnavailable
+from app.tenancy.serving.activity import DEDICATED, SHARED
+
+__all__ = ["HOT_MIN_REQUESTS", "WINDOW", "ServingMode", "ServingWays", "either_way"]
+
+Session = TypeVar("Session")
 
 WINDOW = 1.0
 """Seconds over which requests are counted to find the hot tenants."""
@@ -93,3 +99,18 @@ class ServingWays:
         )
         self._counts = {}
         self._window_ends = now + self._window
+
+
+def either_way(
+    dedicated: bool, mix: bool, own: Callable[[], Session], shared: Callable[[], Session]
+) -> tuple[Session, str]:
+    """A session the tenant's way (``own`` engine if ``dedicated``, else ``shared``), and
+    that way; in ``mix``, shared also when its own engine cannot be had right now (budget
+    busy, logins backing off). On a primary and on a replica alike."""
+    if dedicated:
+        try:
+            return own(), DEDICATED
+        except (CapacityExhausted, TenantUnavailable):
+            if not mix:
+                raise
+    return shared(), SHARED
