@@ -21,8 +21,8 @@ from app.tenancy.control.context_sql import (
     USER_COLUMN,
     USER_FUNCTIONS,
     USER_POLICY,
-    VERIFIER,
     VERIFIER_0003,
+    VERIFIER_0006,
     make_user_scoped,
     user_function_ddl,
 )
@@ -45,7 +45,7 @@ def _pgcrypto() -> str:
 
 
 def upgrade() -> None:
-    op.execute(VERIFIER.format(schema=CONTEXT_SCHEMA, pgcrypto=_pgcrypto()))
+    op.execute(VERIFIER_0006.format(schema=CONTEXT_SCHEMA, pgcrypto=_pgcrypto()))
     for statement in user_function_ddl():
         op.execute(statement)
     make_user_scoped(op, "orders")

@@ -11,6 +11,7 @@ see none of tenant B's rows and none of another end user's.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -125,6 +126,17 @@ def test_replica_session_sees_only_its_tenant(
 ) -> None:
     assert _seen(session_a, "SELECT tenant_id FROM users") == {tenant_a.id}
     assert session_a.scalar(sa.text("SELECT current_user")) == role_name(tenant_a.id)
+
+
+def test_replica_binds_a_gateway_backend_by_its_start(
+    session_a: TenantSession, tenant_a: ProvisionedTenant
+) -> None:
+    """A standby cannot draw backend numbers: a shared connection there is bound, and its
+    contexts verified, by pid and start time (a tenant's own connection by pid alone)."""
+    binding = session_a.connection().info["tenantpool.binding"]
+    pid = session_a.scalar(sa.text("SELECT pg_backend_pid()"))
+    shared = session_a.scalar(sa.text("SELECT session_user")) != role_name(tenant_a.id)
+    assert re.fullmatch(rf"{pid}:s\d+" if shared else rf"{pid}:0", binding), binding
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from tests.replicas import injected_switch, seen_or_refused
 REFUSED = (sa.exc.DBAPIError, TenantUnavailable)
 """What an attack may get instead of rows: an error from PostgreSQL or the verifier."""
 ACTOR = "test"
+INJECTED_DRAW = "RESET ROLE; SELECT tp_private.backend_binding()"
 
 
 @pytest.fixture
@@ -195,14 +196,73 @@ def _signature_seen_on(session: TenantSession, pid: int) -> str:
         "RESET ROLE; SELECT key FROM tp_private.context",
         "RESET ROLE; SELECT db_password_encrypted FROM gateways",
         "SELECT db_password_encrypted FROM tenants",
+        "SELECT currval('tp_private.backend_nonces')",
+        "SELECT nextval('tp_private.backend_nonces')",
+        "RESET ROLE; SELECT setval('tp_private.backend_nonces', 1)",
+        "RESET ROLE; SELECT currval('tp_private.backend_nonces')",
+        "SELECT tp_private.backend_binding()",
     ],
-    ids=["as-tenant", "as-gateway", "gateway-secrets", "tenant-secrets"],
+    ids=[
+        "as-tenant",
+        "as-gateway",
+        "gateway-secrets",
+        "tenant-secrets",
+        "read-number",
+        "draw-number",
+        "set-number",
+        "gateway-reads-number",
+        "tenant-draws-number",
+    ],
 )
 def test_shared_injected_sql_cannot_read_keys_or_secrets(
     session_a: TenantSession, statement: str
 ) -> None:
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"), session_a.begin():
         session_a.execute(sa.text(statement))
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["read", "write"])
+@pytest.mark.parametrize(
+    "injected",
+    ["DISCARD SEQUENCES", INJECTED_DRAW],
+    ids=["discard-number", "draw-new-number"],
+)
+def test_shared_stale_binding_costs_the_next_tenant_nothing(
+    shared_tenancy: Tenancy,
+    two_tenants: tuple[ProvisionedTenant, ProvisionedTenant],
+    injected: str,
+    read_only: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A's SQL drops or redraws its backend's number; B, served next on that backend, gets
+    its own rows without an error (the connection is bound again), and never A's."""
+    tenant_a, tenant_b = two_tenants
+    attacker = shared_tenancy.open_session(tenant_a.id, read_only=read_only)
+    try:
+        pid = attacker.scalar(sa.text("SELECT pg_backend_pid()"))
+        try:
+            attacker.execute(sa.text(injected))
+            ran = True
+        except sa.exc.DBAPIError:  # drawing a number in a read-only transaction
+            ran = False
+        attacker.rollback()
+    finally:
+        attacker.close()
+    with caplog.at_level("WARNING", logger="app.tenancy.serving.session"):
+        for _ in range(4 * shared_tenancy.gateways.size):  # until B's request lands there
+            session = shared_tenancy.open_session(tenant_b.id, read_only=read_only)
+            try:
+                tenants = session.scalars(sa.select(User.tenant_id)).all()
+                landed = session.scalar(sa.text("SELECT pg_backend_pid()")) == pid
+            finally:
+                session.close()
+            assert tenants == [tenant_b.id] * 2
+            if landed:
+                break
+        else:
+            pytest.fail("B's requests never landed on the backend A's SQL ran on")
+    assert ("bound a shared connection to its backend again" in caplog.text) == ran
+    assert ran or (injected, read_only) == (INJECTED_DRAW, True)
 
 
 def test_shared_verifier_called_directly_confirms_only_the_real_context(

@@ -4,15 +4,21 @@ From the catalogs, as the owner: the database's gateway role is NOINHERIT, LOGIN
 any privileged attribute, table privilege or membership but tenant roles', and the owner
 is a member of it (the verifier reads its backends' start); the signing key exists and
 only the owner can read it; the verifier is SECURITY DEFINER, owned by the key's owner,
-executable by ``tenant_base`` and by neither PUBLIC nor the gateway. (That it pins its
+executable by ``tenant_base`` and by neither PUBLIC nor the gateway; the sequence that numbers
+gateway backends is the owner's alone, and only the gateway may draw from it, through
+``backend_binding()``, SECURITY DEFINER and owned like the key. (That they pin their
 search_path is checked with every definer function.) That every policy calls it is
 checked with the tables.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import sqlalchemy as sa
 
+from app.tenancy.control.context_sql import BACKEND_BINDING, NONCES
 from app.tenancy.control.ddl import (
     CONTEXT_SCHEMA,
     GATEWAY_ROLE_PATTERN,
@@ -38,6 +44,7 @@ def context_problems(connection: sa.Connection) -> list[str]:
         _key_problems(connection, gateway)
         + _gateway_problems(connection, gateway)
         + _verifier_problems(connection, gateway)
+        + _binding_problems(connection, gateway)
     )
 
 
@@ -115,29 +122,90 @@ def _gateway_problems(connection: sa.Connection, gateway: str) -> list[str]:
 
 
 def _verifier_problems(connection: sa.Connection, gateway: str) -> list[str]:
+    return _definer_problems(
+        connection,
+        VERIFIER,
+        {
+            "is not SECURITY DEFINER: it could not read the key": lambda row: not row.prosecdef,
+            f"{TENANT_BASE_ROLE} may not execute it: every policy would fail": (
+                lambda row: not row.base_may
+            ),
+            f"{gateway} may execute it": lambda row: row.gateway_may,
+        },
+        gateway,
+    )
+
+
+def _binding_problems(connection: sa.Connection, gateway: str) -> list[str]:
+    """The numbers that bind gateway backends (migration 0010): only the owner draws them."""
+    function = f"{CONTEXT_SCHEMA}.{BACKEND_BINDING}"
+    found = _definer_problems(
+        connection,
+        function,
+        {
+            "is not SECURITY DEFINER: the gateway could not draw a number": (
+                lambda row: not row.prosecdef
+            ),
+            f"{gateway} may not execute it: no shared connection could be bound": (
+                lambda row: not row.gateway_may
+            ),
+        },
+        gateway,
+    )
     row = connection.execute(
         sa.text(
-            f"""
+            """
+            SELECT c.relowner = k.relowner AS owned_like_the_key,
+                   ARRAY(SELECT r FROM unnest(ARRAY['public', :base, :gateway]) AS r
+                         WHERE has_sequence_privilege(r, c.oid, 'USAGE, SELECT, UPDATE')) AS users
+            FROM pg_class c, pg_class k
+            WHERE c.oid = to_regclass(:sequence) AND k.oid = to_regclass(:key)
+            """
+        ),
+        {
+            "base": TENANT_BASE_ROLE,
+            "gateway": gateway,
+            "sequence": f"{CONTEXT_SCHEMA}.{NONCES}",
+            "key": f"{CONTEXT_SCHEMA}.context",
+        },
+    ).one_or_none()
+    sequence = f"sequence {CONTEXT_SCHEMA}.{NONCES}"
+    if row is None:
+        return [*found, f"{sequence}: does not exist (run flask db upgrade)"]
+    if not row.owned_like_the_key:
+        found.append(f"{sequence}: is not owned by the key's owner")
+    found += [f"{sequence}: {user} may use it (only its owner may)" for user in row.users]
+    return found
+
+
+def _definer_problems(
+    connection: sa.Connection,
+    function: str,
+    problems: dict[str, Callable[[sa.Row[Any]], bool]],
+    gateway: str,
+) -> list[str]:
+    """``function``'s problems: each of ``problems`` that holds, and an owner other than the
+    key's (a row with ``prosecdef``, ``base_may`` and ``gateway_may`` is given to each)."""
+    row = connection.execute(
+        sa.text(
+            """
             SELECT p.prosecdef, p.proowner = c.relowner AS owned_like_the_key,
                    has_function_privilege(:base, p.oid, 'EXECUTE') AS base_may,
                    has_function_privilege(:gateway, p.oid, 'EXECUTE') AS gateway_may
             FROM pg_proc p, pg_class c
-            WHERE p.oid = to_regprocedure('{VERIFIER}')
-              AND c.oid = to_regclass('{CONTEXT_SCHEMA}.context')
+            WHERE p.oid = to_regprocedure(:function) AND c.oid = to_regclass(:key)
             """
         ),
-        {"base": TENANT_BASE_ROLE, "gateway": gateway},
+        {
+            "base": TENANT_BASE_ROLE,
+            "gateway": gateway,
+            "function": function,
+            "key": f"{CONTEXT_SCHEMA}.context",
+        },
     ).one_or_none()
     if row is None:
-        return [f"function {VERIFIER}: does not exist (run flask db upgrade)"]
-    found = [
-        problem
-        for problem, present in (
-            ("is not SECURITY DEFINER: it could not read the key", not row.prosecdef),
-            ("is not owned by the key's owner", not row.owned_like_the_key),
-            (f"{TENANT_BASE_ROLE} may not execute it: every policy would fail", not row.base_may),
-            (f"{gateway} may execute it", row.gateway_may),
-        )
-        if present
-    ]
-    return [f"function {VERIFIER}: {problem}" for problem in found]
+        return [f"function {function}: does not exist (run flask db upgrade)"]
+    found = [problem for problem, present in problems.items() if present(row)]
+    if not row.owned_like_the_key:
+        found.append("is not owned by the key's owner")
+    return [f"function {function}: {problem}" for problem in found]

@@ -8,9 +8,10 @@ the backend, under the database's key (``tp_private.context``), which only the o
 ``tp_private.tenant_context_ok()`` (SECURITY DEFINER) recomputes the signature and requires it
 to open the client's message (``current_query()``), so that SQL injected into the message can
 neither forge a context nor replay one read elsewhere; a claimed context that fails raises
-SQLSTATE TPC01. The binding is ``<pid>:<backend start>`` on a gateway connection (the owner,
-a member of the gateway role, can read its start) and ``<pid>:0`` on a tenant's own one,
-whose start only the tenant role sees.
+SQLSTATE TPC01. The binding is ``<pid>:n<number>`` on a primary's gateway connection (a number
+drawn for the backend from an owner-only sequence, see VERIFIER), ``<pid>:s<backend start>``
+on a standby's (the owner, a member of the gateway role, can read its start) and ``<pid>:0``
+on a tenant's own one, whose start only the tenant role sees.
 
 ``current_app_user()``, ``current_app_roles()`` and ``current_app_is_admin()`` give policies
 the end user, verified: on either way of serving, injected SQL inside user U's request cannot
@@ -53,15 +54,16 @@ END
 $verifier$
 """
 
-# Since migration 0006: the end user too, and a binding for either way of serving.
-VERIFIER = """
+# The verifier since migration 0006: the end user too, and a binding for either way of
+# serving. ``-- gateway backend --`` is where a gateway connection's backend is named.
+_VERIFIER_WITH_USERS = """
 CREATE OR REPLACE FUNCTION {schema}.tenant_context_ok() RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $verifier$
 DECLARE
   signature text := current_setting('app.tenant_sig', true);
-  started bigint := 0;
+  backend text := '0';
   context {schema}.context%ROWTYPE;
 BEGIN
   IF coalesce(signature, '') = '' THEN
@@ -69,15 +71,14 @@ BEGIN
   END IF;
   SELECT * INTO context FROM {schema}.context;
   IF session_user = context.gateway_role THEN
-    SELECT (extract(epoch FROM a.backend_start) * 1000000)::bigint INTO started
-      FROM pg_stat_get_activity(pg_backend_pid()) AS a;
+    -- gateway backend --
   END IF;
   IF signature = encode({pgcrypto}.hmac(convert_to(concat_ws(E'\\n',
          coalesce(current_setting('app.tenant_id', true), ''),
          coalesce(current_setting('app.user_id', true), ''),
          coalesce(current_setting('app.user_roles', true), ''),
          coalesce(current_setting('app.user_admin', true), ''),
-         pg_backend_pid() || ':' || coalesce(started, 0)), 'UTF8'), context.key, 'sha256'), 'hex')
+         pg_backend_pid() || ':' || backend), 'UTF8'), context.key, 'sha256'), 'hex')
      AND starts_with(current_query(), 'SELECT set_config(''app.tenant_sig'', '''
                                       || signature || ''', true)')
   THEN
@@ -88,6 +89,55 @@ BEGIN
 END
 $verifier$
 """
+_BACKEND_START = "(extract(epoch FROM a.backend_start) * 1000000)::bigint"
+
+# As migration 0006 made it: a gateway backend named by its start time.
+VERIFIER_0006 = _VERIFIER_WITH_USERS.replace(
+    "-- gateway backend --",
+    f"SELECT {_BACKEND_START} INTO backend FROM pg_stat_get_activity(pg_backend_pid()) AS a;",
+)
+
+NONCES = "backend_nonces"
+"""The owner-only sequence, in the context schema, that numbers gateway backends (0010)."""
+
+# Since migration 0010: on a primary, a gateway backend is named by a number drawn from
+# NONCES, which only the owner can draw (``backend_binding()``) and which the backend keeps
+# in its own memory (currval): no snapshot of every backend's status per statement. On a
+# standby, where nothing can be drawn, by its start time as before.
+VERIFIER = _VERIFIER_WITH_USERS.replace(
+    "-- gateway backend --",
+    f"""IF pg_is_in_recovery() THEN
+      SELECT 's' || {_BACKEND_START} INTO backend
+        FROM pg_stat_get_activity(pg_backend_pid()) AS a;
+    ELSE
+      -- SQLSTATE 55000 when this backend drew no number, or a DISCARD dropped it.
+      backend := 'n' || currval('{{schema}}.{{nonces}}');
+    END IF;""",
+)
+
+BACKEND_BINDING = "backend_binding()"
+"""The function, in the context schema, a gateway connection calls on connect (0010)."""
+
+# Executable by the gateway role only. Each call draws a new number, so SQL a tenant injects
+# (after RESET ROLE) that calls it, or a DISCARD SEQUENCES, can only make the app's binding
+# stale: the next statement fails, and the app binds the connection again and sends it once
+# more (session.GatewayDialect). Nobody can make a backend hold another backend's number.
+BACKEND_BINDING_FUNCTION = """
+CREATE OR REPLACE FUNCTION {schema}.backend_binding() RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $binding$
+DECLARE
+  started bigint;
+BEGIN
+  IF pg_is_in_recovery() THEN
+    SELECT {backend_start} INTO started FROM pg_stat_get_activity(pg_backend_pid()) AS a;
+    RETURN pg_backend_pid() || ':' || 's' || started;  -- as the verifier spells it
+  END IF;
+  RETURN pg_backend_pid() || ':' || 'n' || nextval('{schema}.{nonces}');
+END
+$binding$
+""".replace("{backend_start}", _BACKEND_START)
 
 USER_FUNCTIONS = {
     "current_app_user()": (

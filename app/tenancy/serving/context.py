@@ -8,10 +8,10 @@
 
 The signature is HMAC-SHA256, under the database's key (``tp_private.context``, read once
 per worker), of the tenant, the end user, their roles, whether they see all of the tenant's
-rows, and the backend (``<pid>:<start>`` on a gateway connection, ``<pid>:0`` on a tenant's
-own): exactly what ``tp_private.tenant_context_ok()`` recomputes
-(app/tenancy/control/context_sql.py). It comes first, because the verifier also requires it
-to open the client's message. On a gateway connection the opening also switches the role
+rows, and the backend (``<pid>:n<number>`` or, on a standby, ``<pid>:s<start>`` on a gateway
+connection, ``<pid>:0`` on a tenant's own): exactly what ``tp_private.tenant_context_ok()``
+recomputes (app/tenancy/control/context_sql.py). It comes first, because the verifier also
+requires it to open the client's message. On a gateway connection the opening also switches the role
 and sets what the tenant role's own settings would have (statement timeout, application
 name).
 """

@@ -3,11 +3,11 @@
 A gateway connection logs in as the database's gateway role (NOINHERIT, no grants), and
 every statement it sends for a tenant opens with that tenant's signed context, which also
 switches to the tenant's role for the transaction (``serving/context.py``). The signature
-binds the backend's pid and start time, which the pool reads once per connection, on
-connect. Each tenant table's policy verifies it (``tp_private.tenant_context_ok()``), and
-checks that it opens the client's message, so injected SQL that switches role and tenant,
-or replays a signature read in ``pg_stat_activity``, sees nothing: see docs/security.md,
-"Two ways to reach a tenant".
+binds the backend: its pid and a number drawn for it (its start time on a standby), which the
+pool reads on connect, and again if a tenant's SQL made it stale. Each tenant table's policy
+verifies it (``tp_private.tenant_context_ok()``), and checks that it opens the client's
+message, so injected SQL that switches role and tenant, or replays a signature read in
+``pg_stat_activity``, sees nothing: see docs/security.md, "Two ways to reach a tenant".
 
 The pools are this module's; the credentials and key come from a ``fetch`` callable (the
 control plane's ``gateways.gateway_access``), so the data path imports nothing of it.
@@ -38,6 +38,7 @@ from app.tenancy.serving.forks import reset_in_child
 from app.tenancy.serving.observer import Observer
 from app.tenancy.serving.session import (
     BINDING,
+    CONTEXT_REFUSED,
     GATEWAY_DRIVER,
     PINNED,
     TenantSession,
@@ -53,12 +54,12 @@ logger = logging.getLogger(__name__)
 _RETRY_AFTER_FAILURE = 1.0
 """Seconds a cluster whose gateway could not be set up is answered 503 without trying."""
 
-# The same expression as the verifier's (migration 0003), so both sides sign the same text.
-# Who the connection is, in the same round trip: see engines.refuse_unless_logged_in_as.
+# The binding as the verifier recomputes it (migration 0010), and who the connection is, in
+# the same round trip: see engines.refuse_wrong_role. RESET ROLE first: when the connection
+# is bound again, a tenant's SQL may have left a role set for the session.
 _BINDING_QUERY = (
-    "SELECT pg_backend_pid(), (extract(epoch FROM backend_start) * 1000000)::bigint, "
-    "current_user, session_user, current_setting('search_path') "
-    "FROM pg_stat_get_activity(pg_backend_pid())"
+    "RESET ROLE; SELECT tp_private.backend_binding(), current_user, session_user, "
+    "current_setting('search_path')"
 )
 # What a tenant's injected SQL could change at session level (SET, set_config(..., false)) on
 # a shared connection, to the harm of the tenants served on it later. search_path is reset by
@@ -80,7 +81,6 @@ _REPORTED_AT_CONNECT = "tenantpool.reported"
 # server raised it, which, unlike the message, does not depend on lc_messages.
 _ROLE_REFUSED = frozenset({"42501", "22023"})
 _ROLE_CHECK = "call_string_check_hook"
-_CONTEXT_REFUSED = "TPC01"
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,17 @@ class GatewayAccess:
 
 
 def backend_binding(dbapi_connection: Any, *, role: str) -> tuple[str, str]:
-    """``<pid>:<backend start in µs>`` of the backend behind a new DB-API connection, and its
-    search_path at log-in.
+    """The binding of the backend behind a DB-API connection (``<pid>:n<number>`` on a
+    primary, ``<pid>:s<start in µs>`` on a standby), and its search_path.
 
     Raises TenantUnavailable (and closes the connection) unless it is logged in as ``role``,
     the gateway role: a connection that is anyone else is never used to serve a tenant.
     """
     with dbapi_connection.cursor() as cursor:
         cursor.execute(_BINDING_QUERY)
-        pid, started, current_user, session_user, search_path = cursor.fetchone()
+        binding, current_user, session_user, search_path = cursor.fetchone()
     refuse_wrong_role(dbapi_connection, role, current_user, session_user)
-    return f"{int(pid)}:{int(started)}", search_path
+    return str(binding), search_path
 
 
 class _GatewayPool:
@@ -135,6 +135,9 @@ class _GatewayPool:
                     connect_timeout=pool.connect_timeout, io_timeout=pool.io_timeout
                 ),
             },
+        )
+        self.engine.dialect.binder = (  # type: ignore[attr-defined]
+            lambda dbapi_connection: backend_binding(dbapi_connection, role=access.role)[0]
         )
         self.engine.dialect.signer = ContextSigner(  # type: ignore[attr-defined]
             access.key, shared=True, statement_timeout_ms=statement_timeout_ms
@@ -223,9 +226,9 @@ def _refusals(on_refused: Callable[[uuid.UUID], object]) -> Callable[[Any], None
         code = getattr(error, "pgcode", None)
         diag = getattr(error, "diag", None)
         role_refused = code in _ROLE_REFUSED and getattr(diag, "source_function", "") == _ROLE_CHECK
-        if role_refused or code == _CONTEXT_REFUSED:
+        if role_refused or code == CONTEXT_REFUSED:
             tenant_id = tenant_of_failed_transaction(context)
-            if code == _CONTEXT_REFUSED:
+            if code == CONTEXT_REFUSED:
                 # A bug or an attack, never a normal event: say so loudly.
                 logger.error("a tenant context did not verify on a shared connection")
             if tenant_id is not None:

@@ -27,10 +27,13 @@ no consistency; a write fails (read-only transaction) instead of committing on i
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from sqlalchemy import event, orm
@@ -47,8 +50,9 @@ TENANT_DRIVER = "postgresql+tenantpool"
 GATEWAY_DRIVER = "postgresql+tenantpool_gateway"
 """The drivername of gateway engine URLs: :class:`GatewayDialect`."""
 BINDING = "tenantpool.binding"
-"""Key of a connection's binding (``<pid>:<backend start>``, ``<pid>:0`` for a tenant's own
-connection) in its pool record's info: what its signatures are made for."""
+"""Key of a connection's binding (``<pid>:n<number>`` on a primary's gateway connection,
+``<pid>:s<backend start>`` on a standby's, ``<pid>:0`` for a tenant's own connection) in its
+pool record's info: what its signatures are made for."""
 
 PINNED = "tenantpool.pinned"
 """Key of what a connection's opening also sets (:func:`pinned`), in its pool record's info."""
@@ -58,6 +62,11 @@ COMMIT_POSITION = "tenantpool.commit_position"
 
 MOVING = "TPM01"
 """The SQLSTATE ``tenant_move_gate()`` raises while a move holds the tenant."""
+
+CONTEXT_REFUSED = "TPC01"
+"""The SQLSTATE the verifier raises for a context that is claimed and does not verify."""
+
+logger = logging.getLogger(__name__)
 
 _TENANT_OF_TRANSACTION = "tenantpool.tenant_of_transaction"
 # Server (host, port, database) -> dialect attributes its initialize() learned; per process.
@@ -240,17 +249,22 @@ class TenantDialect(PGDialect_psycopg2):
         _end_transaction(dbapi_connection, "ROLLBACK")
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
-        cursor.execute(self._opening(cursor, context) + statement, parameters)
+        self._send(cursor, statement, parameters, context)
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
-        cursor.execute(self._opening(cursor, context) + statement)
+        self._send(cursor, statement, None, context)
 
     def do_executemany(
         self, cursor: Any, statement: str, parameters: Any, context: Any = None
     ) -> None:
         # One message per row, each with its opening: psycopg2 would send the rows bare.
         for row in parameters:
-            cursor.execute(self._opening(cursor, context, many=True) + statement, row)
+            self._send(cursor, statement, row, context, many=True)
+
+    def _send(
+        self, cursor: Any, statement: str, parameters: Any, context: Any, *, many: bool = False
+    ) -> None:
+        cursor.execute(self._opening(cursor, context, many=many) + statement, parameters)
 
     def _opening(self, cursor: Any, context: Any, *, many: bool = False) -> str:
         """What must precede the statement in its message (see the module docstring)."""
@@ -296,9 +310,45 @@ class GatewayDialect(TenantDialect):
     """
 
     supports_statement_cache = True
+    binder: Callable[[Any], str] | None = None
+    """Binds a DB-API connection to its backend again: its new binding (set by its pool)."""
 
     def _untenanted(self, idle: bool) -> str:
         raise sa.exc.InvalidRequestError("gateway connections run tenant sessions only")
+
+    def _send(
+        self, cursor: Any, statement: str, parameters: Any, context: Any, *, many: bool = False
+    ) -> None:
+        """Send, and once more on a connection bound again if its binding had gone stale.
+
+        A tenant's SQL can make a gateway connection's binding stale for whoever uses it
+        next (``DISCARD SEQUENCES``, or drawing a new number: context_sql.BACKEND_BINDING),
+        never make it verify for another backend. A statement that opened its transaction
+        and failed for that alone has done nothing: the connection is bound again and the
+        statement sent once more, so the next tenant does not pay for the first one's SQL.
+        """
+        opens = cursor.connection.get_transaction_status() == TRANSACTION_STATUS_IDLE
+        try:
+            super()._send(cursor, statement, parameters, context, many=many)
+        except psycopg2.Error as error:
+            if not (opens and self.binder is not None and _binding_stale(error)):
+                raise
+            dbapi_connection = cursor.connection
+            _end_transaction(dbapi_connection, "ROLLBACK")
+            context.root_connection.info[BINDING] = self.binder(dbapi_connection)
+            logger.warning(
+                "bound a shared connection to its backend again: SQL run on it earlier "
+                "made its binding stale (SQLSTATE %s)",
+                error.pgcode,
+            )
+            super()._send(cursor, statement, parameters, context, many=many)
+
+
+def _binding_stale(error: psycopg2.Error) -> bool:
+    """Whether ``error`` says the backend's number is not the one the context was signed for."""
+    if error.pgcode == CONTEXT_REFUSED:
+        return True
+    return error.pgcode == "55000" and error.diag.source_function == "currval_oid"
 
 
 _GATE = "SELECT tenant_move_gate();"

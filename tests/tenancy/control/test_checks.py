@@ -330,6 +330,28 @@ def test_checks_name_a_reference_pairing_tenant_id_with_another_column(
             ['GRANT EXECUTE ON FUNCTION tp_private.tenant_context_ok() TO "{gateway}"'],
             "function tp_private.tenant_context_ok(): {gateway} may execute it",
         ),
+        (
+            ['REVOKE EXECUTE ON FUNCTION tp_private.backend_binding() FROM "{gateway}"'],
+            "function tp_private.backend_binding(): {gateway} may not execute it: no shared "
+            "connection could be bound",
+        ),
+        (
+            ["ALTER FUNCTION tp_private.backend_binding() SECURITY INVOKER"],
+            "function tp_private.backend_binding(): is not SECURITY DEFINER: the gateway could "
+            "not draw a number",
+        ),
+        (
+            [
+                "GRANT USAGE ON SEQUENCE tp_private.backend_nonces TO tenant_base",
+                'GRANT UPDATE ON SEQUENCE tp_private.backend_nonces TO "{gateway}"',
+            ],
+            "sequence tp_private.backend_nonces: tenant_base may use it (only its owner may)\n"
+            "sequence tp_private.backend_nonces: {gateway} may use it (only its owner may)",
+        ),
+        (
+            ["DROP SEQUENCE tp_private.backend_nonces"],
+            "sequence tp_private.backend_nonces: does not exist (run flask db upgrade)",
+        ),
     ],
     ids=[
         "using-misses-request",
@@ -351,6 +373,10 @@ def test_checks_name_a_reference_pairing_tenant_id_with_another_column(
         "key-missing",
         "verifier-not-for-tenants",
         "verifier-for-gateway",
+        "binding-not-for-gateway",
+        "binding-not-definer",
+        "numbers-usable",
+        "numbers-missing",
     ],
 )
 def test_checks_name_each_broken_rule(

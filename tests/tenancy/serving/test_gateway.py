@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import uuid
 
@@ -28,22 +29,24 @@ def test_gateway_access_never_shows_its_password_or_key() -> None:
     assert repr(KEY) not in repr(access)
 
 
-def test_gateway_binding_is_the_backend_pid_and_start(
+def test_gateway_binding_is_the_backend_pid_and_a_number_of_its_own(
     shared_tenancy: Tenancy, tenant_a: ProvisionedTenant
 ) -> None:
-    session = shared_tenancy.open_session(tenant_a.id)
+    """On a primary: ``<pid>:n<number>``, a number drawn for this backend, never twice."""
+    sessions = [shared_tenancy.open_session(tenant_a.id) for _ in range(2)]  # two connections
     try:
-        binding = session.connection().info["tenantpool.binding"]
-        truth = session.execute(
-            # As the gateway: a tenant role may not see its backend's start.
-            sa.text(
-                "RESET ROLE; SELECT pg_backend_pid() || ':' || (extract(epoch FROM "
-                "backend_start) * 1000000)::bigint FROM pg_stat_get_activity(pg_backend_pid())"
-            )
-        ).scalar_one()
+        bindings = [session.connection().info["tenantpool.binding"] for session in sessions]
+        pids = [session.scalar(sa.text("SELECT pg_backend_pid()")) for session in sessions]
     finally:
-        session.close()
-    assert binding == truth
+        for session in sessions:
+            session.close()
+    numbers = []
+    for binding, pid in zip(bindings, pids, strict=True):
+        found = re.fullmatch(r"(\d+):n(\d+)", binding)
+        assert found is not None, binding
+        assert int(found.group(1)) == pid
+        numbers.append(int(found.group(2)))
+    assert len(set(numbers)) == 2
 
 
 def test_gateway_failed_set_up_is_not_retried_for_a_second() -> None:
