@@ -76,21 +76,15 @@ def _load_by_path(relative: str) -> Any:
     return module
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+# The worker class's module (see worker_class), also whose process_alive the next function uses.
+_fair = _load_by_path("app/fair_dispatch.py")
 
 
 def _remove_dead_masters_dirs() -> None:
     """Metrics directories of masters that are gone (killed, crashed) without cleaning up."""
     for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*"):
         made_by = _MASTERS_DIR.match(path.name)
-        if made_by and path.is_dir() and not _alive(int(made_by[1])):
+        if made_by and path.is_dir() and not _fair.process_alive(int(made_by[1])):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -149,9 +143,16 @@ workers = _settings.workers
 threads = _settings.threads
 # gthread, with each free thread given fairly between requesters (app/fair_dispatch.py): a
 # request over its tenant's share waits on the poller, not in a thread.
-worker_class = _load_by_path("app/fair_dispatch.py").fair_worker(
+worker_class = _fair.fair_worker(
     min(_settings.tenant_thread_share, _settings.threads),
     _load_by_path("app/presence.py").Presence,
+    # Across the workers too, in shared memory made here, before the fork: a row per worker,
+    # with room for a reload's new workers beside the old ones.
+    (
+        _fair.NodeShare(_settings.tenant_node_share, rows=2 * _settings.workers + 2)
+        if _settings.tenant_node_share < _settings.workers * _settings.threads
+        else None
+    ),
 )
 # Above the longest a request waits on the database (a pool wait, then up to two round
 # trips and reconnects, each bounded by app.dbwait), so a slow or silent database gives a

@@ -28,6 +28,8 @@ app/presence.py (who was present lately, shared with the app's fair share) the s
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import re
 import selectors
 import socket
@@ -39,8 +41,18 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from gunicorn.workers.gthread import ThreadWorker
 
-__all__ = ["FairQueue", "FairThreadWorker", "fair_worker", "requester"]
+__all__ = [
+    "FairQueue",
+    "FairThreadWorker",
+    "NodeShare",
+    "digest_of",
+    "fair_worker",
+    "process_alive",
+    "requester",
+]
 _HEAD_BYTES = 8192
+_RECHECK = 0.005
+"""Seconds between a worker's looks at the node's share while a request waits on it."""
 _TENANT_BYTES = 64
 _HEADER = re.compile(rb"\r\n(x-tenant-id|authorization)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
@@ -55,6 +67,135 @@ class Presence(Protocol):
     def others_than(self, key: Hashable) -> bool: ...
 
 
+class NodeShare:
+    """Requests running per requester on the whole node: every worker of one gunicorn master.
+
+    A worker's share alone lets a tenant run ``share`` requests in each worker, so
+    ``workers x share`` on the node, and that many expensive statements saturate a small
+    node's cores: a quiet tenant's request then waits for a core (measured with
+    tests/load/hostile.py on 2 cores: the quiet tenant's p99 rose 7 to 10 times with 4 or 8
+    of the flood's searches running, 2.5 times with 2). So, while others are present, one
+    requester also runs at most ``share`` requests on the node.
+
+    Made in the master before the fork, in shared memory (``multiprocessing.RawArray``), one
+    row per worker: a count of running requests per bucket of requesters (a digest of the
+    requester modulo ``BUCKETS``: two requesters that share a bucket share its count, which
+    can only make them wait for each other, never let one exceed it), since when the
+    worker's oldest queued request of each bucket waits (a slot that frees goes to the
+    longest waiting on the node, not to the worker whose request just ended), and the last
+    two requesters the worker saw. A worker writes its own row only, so no lock is needed. It
+    claims a row when it starts, and clears every row whose worker is gone, so a worker that
+    died with requests running or waiting leaves nothing behind.
+    """
+
+    BUCKETS = 4096
+    RECENT = 2
+
+    def __init__(self, share: int, rows: int) -> None:
+        if share < 1 or rows < 1:
+            raise ValueError(f"share and rows must be at least 1, got {share} and {rows}")
+        self.share = share
+        self._rows = rows
+        self._counts = multiprocessing.RawArray("H", rows * self.BUCKETS)
+        self._seen = multiprocessing.RawArray("Q", rows * self.RECENT)
+        self._seen_at = multiprocessing.RawArray("d", rows * self.RECENT)
+        self._waiting = multiprocessing.RawArray("d", rows * self.BUCKETS)
+        self._owners = multiprocessing.RawArray("i", rows)
+        self._row: int | None = None
+
+    def claim(self, pid: int) -> bool:
+        """Take a row for the worker ``pid`` (in it, after the fork); False if none is free.
+
+        Every row whose worker is gone is cleared on the way, so nothing it counted stays.
+        """
+        for row in range(self._rows):
+            owner = self._owners[row]
+            if owner and owner != pid and not process_alive(owner):
+                self._clear(row)
+        for row in range(self._rows):
+            if self._owners[row] in (0, pid):
+                self._clear(row)
+                self._owners[row] = pid
+                self._row = row
+                return True
+        return False
+
+    def _clear(self, row: int) -> None:
+        start = row * self.BUCKETS
+        self._counts[start : start + self.BUCKETS] = [0] * self.BUCKETS
+        self._waiting[start : start + self.BUCKETS] = [0.0] * self.BUCKETS
+        for slot in range(row * self.RECENT, (row + 1) * self.RECENT):
+            self._seen[slot], self._seen_at[slot] = 0, 0.0
+        self._owners[row] = 0
+
+    def wait_since(self, digest: int, since: float) -> None:
+        """This worker's oldest queued request of ``digest`` arrived at ``since`` (0: none)."""
+        if self._row is not None:
+            self._waiting[self._row * self.BUCKETS + digest % self.BUCKETS] = since
+
+    def first_in_line(self, digest: int, since: float) -> bool:
+        """Whether no other worker has a request of ``digest``'s bucket waiting since before
+        ``since``: a slot the node's share frees goes to the longest waiting, whichever
+        worker holds it, not always to the worker whose request just ended."""
+        bucket = digest % self.BUCKETS
+        for row in range(self._rows):
+            other = self._waiting[row * self.BUCKETS + bucket]
+            if row != self._row and 0.0 < other < since:
+                return False
+        return True
+
+    def running(self, digest: int) -> int:
+        """Requests of ``digest``'s bucket running on the node."""
+        bucket = digest % self.BUCKETS
+        return sum(self._counts[row * self.BUCKETS + bucket] for row in range(self._rows))
+
+    def started(self, digest: int) -> None:
+        self._count(digest, +1)
+
+    def ended(self, digest: int) -> None:
+        self._count(digest, -1)
+
+    def others_than(self, digest: int, within: float = 1.0) -> bool:
+        """Whether any worker saw a requester other than ``digest`` start or end a request
+        within the last ``within`` seconds (CLOCK_MONOTONIC: the same in every process)."""
+        since = time.monotonic() - within
+        return any(
+            self._seen[slot] not in (0, digest) and self._seen_at[slot] >= since
+            for slot in range(self._rows * self.RECENT)
+        )
+
+    def _count(self, digest: int, change: int) -> None:
+        """Count a request of ``digest`` in or out in this worker's row; remember it as seen."""
+        row = self._row
+        if row is None:
+            return
+        slot = row * self.BUCKETS + digest % self.BUCKETS
+        self._counts[slot] = max(0, self._counts[slot] + change)
+        first = row * self.RECENT  # the last two distinct requesters, newest first
+        if self._seen[first] != digest:
+            self._seen[first + 1] = self._seen[first]
+            self._seen_at[first + 1] = self._seen_at[first]
+            self._seen[first] = digest
+        self._seen_at[first] = time.monotonic()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def digest_of(key: Hashable) -> int:
+    """A requester as a nonzero 64-bit number, the same in every worker."""
+    raw = key if isinstance(key, bytes) else repr(key).encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") or 1
+
+
 class FairQueue(Generic[Item]):
     """Which queued request a free thread takes. Not thread safe: gthread's main loop owns it.
 
@@ -62,13 +203,17 @@ class FairQueue(Generic[Item]):
     ``presence``'s recent requesters.
     """
 
-    def __init__(self, threads: int, share: int, presence: Presence) -> None:
+    def __init__(
+        self, threads: int, share: int, presence: Presence, node: NodeShare | None = None
+    ) -> None:
         if not 1 <= share <= threads:
             raise ValueError(f"share must be between 1 and threads ({threads}), got {share}")
         self.threads = threads
         self.share = share
         self._presence = presence
-        self._queues: dict[Hashable, deque[tuple[float, Item]]] = {}
+        self._node = node
+        # Per requester: (arrival order, request, arrival time on CLOCK_MONOTONIC).
+        self._queues: dict[Hashable, deque[tuple[int, Item, float]]] = {}
         self._running: dict[Hashable, int] = {}
         self._busy = 0
         self._order = 0  # arrival order, the tie-break among requesters running as many
@@ -80,7 +225,15 @@ class FairQueue(Generic[Item]):
     def add(self, key: Hashable, item: Item) -> None:
         """Queue a request of requester ``key``."""
         self._order += 1
-        self._queues.setdefault(key, deque()).append((self._order, item))
+        queue = self._queues.setdefault(key, deque())
+        queue.append((self._order, item, time.monotonic()))
+        if len(queue) == 1:
+            self._publish(key)
+
+    def held(self) -> bool:
+        """Whether requests wait although a thread is free: held by a share, maybe the node's,
+        which another worker's request may free without this worker hearing of it."""
+        return bool(self._queues) and self._busy < self.threads
 
     def take(self) -> tuple[Hashable, Item] | None:
         """The request a free thread runs next, or None (no free thread, or none may run)."""
@@ -89,7 +242,7 @@ class FairQueue(Generic[Item]):
         best: tuple[int, float, Hashable] | None = None
         for key, queue in self._queues.items():
             running = self._running.get(key, 0)
-            if running >= self.share and self._others_present(key):
+            if self._over_share(key, running) and self._others_present(key):
                 continue
             candidate = (running, queue[0][0], key)
             if best is None or candidate[:2] < best[:2]:
@@ -98,11 +251,14 @@ class FairQueue(Generic[Item]):
             return None
         key = best[2]
         queue = self._queues[key]
-        _, item = queue.popleft()
+        _, item, _ = queue.popleft()
         if not queue:
             del self._queues[key]
+        self._publish(key)
         self._running[key] = self._running.get(key, 0) + 1
         self._busy += 1
+        if self._node is not None:
+            self._node.started(digest_of(key))
         return key, item
 
     def done(self, key: Hashable) -> None:
@@ -114,13 +270,34 @@ class FairQueue(Generic[Item]):
             self._running.pop(key, None)
         self._busy -= 1
         self._presence.saw(key)
+        if self._node is not None:
+            self._node.ended(digest_of(key))
+
+    def _over_share(self, key: Hashable, running: int) -> bool:
+        if running >= self.share:
+            return True
+        node = self._node
+        if node is None:
+            return False
+        digest = digest_of(key)
+        if node.running(digest) >= node.share:
+            return True
+        return not node.first_in_line(digest, self._queues[key][0][2])
+
+    def _publish(self, key: Hashable) -> None:
+        """Tell the node since when ``key``'s oldest request here waits."""
+        if self._node is not None:
+            queue = self._queues.get(key)
+            self._node.wait_since(digest_of(key), queue[0][2] if queue else 0.0)
 
     def _others_present(self, key: Hashable) -> bool:
         if len(self._running) - (key in self._running) > 0:
             return True
         if len(self._queues) - (key in self._queues) > 0:
             return True
-        return self._presence.others_than(key)
+        if self._presence.others_than(key):
+            return True
+        return self._node is not None and self._node.others_than(digest_of(key))
 
 
 def requester(head: bytes) -> bytes:
@@ -157,12 +334,24 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
     """Set by :func:`fair_worker`; 0 means half the threads."""
     presence: Any = None
     """Set by :func:`fair_worker`: app/presence.py's ``Presence`` class."""
+    node: NodeShare | None = None
+    """Set by :func:`fair_worker`: the node's share, made in the master; None: no node cap."""
 
     def init_process(self) -> None:
         threads = self.cfg.threads
         share = min(self.share or max(1, threads // 2), threads)
-        self._fair: FairQueue[Any] = FairQueue(threads, share, self.presence())
+        node = self.node
+        if node is not None and not node.claim(os.getpid()):
+            self.log.warning("no free row in the node's fair share: this worker runs without")
+            node = None
+        self._fair: FairQueue[Any] = FairQueue(threads, share, self.presence(), node)
         super().init_process()
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self._fair.held():  # another worker may free the node's share meanwhile
+            timeout = min(timeout, _RECHECK)
+        super().wait_for_and_dispatch_events(timeout)
+        self._dispatch()
 
     def enqueue_req(self, conn: Any) -> None:
         head = b"" if self.cfg.is_ssl else _peek(conn)
@@ -194,8 +383,11 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
         )
 
 
-def fair_worker(share: int, presence: type) -> type[FairThreadWorker]:
-    """The worker class for gunicorn.conf.py: each requester's ``share`` of the threads, and
-    the ``Presence`` class of app/presence.py (loaded by path, as this module is)."""
-    attributes = {"share": share, "presence": presence}
+def fair_worker(
+    share: int, presence: type, node: NodeShare | None = None
+) -> type[FairThreadWorker]:
+    """The worker class for gunicorn.conf.py: each requester's ``share`` of the threads, the
+    ``Presence`` class of app/presence.py (loaded by path, as this module is), and the node's
+    share (None: no cap across workers)."""
+    attributes = {"share": share, "presence": presence, "node": node}
     return type("FairThreadWorker", (FairThreadWorker,), attributes)

@@ -84,6 +84,7 @@ class Settings:
     tracing: str
     jwt: JwtSettings | None
     tenant_thread_share: int
+    tenant_node_share: int
     tenant_share_wait: float
     auth_failure_limit: int
     idempotency_ttl: float
@@ -166,6 +167,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # above APP_THREADS there is no cap (the wiring takes the smaller of the two).
         tenant_thread_share=reader.get(
             "APP_TENANT_THREAD_SHARE", max(1, threads // 2), int_between(1, 256)
+        ),
+        # As many as the node has cores: a noisy tenant's expensive statements cannot take
+        # every core from the others (app/fair_dispatch.py, NodeShare). At or above
+        # APP_WORKERS x APP_THREADS there is no cap.
+        tenant_node_share=reader.get(
+            "APP_TENANT_NODE_SHARE", max(1, os.cpu_count() or 1), int_between(1, 65_536)
         ),
         tenant_share_wait=reader.get("APP_TENANT_SHARE_WAIT", 0.1, float_between(0.0, 60.0)),
         auth_failure_limit=reader.get("APP_AUTH_FAILURE_LIMIT", 30, int_between(1, 1_000_000)),

@@ -133,6 +133,7 @@ def app_env(owner_url: str) -> dict[str, str]:
         # are not about: no cap for them. tests/e2e/test_fair_share.py and the unit tests run
         # the product's default.
         "APP_TENANT_THREAD_SHARE": "256",
+        "APP_TENANT_NODE_SHARE": "65536",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import subprocess
 import sys
@@ -304,6 +305,13 @@ def test_config_tenant_thread_share_defaults_to_half_the_threads() -> None:
     assert load_settings(explicit).tenant_thread_share == 99  # at or above threads: no cap
     with pytest.raises(ConfigError, match=r"^APP_TENANT_THREAD_SHARE:"):
         load_settings({**VALID, "APP_TENANT_THREAD_SHARE": "0"})
+
+
+def test_config_tenant_node_share_defaults_to_the_cores() -> None:
+    assert load_settings(VALID).tenant_node_share == max(1, os.cpu_count() or 1)
+    assert load_settings({**VALID, "APP_TENANT_NODE_SHARE": "3"}).tenant_node_share == 3
+    with pytest.raises(ConfigError, match=r"^APP_TENANT_NODE_SHARE:"):
+        load_settings({**VALID, "APP_TENANT_NODE_SHARE": "0"})
 
 
 def test_config_idempotency_ttl_defaults_to_a_day() -> None:

@@ -6,9 +6,14 @@ policy, step by step, with a clock that moves only when told to.
 
 from __future__ import annotations
 
+import copy
+import multiprocessing
+import os
+import time
+
 import pytest
 
-from app.fair_dispatch import FairQueue, requester
+from app.fair_dispatch import FairQueue, NodeShare, digest_of, requester
 from app.presence import Presence
 from tests.support import FakeClock
 
@@ -128,3 +133,83 @@ def test_requester_is_the_claimed_tenant_and_its_credential(head: bytes, same_as
 def test_requester_key_is_bounded_whatever_the_headers() -> None:
     head = b"GET / HTTP/1.1\r\nX-Tenant-ID: " + b"x" * 5000 + b"\r\nAuthorization: " + b"y" * 5000
     assert len(requester(head)) <= 64 + 1 + 8
+
+
+def _workers(node_share: int = 1) -> list[FairQueue[str]]:
+    """Two workers' queues over one node's share, as after gunicorn's fork: each with its own
+    row (claimed for a live pid) of the same shared memory, and no cap of its own."""
+    node = NodeShare(node_share, rows=3)
+    queues = []
+    for pid in (os.getpid(), os.getppid()):
+        worker_node = copy.copy(node)  # what a forked worker holds: its object, shared arrays
+        assert worker_node.claim(pid)
+        queues.append(FairQueue(4, 4, Presence(1.0, FakeClock()), worker_node))
+    return queues
+
+
+def test_node_share_holds_a_requester_running_in_another_worker() -> None:
+    a, b = _workers(node_share=1)
+    a.add(QUIET, "q0")
+    assert _take_all(a) == ["q0"]
+    a.done(QUIET)  # the quiet tenant was served by worker a only
+    a.add(NOISY, "n0")
+    assert _take_all(a) == ["n0"]
+    b.add(NOISY, "n1")
+    assert _take_all(b) == []  # b never saw the quiet tenant; the node did
+    assert b.held()
+    b.add(OTHER, "o0")
+    assert _take_all(b) == ["o0"]  # others are not held behind it
+    a.done(NOISY)
+    assert _take_all(b) == ["n1"]
+
+
+def test_node_share_gives_a_freed_slot_to_the_longest_waiting_worker() -> None:
+    a, b = _workers(node_share=1)
+    a.add(QUIET, "q0")
+    _take_all(a)
+    a.done(QUIET)  # present: the node's share applies
+    a.add(NOISY, "n0")
+    assert _take_all(a) == ["n0"]
+    b.add(NOISY, "b0")
+    time.sleep(0.002)
+    a.add(NOISY, "n1")  # after b's
+    a.done(NOISY)
+    assert _take_all(a) == []  # not a's turn, though its own request just ended
+    assert _take_all(b) == ["b0"]
+    b.done(NOISY)
+    assert _take_all(a) == ["n1"]
+
+
+def test_node_share_lets_a_requester_alone_use_every_worker() -> None:
+    a, b = _workers(node_share=1)
+    a.add(NOISY, "n0")
+    b.add(NOISY, "n1")
+    assert _take_all(a) == ["n0"]
+    assert _take_all(b) == ["n1"]
+    assert not b.held()
+
+
+def _worker_that_dies(node: NodeShare) -> None:
+    assert node.claim(os.getpid())
+    node.started(digest_of(NOISY))
+    node.started(digest_of(NOISY))
+
+
+def test_node_share_is_shared_memory_and_a_dead_workers_count_is_reclaimed() -> None:
+    node = NodeShare(1, rows=1)
+    child = multiprocessing.get_context("fork").Process(target=_worker_that_dies, args=(node,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+    assert node.running(digest_of(NOISY)) == 2  # counted in the child, seen here
+    assert node.others_than(digest_of(QUIET))
+    assert node.claim(os.getpid())  # the child's row: its worker is gone
+    assert node.running(digest_of(NOISY)) == 0
+    assert not node.others_than(digest_of(QUIET))
+
+
+def test_node_share_bounds_and_digests() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        NodeShare(0, rows=1)
+    assert digest_of(NOISY) == digest_of(b"noisy") != digest_of(QUIET)
+    assert digest_of(NOISY) > 0

@@ -7,7 +7,8 @@ and a noisy tenant (the noisy one with ``--rows`` users), and measures:
 
 1. the quiet tenant's ``GET /v1/users`` p99 alone, then while the noisy tenant floods
    searches that match nothing over 64 connections (wrk), with the fair share on and, for
-   comparison, off (``APP_TENANT_THREAD_SHARE`` = threads); the quiet tenant must see 2xx only;
+   comparison, off (``APP_TENANT_THREAD_SHARE`` = threads, ``APP_TENANT_NODE_SHARE`` =
+   workers x threads); the quiet tenant must see 2xx only;
 2. the workers' memory (RSS, summed) before and after 1500 list requests whose
    ``search_columns`` repeat and reorder names, and their statuses (no 5xx);
 3. 2000 requests naming random unknown tenants: their statuses and the control plane's
@@ -234,6 +235,9 @@ def main() -> None:
     parser.add_argument(
         "--share", type=int, default=None, help="APP_TENANT_THREAD_SHARE (default: the product's)"
     )
+    parser.add_argument(
+        "--node-share", type=int, default=None, help="APP_TENANT_NODE_SHARE (default: cores)"
+    )
     parser.add_argument("--flood-only", action="store_true", help="measure the flood only")
     args = parser.parse_args()
     figures: dict[str, Any] = {
@@ -251,13 +255,19 @@ def main() -> None:
         )
         _fill(env, noisy, args.rows)
         share = {} if args.share is None else {"APP_TENANT_THREAD_SHARE": str(args.share)}
+        if args.node_share is not None:
+            share["APP_TENANT_NODE_SHARE"] = str(args.node_share)
         with _service(env, folder, args, **share) as service:
             figures["fair_share_on"] = _flood(service, noisy, quiet, args.seconds)
             if not args.flood_only:
                 figures["search_columns_spellings"] = _shapes(service, quiet)
                 superuser_url = cluster.superuser_url("tenantpool")
                 figures["unknown_tenants"] = _unknown(service, superuser_url)
-        with _service(env, folder, args, APP_TENANT_THREAD_SHARE=str(args.threads)) as service:
+        off = {
+            "APP_TENANT_THREAD_SHARE": str(args.threads),
+            "APP_TENANT_NODE_SHARE": str(args.workers * args.threads),
+        }
+        with _service(env, folder, args, **off) as service:
             figures["fair_share_off"] = _flood(service, noisy, quiet, args.seconds)
     print(json.dumps(figures, indent=2))
 
