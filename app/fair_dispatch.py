@@ -28,6 +28,7 @@ app/presence.py (who was present lately, shared with the app's fair share) the s
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing
 import os
 import re
@@ -74,22 +75,27 @@ class NodeShare:
     ``workers x share`` on the node, and that many expensive statements saturate a small
     node's cores: a quiet tenant's request then waits for a core (measured with
     tests/load/hostile.py on 2 cores: the quiet tenant's p99 rose 7 to 10 times with 4 or 8
-    of the flood's searches running, 2.5 times with 2). So, while others are present, one
-    requester also runs at most ``share`` requests on the node.
+    of the flood's searches running, 2.5 times with 2). So, while others are present, a heavy
+    requester (:meth:`heavy`) also runs at most ``share`` requests on the node. Counting every
+    requester alike also held the head of a Zipf load, whose requests are as cheap as anyone's
+    (measured: 3 to 5% of the throughput); a heavy one's take several times as long.
 
     Made in the master before the fork, in shared memory (``multiprocessing.RawArray``), one
     row per worker: a count of running requests per bucket of requesters (a digest of the
     requester modulo ``BUCKETS``: two requesters that share a bucket share its count, which
     can only make them wait for each other, never let one exceed it), since when the
     worker's oldest queued request of each bucket waits (a slot that frees goes to the
-    longest waiting on the node, not to the worker whose request just ended), and the last
-    two requesters the worker saw. A worker writes its own row only, so no lock is needed. It
+    longest waiting on the node, not to the worker whose request just ended), how long the
+    bucket's requests took and how long the worker's took (moving geometric means), and the
+    last two requesters the worker saw. A worker writes its own row only, so no lock is needed. It
     claims a row when it starts, and clears every row whose worker is gone, so a worker that
     died with requests running or waiting leaves nothing behind.
     """
 
     BUCKETS = 4096
     RECENT = 2
+    HEAVY = 4.0
+    """How many times a typical request's time makes a requester's requests heavy."""
 
     def __init__(self, share: int, rows: int) -> None:
         if share < 1 or rows < 1:
@@ -100,6 +106,8 @@ class NodeShare:
         self._seen = multiprocessing.RawArray("Q", rows * self.RECENT)
         self._seen_at = multiprocessing.RawArray("d", rows * self.RECENT)
         self._waiting = multiprocessing.RawArray("d", rows * self.BUCKETS)
+        self._cost = multiprocessing.RawArray("d", rows * self.BUCKETS)
+        self._typical = multiprocessing.RawArray("d", rows)
         self._owners = multiprocessing.RawArray("i", rows)
         self._row: int | None = None
 
@@ -123,7 +131,9 @@ class NodeShare:
     def _clear(self, row: int) -> None:
         start = row * self.BUCKETS
         self._counts[start : start + self.BUCKETS] = [0] * self.BUCKETS
-        self._waiting[start : start + self.BUCKETS] = [0.0] * self.BUCKETS
+        for array in (self._waiting, self._cost):
+            array[start : start + self.BUCKETS] = [0.0] * self.BUCKETS
+        self._typical[row] = 0.0
         for slot in range(row * self.RECENT, (row + 1) * self.RECENT):
             self._seen[slot], self._seen_at[slot] = 0, 0.0
         self._owners[row] = 0
@@ -152,8 +162,28 @@ class NodeShare:
     def started(self, digest: int) -> None:
         self._count(digest, +1)
 
-    def ended(self, digest: int) -> None:
+    def ended(self, digest: int, seconds: float) -> None:
+        """A request of ``digest`` that ran ``seconds`` ended here."""
         self._count(digest, -1)
+        row = self._row
+        if row is None or seconds <= 0:
+            return
+        slot = row * self.BUCKETS + digest % self.BUCKETS
+        self._cost[slot] = _geometric(self._cost[slot], seconds, 0.3)
+        self._typical[row] = _geometric(self._typical[row], seconds, 0.05)
+
+    def heavy(self, digest: int) -> bool:
+        """Whether ``digest``'s requests that ended took more than ``HEAVY`` times as long as
+        a typical request on the node. Both are moving geometric means, so that a few slow
+        requests (a busy moment) make neither look long. A tenant sending many cheap
+        requests (the head of a Zipf load) is not heavy, and the node's share spares it.
+        """
+        bucket = digest % self.BUCKETS
+        cost = max(self._cost[slot] for slot in range(bucket, len(self._cost), self.BUCKETS))
+        # The quickest worker's: a worker that serves only the heavy requester (its clients'
+        # connections stick to one worker) must not make it look typical.
+        typical = min((value for value in self._typical if value > 0.0), default=0.0)
+        return typical > 0.0 and bool(cost > self.HEAVY * typical)
 
     def others_than(self, digest: int, within: float = 1.0) -> bool:
         """Whether any worker saw a requester other than ``digest`` start or end a request
@@ -177,6 +207,15 @@ class NodeShare:
             self._seen_at[first + 1] = self._seen_at[first]
             self._seen[first] = digest
         self._seen_at[first] = time.monotonic()
+
+
+def _geometric(mean: float, sample: float, weight: float) -> float:
+    """A moving geometric mean: ``sample`` with ``weight``; the sample alone if none yet."""
+    return (
+        sample
+        if mean <= 0.0
+        else math.exp((1 - weight) * math.log(mean) + weight * math.log(sample))
+    )
 
 
 def process_alive(pid: int) -> bool:
@@ -215,6 +254,7 @@ class FairQueue(Generic[Item]):
         # Per requester: (arrival order, request, arrival time on CLOCK_MONOTONIC).
         self._queues: dict[Hashable, deque[tuple[int, Item, float]]] = {}
         self._running: dict[Hashable, int] = {}
+        self._starts: dict[Hashable, deque[float]] = {}  # of running requests, oldest first
         self._busy = 0
         self._order = 0  # arrival order, the tie-break among requesters running as many
 
@@ -257,6 +297,7 @@ class FairQueue(Generic[Item]):
         self._publish(key)
         self._running[key] = self._running.get(key, 0) + 1
         self._busy += 1
+        self._starts.setdefault(key, deque()).append(time.monotonic())
         if self._node is not None:
             self._node.started(digest_of(key))
         return key, item
@@ -270,8 +311,14 @@ class FairQueue(Generic[Item]):
             self._running.pop(key, None)
         self._busy -= 1
         self._presence.saw(key)
+        # Which of the key's requests ended is not told: the oldest, near enough (they are
+        # served in arrival order).
+        starts = self._starts.get(key)
+        started = starts.popleft() if starts else time.monotonic()
+        if not starts:
+            self._starts.pop(key, None)
         if self._node is not None:
-            self._node.ended(digest_of(key))
+            self._node.ended(digest_of(key), time.monotonic() - started)
 
     def _over_share(self, key: Hashable, running: int) -> bool:
         if running >= self.share:
@@ -280,9 +327,9 @@ class FairQueue(Generic[Item]):
         if node is None:
             return False
         digest = digest_of(key)
-        if node.running(digest) >= node.share:
-            return True
-        return not node.first_in_line(digest, self._queues[key][0][2])
+        if node.running(digest) < node.share:  # a slot is free: for the longest waiting
+            return node.heavy(digest) and not node.first_in_line(digest, self._queues[key][0][2])
+        return node.heavy(digest)
 
     def _publish(self, key: Hashable) -> None:
         """Tell the node since when ``key``'s oldest request here waits."""

@@ -147,37 +147,57 @@ def _workers(node_share: int = 1) -> list[FairQueue[str]]:
     return queues
 
 
-def test_node_share_holds_a_requester_running_in_another_worker() -> None:
-    a, b = _workers(node_share=1)
+def _heavy_noisy_running(a: FairQueue[str]) -> None:
+    """On worker a: the quiet tenant served at once, then one noisy request that took 10 ms
+    (heavy: far longer than a typical request), and another noisy one running."""
     a.add(QUIET, "q0")
     assert _take_all(a) == ["q0"]
-    a.done(QUIET)  # the quiet tenant was served by worker a only
+    a.done(QUIET)
     a.add(NOISY, "n0")
     assert _take_all(a) == ["n0"]
-    b.add(NOISY, "n1")
-    assert _take_all(b) == []  # b never saw the quiet tenant; the node did
+    time.sleep(0.01)
+    a.done(NOISY)
+    a.add(NOISY, "n1")
+    assert _take_all(a) == ["n1"]
+
+
+def test_node_share_holds_a_heavy_requester_running_in_another_worker() -> None:
+    a, b = _workers(node_share=1)
+    _heavy_noisy_running(a)
+    b.add(NOISY, "n2")
+    assert _take_all(b) == []  # b never saw the quiet tenant, nor the noisy one end; the node did
     assert b.held()
     b.add(OTHER, "o0")
     assert _take_all(b) == ["o0"]  # others are not held behind it
     a.done(NOISY)
-    assert _take_all(b) == ["n1"]
+    assert _take_all(b) == ["n2"]
+
+
+def test_node_share_spares_a_busy_requester_whose_requests_are_as_quick_as_others() -> None:
+    """A hot tenant of many cheap requests (a Zipf head) is not held: only heavy ones are."""
+    a, b = _workers(node_share=1)
+    for key in (QUIET, NOISY):  # each took about 20 ms
+        a.add(key, "first")
+        _take_all(a)
+        time.sleep(0.02)
+        a.done(key)
+    a.add(NOISY, "n1")
+    assert _take_all(a) == ["n1"]
+    b.add(NOISY, "n2")
+    assert _take_all(b) == ["n2"]  # over the node's share, but not heavy
 
 
 def test_node_share_gives_a_freed_slot_to_the_longest_waiting_worker() -> None:
     a, b = _workers(node_share=1)
-    a.add(QUIET, "q0")
-    _take_all(a)
-    a.done(QUIET)  # present: the node's share applies
-    a.add(NOISY, "n0")
-    assert _take_all(a) == ["n0"]
+    _heavy_noisy_running(a)
     b.add(NOISY, "b0")
     time.sleep(0.002)
-    a.add(NOISY, "n1")  # after b's
+    a.add(NOISY, "n2")  # after b's
     a.done(NOISY)
     assert _take_all(a) == []  # not a's turn, though its own request just ended
     assert _take_all(b) == ["b0"]
     b.done(NOISY)
-    assert _take_all(a) == ["n1"]
+    assert _take_all(a) == ["n2"]
 
 
 def test_node_share_lets_a_requester_alone_use_every_worker() -> None:

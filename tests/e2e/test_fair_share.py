@@ -8,8 +8,8 @@ those take all four threads and the quiet tenant's requests queue behind them fo
 With it (app/fair_dispatch.py), the noisy tenant runs at most two at a time while the quiet
 one is present; its other requests wait on the worker's poller, holding no thread, and are
 served in turn, not refused; and the quiet tenant is answered within ``BOUND``. Across two
-workers with ``APP_TENANT_NODE_SHARE=1``, a tenant's second request waits for its first, on
-whichever worker each landed, while another tenant is present, and not when it is alone.
+workers with ``APP_TENANT_NODE_SHARE=1``, a heavy tenant's second request waits for its first,
+on whichever worker each landed, while another tenant is present, and not when it is alone.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _long_then_short(service: Service, noisy: SeededTenant) -> tuple[float, list
     return took[0], statuses
 
 
-def test_fair_share_node_share_holds_a_tenant_across_workers_while_another_is_present(
+def test_fair_share_node_share_holds_a_heavy_tenant_across_workers_while_another_is_present(
     two_workers: tuple[Service, list[SeededTenant]],
 ) -> None:
     service, (noisy, quiet) = two_workers
@@ -171,6 +171,8 @@ def test_fair_share_node_share_holds_a_tenant_across_workers_while_another_is_pr
     try:
         while not quiet_seen:
             time.sleep(0.01)
+        # One of its requests took a second, hundreds of the quiet tenant's: it is heavy.
+        assert _trickled_post(service, noisy, stop, 1.0) == "201"
         short, statuses = _long_then_short(service, noisy)
     finally:
         stop.set()

@@ -206,9 +206,15 @@ def _transactions(superuser_url: str, database: str) -> int:
         connection.close()
 
 
+_STATISTICS_FLUSHED = 11.0
+
+
 def _unknown(service: Any, superuser_url: str, count: int = 2000) -> dict[str, Any]:
     """``count`` requests naming random unknown tenants; control-plane transactions meanwhile."""
-    time.sleep(1.5)  # statistics are flushed at most once a second per backend
+    # An idle backend flushes its statistics up to PGSTAT_IDLE_INTERVAL (10 s) after its last
+    # transaction: wait that long on either side, so that the counts of the earlier phases
+    # are in "before" and those of these requests in "after".
+    time.sleep(_STATISTICS_FLUSHED)
     before = _transactions(superuser_url, "tenantpool")
     statuses: Counter[int] = Counter()
     with requests.Session() as session:
@@ -219,7 +225,7 @@ def _unknown(service: Any, superuser_url: str, count: int = 2000) -> dict[str, A
             }
             answer = session.get(service.url + "/v1/users", headers=headers, timeout=30)
             statuses[answer.status_code] += 1
-    time.sleep(1.5)
+    time.sleep(_STATISTICS_FLUSHED)
     spent = _transactions(superuser_url, "tenantpool") - before - 1  # minus our own read
     return {"requests": count, "statuses": dict(statuses), "control_plane_transactions": spent}
 
