@@ -76,15 +76,16 @@ def _load_by_path(relative: str) -> Any:
     return module
 
 
-# The worker class's module (see worker_class), also whose process_alive the next function uses.
+# The worker class's modules (see worker_class); the next function uses process_alive.
 _fair = _load_by_path("app/fair_dispatch.py")
+_node_share = _load_by_path("app/node_share.py")
 
 
 def _remove_dead_masters_dirs() -> None:
     """Metrics directories of masters that are gone (killed, crashed) without cleaning up."""
     for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*"):
         made_by = _MASTERS_DIR.match(path.name)
-        if made_by and path.is_dir() and not _fair.process_alive(int(made_by[1])):
+        if made_by and path.is_dir() and not _node_share.process_alive(int(made_by[1])):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -149,7 +150,7 @@ worker_class = _fair.fair_worker(
     # Across the workers too, in shared memory made here, before the fork: a row per worker,
     # with room for a reload's new workers beside the old ones.
     (
-        _fair.NodeShare(_settings.tenant_node_share, rows=2 * _settings.workers + 2)
+        _node_share.NodeShare(_settings.tenant_node_share, rows=2 * _settings.workers + 2)
         if _settings.tenant_node_share < _settings.workers * _settings.threads
         else None
     ),

@@ -28,8 +28,6 @@ app/presence.py (who was present lately, shared with the app's fair share) the s
 from __future__ import annotations
 
 import hashlib
-import math
-import multiprocessing
 import os
 import re
 import selectors
@@ -42,15 +40,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from gunicorn.workers.gthread import ThreadWorker
 
-__all__ = [
-    "FairQueue",
-    "FairThreadWorker",
-    "NodeShare",
-    "digest_of",
-    "fair_worker",
-    "process_alive",
-    "requester",
-]
+__all__ = ["FairQueue", "FairThreadWorker", "fair_worker", "requester"]
 _HEAD_BYTES = 8192
 _RECHECK = 0.005
 """Seconds between a worker's looks at the node's share while a request waits on it."""
@@ -68,182 +58,37 @@ class Presence(Protocol):
     def others_than(self, key: Hashable) -> bool: ...
 
 
-class NodeShare:
-    """Requests running per requester on the whole node: every worker of one gunicorn master.
+class NodeCounts(Protocol):
+    """app/node_share.py's ``NodeShare``: requests per requester across the node's workers."""
 
-    A worker's share alone lets a tenant run ``share`` requests in each worker, so
-    ``workers x share`` on the node, and that many expensive statements saturate a small
-    node's cores: a quiet tenant's request then waits for a core (measured with
-    tests/load/hostile.py on 2 cores: the quiet tenant's p99 rose 7 to 10 times with 4 or 8
-    of the flood's searches running, 2.5 times with 2). So, while others are present, a heavy
-    requester (:meth:`heavy`) also runs at most ``share`` requests on the node. Counting every
-    requester alike also held the head of a Zipf load, whose requests are as cheap as anyone's
-    (measured: 3 to 5% of the throughput); a heavy one's take several times as long.
+    share: int
 
-    Made in the master before the fork, in shared memory (``multiprocessing.RawArray``), one
-    row per worker: a count of running requests per bucket of requesters (a digest of the
-    requester modulo ``BUCKETS``: two requesters that share a bucket share its count, which
-    can only make them wait for each other, never let one exceed it), since when the
-    worker's oldest queued request of each bucket waits (a slot that frees goes to the
-    longest waiting on the node, not to the worker whose request just ended), how long the
-    bucket's requests took and how long the worker's took (moving geometric means), and the
-    last two requesters the worker saw. A worker writes its own row only, so no lock is needed. It
-    claims a row when it starts, and clears every row whose worker is gone, so a worker that
-    died with requests running or waiting leaves nothing behind.
-    """
+    def claim(self, pid: int) -> bool: ...
 
-    BUCKETS = 4096
-    RECENT = 2
-    HEAVY = 4.0
-    """How many times a typical request's time makes a requester's requests heavy."""
+    def running(self, key: Hashable) -> int: ...
 
-    def __init__(self, share: int, rows: int) -> None:
-        if share < 1 or rows < 1:
-            raise ValueError(f"share and rows must be at least 1, got {share} and {rows}")
-        self.share = share
-        self._rows = rows
-        self._counts = multiprocessing.RawArray("H", rows * self.BUCKETS)
-        self._seen = multiprocessing.RawArray("Q", rows * self.RECENT)
-        self._seen_at = multiprocessing.RawArray("d", rows * self.RECENT)
-        self._waiting = multiprocessing.RawArray("d", rows * self.BUCKETS)
-        self._cost = multiprocessing.RawArray("d", rows * self.BUCKETS)
-        self._typical = multiprocessing.RawArray("d", rows)
-        self._owners = multiprocessing.RawArray("i", rows)
-        self._row: int | None = None
+    def heavy(self, key: Hashable) -> bool: ...
 
-    def claim(self, pid: int) -> bool:
-        """Take a row for the worker ``pid`` (in it, after the fork); False if none is free.
+    def first_in_line(self, key: Hashable, since: float) -> bool: ...
 
-        Every row whose worker is gone is cleared on the way, so nothing it counted stays.
-        """
-        for row in range(self._rows):
-            owner = self._owners[row]
-            if owner and owner != pid and not process_alive(owner):
-                self._clear(row)
-        for row in range(self._rows):
-            if self._owners[row] in (0, pid):
-                self._clear(row)
-                self._owners[row] = pid
-                self._row = row
-                return True
-        return False
+    def wait_since(self, key: Hashable, since: float) -> None: ...
 
-    def _clear(self, row: int) -> None:
-        start = row * self.BUCKETS
-        self._counts[start : start + self.BUCKETS] = [0] * self.BUCKETS
-        for array in (self._waiting, self._cost):
-            array[start : start + self.BUCKETS] = [0.0] * self.BUCKETS
-        self._typical[row] = 0.0
-        for slot in range(row * self.RECENT, (row + 1) * self.RECENT):
-            self._seen[slot], self._seen_at[slot] = 0, 0.0
-        self._owners[row] = 0
+    def started(self, key: Hashable) -> None: ...
 
-    def wait_since(self, digest: int, since: float) -> None:
-        """This worker's oldest queued request of ``digest`` arrived at ``since`` (0: none)."""
-        if self._row is not None:
-            self._waiting[self._row * self.BUCKETS + digest % self.BUCKETS] = since
+    def ended(self, key: Hashable, seconds: float) -> None: ...
 
-    def first_in_line(self, digest: int, since: float) -> bool:
-        """Whether no other worker has a request of ``digest``'s bucket waiting since before
-        ``since``: a slot the node's share frees goes to the longest waiting, whichever
-        worker holds it, not always to the worker whose request just ended."""
-        bucket = digest % self.BUCKETS
-        for row in range(self._rows):
-            other = self._waiting[row * self.BUCKETS + bucket]
-            if row != self._row and 0.0 < other < since:
-                return False
-        return True
-
-    def running(self, digest: int) -> int:
-        """Requests of ``digest``'s bucket running on the node."""
-        bucket = digest % self.BUCKETS
-        return sum(self._counts[row * self.BUCKETS + bucket] for row in range(self._rows))
-
-    def started(self, digest: int) -> None:
-        self._count(digest, +1)
-
-    def ended(self, digest: int, seconds: float) -> None:
-        """A request of ``digest`` that ran ``seconds`` ended here."""
-        self._count(digest, -1)
-        row = self._row
-        if row is None or seconds <= 0:
-            return
-        slot = row * self.BUCKETS + digest % self.BUCKETS
-        self._cost[slot] = _geometric(self._cost[slot], seconds, 0.3)
-        self._typical[row] = _geometric(self._typical[row], seconds, 0.05)
-
-    def heavy(self, digest: int) -> bool:
-        """Whether ``digest``'s requests that ended took more than ``HEAVY`` times as long as
-        a typical request on the node. Both are moving geometric means, so that a few slow
-        requests (a busy moment) make neither look long. A tenant sending many cheap
-        requests (the head of a Zipf load) is not heavy, and the node's share spares it.
-        """
-        bucket = digest % self.BUCKETS
-        cost = max(self._cost[slot] for slot in range(bucket, len(self._cost), self.BUCKETS))
-        # The quickest worker's: a worker that serves only the heavy requester (its clients'
-        # connections stick to one worker) must not make it look typical.
-        typical = min((value for value in self._typical if value > 0.0), default=0.0)
-        return typical > 0.0 and bool(cost > self.HEAVY * typical)
-
-    def others_than(self, digest: int, within: float = 1.0) -> bool:
-        """Whether any worker saw a requester other than ``digest`` start or end a request
-        within the last ``within`` seconds (CLOCK_MONOTONIC: the same in every process)."""
-        since = time.monotonic() - within
-        return any(
-            self._seen[slot] not in (0, digest) and self._seen_at[slot] >= since
-            for slot in range(self._rows * self.RECENT)
-        )
-
-    def _count(self, digest: int, change: int) -> None:
-        """Count a request of ``digest`` in or out in this worker's row; remember it as seen."""
-        row = self._row
-        if row is None:
-            return
-        slot = row * self.BUCKETS + digest % self.BUCKETS
-        self._counts[slot] = max(0, self._counts[slot] + change)
-        first = row * self.RECENT  # the last two distinct requesters, newest first
-        if self._seen[first] != digest:
-            self._seen[first + 1] = self._seen[first]
-            self._seen_at[first + 1] = self._seen_at[first]
-            self._seen[first] = digest
-        self._seen_at[first] = time.monotonic()
-
-
-def _geometric(mean: float, sample: float, weight: float) -> float:
-    """A moving geometric mean: ``sample`` with ``weight``; the sample alone if none yet."""
-    return (
-        sample
-        if mean <= 0.0
-        else math.exp((1 - weight) * math.log(mean) + weight * math.log(sample))
-    )
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def digest_of(key: Hashable) -> int:
-    """A requester as a nonzero 64-bit number, the same in every worker."""
-    raw = key if isinstance(key, bytes) else repr(key).encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big") or 1
+    def others_than(self, key: Hashable) -> bool: ...
 
 
 class FairQueue(Generic[Item]):
     """Which queued request a free thread takes. Not thread safe: gthread's main loop owns it.
 
-    Memory: the queued items, a count per requester with requests running, and
+    Memory: the queued items, the start time of each running request, and
     ``presence``'s recent requesters.
     """
 
     def __init__(
-        self, threads: int, share: int, presence: Presence, node: NodeShare | None = None
+        self, threads: int, share: int, presence: Presence, node: NodeCounts | None = None
     ) -> None:
         if not 1 <= share <= threads:
             raise ValueError(f"share must be between 1 and threads ({threads}), got {share}")
@@ -253,8 +98,8 @@ class FairQueue(Generic[Item]):
         self._node = node
         # Per requester: (arrival order, request, arrival time on CLOCK_MONOTONIC).
         self._queues: dict[Hashable, deque[tuple[int, Item, float]]] = {}
-        self._running: dict[Hashable, int] = {}
-        self._starts: dict[Hashable, deque[float]] = {}  # of running requests, oldest first
+        # Per requester with requests running: when each started, oldest first.
+        self._running: dict[Hashable, deque[float]] = {}
         self._busy = 0
         self._order = 0  # arrival order, the tie-break among requesters running as many
 
@@ -281,7 +126,7 @@ class FairQueue(Generic[Item]):
             return None
         best: tuple[int, float, Hashable] | None = None
         for key, queue in self._queues.items():
-            running = self._running.get(key, 0)
+            running = len(self._running.get(key, ()))
             if self._over_share(key, running) and self._others_present(key):
                 continue
             candidate = (running, queue[0][0], key)
@@ -295,30 +140,24 @@ class FairQueue(Generic[Item]):
         if not queue:
             del self._queues[key]
         self._publish(key)
-        self._running[key] = self._running.get(key, 0) + 1
+        self._running.setdefault(key, deque()).append(time.monotonic())
         self._busy += 1
-        self._starts.setdefault(key, deque()).append(time.monotonic())
         if self._node is not None:
-            self._node.started(digest_of(key))
+            self._node.started(key)
         return key, item
 
     def done(self, key: Hashable) -> None:
         """A request ``take`` gave out ended, whatever its outcome."""
-        running = self._running.get(key, 0) - 1
-        if running > 0:
-            self._running[key] = running
-        else:
+        # Which of the key's requests ended is not told: the oldest, near enough (they are
+        # served in arrival order).
+        starts = self._running.get(key)
+        started = starts.popleft() if starts else time.monotonic()
+        if not starts:
             self._running.pop(key, None)
         self._busy -= 1
         self._presence.saw(key)
-        # Which of the key's requests ended is not told: the oldest, near enough (they are
-        # served in arrival order).
-        starts = self._starts.get(key)
-        started = starts.popleft() if starts else time.monotonic()
-        if not starts:
-            self._starts.pop(key, None)
         if self._node is not None:
-            self._node.ended(digest_of(key), time.monotonic() - started)
+            self._node.ended(key, time.monotonic() - started)
 
     def _over_share(self, key: Hashable, running: int) -> bool:
         if running >= self.share:
@@ -326,16 +165,15 @@ class FairQueue(Generic[Item]):
         node = self._node
         if node is None:
             return False
-        digest = digest_of(key)
-        if node.running(digest) < node.share:  # a slot is free: for the longest waiting
-            return node.heavy(digest) and not node.first_in_line(digest, self._queues[key][0][2])
-        return node.heavy(digest)
+        if node.running(key) < node.share:  # a slot is free: for the longest waiting
+            return node.heavy(key) and not node.first_in_line(key, self._queues[key][0][2])
+        return node.heavy(key)
 
     def _publish(self, key: Hashable) -> None:
         """Tell the node since when ``key``'s oldest request here waits."""
         if self._node is not None:
             queue = self._queues.get(key)
-            self._node.wait_since(digest_of(key), queue[0][2] if queue else 0.0)
+            self._node.wait_since(key, queue[0][2] if queue else 0.0)
 
     def _others_present(self, key: Hashable) -> bool:
         if len(self._running) - (key in self._running) > 0:
@@ -344,7 +182,7 @@ class FairQueue(Generic[Item]):
             return True
         if self._presence.others_than(key):
             return True
-        return self._node is not None and self._node.others_than(digest_of(key))
+        return self._node is not None and self._node.others_than(key)
 
 
 def requester(head: bytes) -> bytes:
@@ -381,7 +219,7 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
     """Set by :func:`fair_worker`; 0 means half the threads."""
     presence: Any = None
     """Set by :func:`fair_worker`: app/presence.py's ``Presence`` class."""
-    node: NodeShare | None = None
+    node: NodeCounts | None = None
     """Set by :func:`fair_worker`: the node's share, made in the master; None: no node cap."""
 
     def init_process(self) -> None:
@@ -431,7 +269,7 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
 
 
 def fair_worker(
-    share: int, presence: type, node: NodeShare | None = None
+    share: int, presence: type, node: NodeCounts | None = None
 ) -> type[FairThreadWorker]:
     """The worker class for gunicorn.conf.py: each requester's ``share`` of the threads, the
     ``Presence`` class of app/presence.py (loaded by path, as this module is), and the node's

@@ -169,7 +169,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "APP_TENANT_THREAD_SHARE", max(1, threads // 2), int_between(1, 256)
         ),
         # As many as the node has cores: a heavy tenant's expensive statements cannot take
-        # every core from the others (app/fair_dispatch.py, NodeShare). At or above
+        # every core from the others (app/node_share.py). At or above
         # APP_WORKERS x APP_THREADS there is no cap.
         tenant_node_share=reader.get(
             "APP_TENANT_NODE_SHARE", max(1, os.cpu_count() or 1), int_between(1, 65_536)

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from app.fair_dispatch import FairQueue, NodeShare, digest_of, requester
+from app.fair_dispatch import FairQueue, requester
+from app.node_share import NodeShare, digest_of
 from app.presence import Presence
 from tests.support import FakeClock
 
@@ -211,8 +212,8 @@ def test_node_share_lets_a_requester_alone_use_every_worker() -> None:
 
 def _worker_that_dies(node: NodeShare) -> None:
     assert node.claim(os.getpid())
-    node.started(digest_of(NOISY))
-    node.started(digest_of(NOISY))
+    node.started(NOISY)
+    node.started(NOISY)
 
 
 def test_node_share_is_shared_memory_and_a_dead_workers_count_is_reclaimed() -> None:
@@ -221,11 +222,11 @@ def test_node_share_is_shared_memory_and_a_dead_workers_count_is_reclaimed() -> 
     child.start()
     child.join(10)
     assert child.exitcode == 0
-    assert node.running(digest_of(NOISY)) == 2  # counted in the child, seen here
-    assert node.others_than(digest_of(QUIET))
+    assert node.running(NOISY) == 2  # counted in the child, seen here
+    assert node.others_than(QUIET)
     assert node.claim(os.getpid())  # the child's row: its worker is gone
-    assert node.running(digest_of(NOISY)) == 0
-    assert not node.others_than(digest_of(QUIET))
+    assert node.running(NOISY) == 0
+    assert not node.others_than(QUIET)
 
 
 def test_node_share_bounds_and_digests() -> None:

@@ -101,7 +101,14 @@ def test_layout_check_catches_a_reverse_import(tmp_path: Path, statement: str) -
 
 
 @pytest.mark.parametrize(
-    "module", ["app/logs.py", "app/worker_exits.py", "app/fair_dispatch.py", "app/presence.py"]
+    "module",
+    [
+        "app/logs.py",
+        "app/worker_exits.py",
+        "app/fair_dispatch.py",
+        "app/node_share.py",
+        "app/presence.py",
+    ],
 )
 def test_layout_modules_the_gunicorn_master_loads_by_path_import_nothing_of_the_app(
     module: str,
