@@ -28,10 +28,10 @@ from alembic import op
 from app.tenancy.control.context_sql import VERIFIER_0003
 from app.tenancy.control.ddl import (
     CONTEXT_SCHEMA,
-    POLICY_NAME,
-    POLICY_PREDICATE,
     TENANT_BASE_ROLE,
+    THREE_TERM_PREDICATE,
     TWO_SIDED_PREDICATE,
+    alter_policies_ddl,
 )
 
 revision: str = "0003"
@@ -50,17 +50,7 @@ _GATEWAY_ROLE_SQL = """
 
 def _alter_policies(predicate: str) -> None:
     """Give every tenant table's isolation policy ``predicate`` (found in the catalog)."""
-    op.execute(
-        f"""
-        DO $$ DECLARE r record; BEGIN
-          FOR r IN SELECT polrelid::regclass AS tbl FROM pg_policy WHERE polname = '{POLICY_NAME}'
-          LOOP
-            EXECUTE format('ALTER POLICY {POLICY_NAME} ON %s USING ({predicate.replace("'", "''")})'
-                           ' WITH CHECK ({predicate.replace("'", "''")})', r.tbl);
-          END LOOP;
-        END $$
-        """
-    )
+    op.execute(alter_policies_ddl(predicate))
 
 
 def upgrade() -> None:
@@ -115,7 +105,7 @@ def upgrade() -> None:
     op.execute(
         f"GRANT EXECUTE ON FUNCTION {CONTEXT_SCHEMA}.tenant_context_ok() TO {TENANT_BASE_ROLE}"
     )
-    _alter_policies(POLICY_PREDICATE)
+    _alter_policies(THREE_TERM_PREDICATE)
     op.create_table(
         "gateways",
         sa.Column("database", sa.Text, primary_key=True),

@@ -647,10 +647,10 @@ def _verifier(figures: Figures) -> list[str]:
         figures.verifier_runs,
         ("with", "without"),
         "What the verifier costs",
-        "the same service with the policy as migration 0003 made it (`with`) and with its "
-        "third term, the check of the signed tenant context, dropped by the owner (`ALTER "
-        "POLICY ... USING (<TWO_SIDED_PREDICATE>)`, `without`, restored after), interleaved, "
-        "alternating which goes first.",
+        "the same service with the policy as migration 0011 made it (`with`) and with its "
+        "check of the signed tenant context dropped by the owner (`ALTER POLICY ... USING "
+        "(<UNVERIFIED_PREDICATE>)`, `without`, restored after), interleaved, alternating "
+        "which goes first.",
         "The verifier",
     )
 

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from app.capacity import LISTENER_CONNECTIONS
 from app.db import CONTROL_POOL_MAX
-from app.tenancy.control.ddl import POLICY_NAME, POLICY_PREDICATE, TWO_SIDED_PREDICATE
+from app.tenancy.control.ddl import POLICY_NAME, POLICY_PREDICATE, UNVERIFIED_PREDICATE
 from app.tenancy.control.scram import scram_sha256_verifier
 from config import Settings, load_settings
 from tests.bench import baseline_app, load, profile, replicas, report, rows, stack
@@ -369,7 +369,7 @@ class Bench:
                 order = ("with", "without") if round_number % 2 else ("without", "with")
                 for policy in order:
                     _set_policy(
-                        owner, POLICY_PREDICATE if policy == "with" else TWO_SIDED_PREDICATE
+                        owner, POLICY_PREDICATE if policy == "with" else UNVERIFIED_PREDICATE
                     )
                     result = self.wrk(scenario, service, self.args.seconds)
                     run = _run(scenario, shared, policy, round_number, result)

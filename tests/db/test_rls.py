@@ -247,6 +247,21 @@ def test_rls_policy_uses_tenant_index(
     assert "_users_tenant_id_" in plan, plan  # an ix_ or the uq_ (tenant_id, id) key
 
 
+def test_rls_policy_is_one_initplan_per_statement(
+    serving_tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
+) -> None:
+    """Role, request and context are checked in one sub-select (migration 0011): one
+    InitPlan, evaluated once, and nothing left to check row by row."""
+    tenant_a, _ = two_tenants_with_rows
+    session = serving_tenancy.open_session(tenant_a.id)
+    plan = "\n".join(
+        session.execute(sa.text("EXPLAIN SELECT * FROM users ORDER BY created_at")).scalars()
+    )
+    session.close()
+    assert plan.count("InitPlan") == 1, plan
+    assert "Filter:" not in plan, plan
+
+
 def test_rls_unknown_uuid_in_setting_sees_nothing(
     tenancy: Tenancy, two_tenants_with_rows: tuple[ProvisionedTenant, ProvisionedTenant]
 ) -> None:

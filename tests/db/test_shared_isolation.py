@@ -118,6 +118,19 @@ def test_shared_injected_write_for_b_is_refused(
     assert len(names) == 2
 
 
+def test_shared_forged_context_on_an_empty_table_is_refused(
+    session_a: TenantSession, two_tenants: tuple[ProvisionedTenant, ProvisionedTenant]
+) -> None:
+    """B has no products: a forged switch to B is refused, not answered with no rows.
+
+    The policy checks its context once per statement whenever role and request agree
+    (migration 0011), not only when a row is there to filter.
+    """
+    _, tenant_b = two_tenants
+    injected = f"{injected_switch(tenant_b.id)}; SELECT tenant_id FROM products"
+    assert _tenants_seen(session_a, injected) == "refused"
+
+
 def test_shared_signature_of_another_backend_is_refused(
     shared_tenancy: Tenancy,
     session_a: TenantSession,

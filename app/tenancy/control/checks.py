@@ -5,7 +5,7 @@ migrations meant to do. Each finding is one line naming the object and what is w
 
 Tenant tables (any table with a ``tenant_id`` column): RLS enabled and forced; one
 permissive ``tenant_isolation`` policy for ``tenant_base`` whose USING and WITH CHECK name
-both the connected role (``current_tenant_id()``) and the request's tenant
+both the connected role (``current_tenant_id()`` or its body) and the request's tenant
 (``app.tenant_id``) and the shared way's context term (``session_user`` or the verifier),
 and no other permissive policy beside it; ``tenant_id`` NOT NULL,
 cascading from ``tenant_placements`` (migration 0002) and leading an index; SELECT granted
@@ -177,8 +177,16 @@ def _policy_problems(connection: sa.Connection, table: _Table) -> list[str]:
 
 
 def _missing_references(expression: str) -> str:
-    wanted = ("tenant_id", "current_tenant_id()", "'app.tenant_id'", "SESSION_USER", VERIFIER)
-    return " and ".join(name for name in wanted if name not in expression)
+    # The connected role's tenant: current_tenant_id(), or its body spelled out (0011).
+    wanted = (
+        ("tenant_id",),
+        ("current_tenant_id()", f"'{TENANT_ROLE_PATTERN}'"),
+        ("'app.tenant_id'",),
+        ("SESSION_USER",),
+        (VERIFIER,),
+    )
+    missing = (names[0] for names in wanted if not any(name in expression for name in names))
+    return " and ".join(missing)
 
 
 def _cascades_from_placements(connection: sa.Connection, table: _Table) -> bool:

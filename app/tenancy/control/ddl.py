@@ -45,7 +45,45 @@ TWO_SIDED_PREDICATE = (
 # the verifier never runs; on a shared gateway connection the role was switched with
 # SET LOCAL ROLE, and only a context the service signed for this backend counts.
 CONTEXT_TERM = f"(session_user = current_user OR (SELECT {VERIFIER}))"
-POLICY_PREDICATE = f"{TWO_SIDED_PREDICATE} AND {CONTEXT_TERM}"
+THREE_TERM_PREDICATE = f"{TWO_SIDED_PREDICATE} AND {CONTEXT_TERM}"
+"""The policy as migration 0003 made it (kept for 0003 and 0011's downgrade)."""
+
+ROLE_TENANT = (
+    f"CASE WHEN CURRENT_USER::pg_catalog.text OPERATOR(pg_catalog.~) '{TENANT_ROLE_PATTERN}' "
+    "THEN pg_catalog.substr(CURRENT_USER::pg_catalog.text, 3)::pg_catalog.uuid END"
+)
+"""The connected role's tenant: ``current_tenant_id()``'s body (migration 0008), spelled out
+in the policy, where the planner would otherwise look the function up and parse its body
+again for every statement it plans."""
+REQUEST_TENANT = "NULLIF(current_setting('app.tenant_id', true), '')::uuid"
+"""The tenant the request is for, as the opening sets it."""
+# Since migration 0011 the three terms are one sub-select, one InitPlan per statement: the
+# role's tenant if the request is for it and, on a shared connection, its context verifies.
+# CASE evaluates its condition left to right, so the verifier runs only when both sides
+# agree and the session is the gateway; and it runs whenever they do, an empty table too.
+POLICY_PREDICATE = (
+    f"tenant_id = (SELECT CASE WHEN {ROLE_TENANT} = {REQUEST_TENANT} "
+    f"AND (SESSION_USER = CURRENT_USER OR {VERIFIER}) THEN {ROLE_TENANT} END)"
+)
+UNVERIFIED_PREDICATE = (
+    f"tenant_id = (SELECT CASE WHEN {ROLE_TENANT} = {REQUEST_TENANT} THEN {ROLE_TENANT} END)"
+)
+"""The policy without its check of the signed context: only for ``make bench``, which
+measures what the verifier costs (never safe on a database with a gateway role)."""
+
+
+def alter_policies_ddl(predicate: str) -> str:
+    """SQL giving every tenant table's isolation policy ``predicate`` (found in the catalog)."""
+    quoted = predicate.replace("'", "''")
+    return f"""
+        DO $$ DECLARE r record; BEGIN
+          FOR r IN SELECT polrelid::regclass AS tbl FROM pg_policy WHERE polname = '{POLICY_NAME}'
+          LOOP
+            EXECUTE format('ALTER POLICY {POLICY_NAME} ON %s USING ({quoted})'
+                           ' WITH CHECK ({quoted})', r.tbl);
+          END LOOP;
+        END $$
+        """
 
 
 ON_DELETE = ("CASCADE", "RESTRICT", "NO ACTION")

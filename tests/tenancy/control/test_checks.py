@@ -19,7 +19,11 @@ from app.dev.cluster import LocalCluster
 from app.tenancy.control.checks import CheckResult, check_isolation
 from app.tenancy.control.clusters import Clusters
 from app.tenancy.control.context_sql import user_scoped_ddl
-from app.tenancy.control.ddl import tenant_reference_ddl, tenant_scoped_ddl
+from app.tenancy.control.ddl import (
+    THREE_TERM_PREDICATE,
+    tenant_reference_ddl,
+    tenant_scoped_ddl,
+)
 from app.tenancy.control.provisioning import create_tenant
 from app.tenancy.control.roles import RoleLimits, role_name
 from config import load_settings
@@ -386,6 +390,17 @@ def test_checks_name_each_broken_rule(
         gateway = connection.scalar(sa.text("SELECT gateway_role FROM tp_private.context"))
     found = _check_after(fresh_engine, *(s.format(gateway=gateway) for s in statements))
     assert found.problems == problem.format(gateway=gateway).split("\n")
+
+
+def test_checks_accept_the_policy_as_migration_0003_made_it(fresh_engine: sa.Engine) -> None:
+    """A table whose policy still calls current_tenant_id() (0003's three terms) is isolated
+    too: the role side may be the function or its body (0011)."""
+    result = _check_after(
+        fresh_engine,
+        f"ALTER POLICY tenant_isolation ON users USING ({THREE_TERM_PREDICATE}) "
+        f"WITH CHECK ({THREE_TERM_PREDICATE})",
+    )
+    assert result.problems == []
 
 
 def test_checks_accept_views_with_security_invoker(fresh_engine: sa.Engine) -> None:
