@@ -102,6 +102,7 @@ class FairQueue(Generic[Item]):
         self._running: dict[Hashable, deque[float]] = {}
         self._busy = 0
         self._order = 0  # arrival order, the tie-break among requesters running as many
+        self._node_holds = False  # the last take() left a request to the node's share
 
     def __len__(self) -> int:
         """Requests queued."""
@@ -116,18 +117,21 @@ class FairQueue(Generic[Item]):
             self._publish(key)
 
     def held(self) -> bool:
-        """Whether requests wait although a thread is free: held by a share, maybe the node's,
-        which another worker's request may free without this worker hearing of it."""
-        return bool(self._queues) and self._busy < self.threads
+        """Whether a request waits on the node's share although a thread is free: another
+        worker's request may free it without this worker hearing of it. (A request held by
+        this worker's share is let go when one of this worker's requests ends.)"""
+        return self._node_holds and bool(self._queues) and self._busy < self.threads
 
     def take(self) -> tuple[Hashable, Item] | None:
         """The request a free thread runs next, or None (no free thread, or none may run)."""
+        self._node_holds = False
         if self._busy >= self.threads:
             return None
         best: tuple[int, float, Hashable] | None = None
         for key, queue in self._queues.items():
             running = len(self._running.get(key, ()))
             if self._over_share(key, running) and self._others_present(key):
+                self._node_holds |= running < self.share  # then the node's share holds it
                 continue
             candidate = (running, queue[0][0], key)
             if best is None or candidate[:2] < best[:2]:
@@ -233,7 +237,7 @@ class FairThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().init_process()
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if self._fair.held():  # another worker may free the node's share meanwhile
+        if self._fair.held():  # another worker may free a slot of the node's share meanwhile
             timeout = min(timeout, _RECHECK)
         super().wait_for_and_dispatch_events(timeout)
         self._dispatch()

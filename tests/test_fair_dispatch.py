@@ -174,6 +174,19 @@ def test_node_share_holds_a_heavy_requester_running_in_another_worker() -> None:
     assert _take_all(b) == ["n2"]
 
 
+def test_only_the_node_share_makes_a_worker_look_again_on_a_timer() -> None:
+    """A request over this worker's own share waits for one of this worker's requests to end,
+    which the worker hears of: no 5 ms rechecks for it."""
+    queue = FairQueue(4, 1, Presence(1.0, FakeClock()))
+    queue.add(QUIET, "q0")
+    queue.add(NOISY, "n0")
+    queue.add(NOISY, "n1")
+    assert _take_all(queue) == ["q0", "n0"]
+    assert not queue.held()  # n1 waits for n0, in this worker
+    queue.done(NOISY)
+    assert _take_all(queue) == ["n1"]
+
+
 def test_node_share_spares_a_busy_requester_whose_requests_are_as_quick_as_others() -> None:
     """A hot tenant of many cheap requests (a Zipf head) is not held: only heavy ones are."""
     a, b = _workers(node_share=1)
