@@ -291,7 +291,7 @@ class ListStatements:
                 .subquery("stretch")
             )
             return (
-                sa.select(*stretch.c, sa.func.count().over().label(TOTAL))
+                sa.select(*_answered(stretch.c), sa.func.count().over().label(TOTAL))
                 .order_by(*self._order(shape, stretch.c))
                 .limit(limit)
                 .offset(offset)
@@ -314,7 +314,7 @@ class ListStatements:
             )
         page_rows = page.limit(limit).offset(offset).subquery("page")
         return (
-            sa.select(*page_rows.c, total.c[TOTAL], total.c[SCANNED])
+            sa.select(*_answered(page_rows.c), total.c[TOTAL], total.c[SCANNED])
             .select_from(total.outerjoin(page_rows, sa.true()))
             .order_by(*self._order(shape, page_rows.c))
         )
@@ -403,3 +403,16 @@ class ListStatements:
         if shape.date_before:
             conditions.append(created < sa.bindparam("date_before", type_=kind))
         return conditions
+
+
+def _answered(columns: sa.ColumnCollection[str, Any]) -> list[sa.ColumnElement[Any]]:
+    """A page's select list: UUIDs as the text the answer spells them in.
+
+    psycopg2 would build a ``uuid.UUID`` of each, which the dump turns back into that same
+    text: about 1.4 µs per value, some 30 µs for a page of 20 rows. The order and the
+    cursor's conditions still compare the UUIDs themselves.
+    """
+    return [
+        sa.cast(column, sa.Text).label(column.key) if isinstance(column.type, sa.Uuid) else column
+        for column in columns
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 
@@ -33,6 +34,22 @@ def test_one_statement_per_shape_whatever_the_values() -> None:
     other = _shape(search="ada", sort_direction="desc")
     assert other != first
     assert statements.page(other) is not statements.page(first)
+
+
+@pytest.mark.parametrize("kind", ["stretched", "windowed", "after a cursor"])
+def test_pages_select_ids_as_text_but_order_by_the_uuids(kind: str) -> None:
+    """Every page shape answers ids as text, the answer's spelling, with no uuid.UUID built
+    per row; the order still compares the uuids."""
+    shape = _shape(search="ada") if kind == "windowed" else _shape()
+    if kind == "after a cursor":
+        shape = dataclasses.replace(shape, keyset=Keyset.VALUE)
+    assert shape.stretched == (kind == "stretched")
+    assert shape.windowed == (kind == "windowed")
+    sql = str(_statements().page(shape))
+    select_list = sql.split(" FROM ", 1)[0]
+    assert "CAST(" in select_list, select_list
+    assert " AS TEXT) AS id" in select_list, select_list
+    assert ".id ASC" in sql.rsplit("ORDER BY", 1)[1], sql
 
 
 def test_search_text_is_escaped_for_like_and_never_in_the_sql() -> None:
