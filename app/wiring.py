@@ -272,6 +272,8 @@ def _attach_background(tenancy: Tenancy, settings: Settings, control_engine: sa.
         max_delay=LISTENER_MAX_DELAY,
         observer=tenancy.observer,
     )
+    listener = tenancy.listener
+    tenancy.directory.listening = lambda: listener.connected
     reaper = process_reaper()
     reaper.configure(interval=settings.reaper_interval)
     reaper.watch(tenancy.registry)

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from app import create_app
 from app.db import create_control_engine
 from app.models import Tenant
+from app.tenancy import tenancy_of
 from app.tenancy.control.provisioning import ProvisionedTenant
 from app.tenancy.serving.directory import TenantDirectory
-from config import psycopg2_url
+from config import Settings, psycopg2_url
 from tests.support import FakeClock
 
 GUARD = 10.0
@@ -132,3 +134,50 @@ def test_directory_load_without_a_race_is_cached(
     for _ in range(10):
         assert directory.find(tenant_a.id) is not None
     assert control.queries == 0
+
+
+def test_directory_trusts_answers_longer_only_while_it_hears_change_events(
+    control: Counted, tenant_a: ProvisionedTenant
+) -> None:
+    """Listening, a record is not read again after the TTL; once the listener is down, a
+    record older than the TTL is, at its next use."""
+    clock = FakeClock()
+    directory = TenantDirectory(control.engine, ttl=60, clock=clock)
+    listening = True
+    directory.listening = lambda: listening
+    unknown = uuid.uuid4()
+    directory.find(tenant_a.id)
+    directory.find(unknown)
+    control.queries = 0
+
+    clock.advance(61 * 14)  # within 15 TTLs
+    assert directory.find(tenant_a.id) is not None
+    assert directory.find(unknown) is None
+    assert control.queries == 0
+
+    listening = False
+    assert directory.find(tenant_a.id) is not None
+    assert directory.find(unknown) is None
+    assert control.queries == 2
+
+    listening = True
+    clock.advance(60 * 15)  # past 15 TTLs: read again even while listening
+    directory.find(tenant_a.id)
+    assert control.queries == 3
+
+
+def test_app_directory_listens_through_the_workers_listener(
+    settings: Settings, migrated: None
+) -> None:
+    """The worker's directory asks its own change-event listener whether it is connected."""
+    tenancy = tenancy_of(create_app(settings))
+    listener = tenancy.listener
+    assert listener is not None
+    try:
+        listener.pump()  # connects it, unless the process's reaper did already
+        assert listener.connected
+        assert tenancy.directory.listening() is True
+        listener.close()
+        assert tenancy.directory.listening() is False
+    finally:
+        tenancy.close()
