@@ -161,7 +161,8 @@ def load(path: Path) -> Figures:
 
 @dataclass(frozen=True)
 class Cell:
-    """One scenario, one way, one cluster: the means of its rounds, per app."""
+    """One scenario, one way, one cluster: the means of its rounds, per app, and each round's
+    ratio."""
 
     scenario: Scenario
     deployment: Deployment
@@ -171,6 +172,11 @@ class Cell:
 
     @property
     def ratio(self) -> float:
+        """The median of the rounds' ratios, each run against the baseline's next to it: a
+        round the machine disturbed (one app's run at half speed) moves it little, where the
+        ratio of the means would follow that one run."""
+        if self.round_ratios:
+            return statistics.median(self.round_ratios)
         return self.service.rps / self.baseline.rps if self.baseline.rps else 0.0
 
     @property
@@ -260,9 +266,11 @@ def best_per_scenario(figures: Figures, cluster: int) -> dict[str, Cell]:
 
 
 def paired_cost(runs: Sequence[Run], costly: str, plain: str) -> float | None:
-    """Throughput lost to what ``costly`` runs add: 1 - mean costly / mean plain (None: none)."""
-    with_, without = _mean_rps(runs, costly), _mean_rps(runs, plain)
-    return None if not with_ or not without else 1 - with_ / without
+    """Throughput lost to what ``costly`` runs add: the median of the rounds' 1 - costly /
+    plain, each pair run back to back (None: no complete round). As for a cell's ratio, one
+    disturbed run moves the median little."""
+    costs = [cost for *_, cost in round_costs(runs, costly, plain)]
+    return statistics.median(costs) if costs else None
 
 
 def verifier_cost(figures: Figures) -> float | None:
@@ -515,7 +523,10 @@ def _throughput(figures: Figures) -> list[str]:
     parts = [
         "## Throughput and latency",
         "",
-        "Means over the rounds. Errors: socket errors, timeouts and HTTP statuses >= 400 as wrk "
+        "Req/s and latencies: means over the rounds. Ratio: the median of the rounds' ratios "
+        "(each round's service run against the baseline run next to it; the range in "
+        "brackets), so a round the machine disturbed does not decide it. Errors: socket "
+        "errors, timeouts and HTTP statuses >= 400 as wrk "
         "counts them (a 503 counts), for either app. Connections: the peak number of the "
         "service's server backends (`tp:*`), sampled from `pg_stat_activity` every 100 ms "
         "during its runs, against its bound; the baseline holds at most workers x threads.",
@@ -609,7 +620,8 @@ def _cost_line(runs: Sequence[Run], costly: str, plain: str) -> str:
     rounds = round_costs(runs, costly, plain)
     cost = paired_cost(runs, costly, plain) or 0.0
     return (
-        f"{cost:.1%} of the throughput (1 - mean {costly} / mean {plain}); the rounds' costs "
+        f"{cost:.1%} of the throughput (the median of the rounds' 1 - {costly} / {plain}); "
+        "the rounds' costs "
         f"go from {min(c for *_, c in rounds):.1%} to {max(c for *_, c in rounds):.1%}. "
         f"Errors: {sum(r.errors for r in runs)}."
     )

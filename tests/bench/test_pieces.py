@@ -179,7 +179,10 @@ def test_report_page_shows_cells_bounds_verifier_and_profile() -> None:
     assert "The verifier costs 4.0% of the throughput" in markdown
     assert "the rounds' costs go from 4.0% to 4.0%" in markdown
     assert "| 1 | off | 900 | 1000 | 10.0% |" in markdown
-    assert "Tracing on costs 10.0% of the throughput (1 - mean on / mean off)" in markdown
+    assert (
+        "Tracing on costs 10.0% of the throughput (the median of the rounds' 1 - on / off)"
+        in markdown
+    )
     assert "(7 exports received)" in markdown
     assert f"| database | 50.0% | {report.DONE['database']} |" in markdown
     assert (
@@ -201,6 +204,33 @@ def test_report_ratio_shows_the_spread_of_its_rounds() -> None:
     ]
     markdown = report.render_markdown(figures)
     assert "| GET /v1/users, 1 tenant | shared | 925 | 1000 | 0.93 (0.90-0.95) |" in markdown
+
+
+def test_report_ratio_is_the_median_of_its_rounds_not_moved_by_one_disturbed_run() -> None:
+    """A baseline run at half speed (the machine, not the apps) makes its round's ratio twice
+    as high; the cell's ratio is the median of the rounds', and the verifier's cost too."""
+    figures = _figures()
+    halved = ("users_1", 100, "shared", "baseline", 2)
+    figures.runs = [
+        dataclasses.replace(r, rps=r.rps / 2)
+        if (r.scenario, r.cluster, r.way, r.app, r.round) == halved
+        else r
+        for r in figures.runs
+    ]
+    rounds = [r for r in figures.runs if (r.scenario, r.cluster, r.way) == halved[:3]]
+    figures.runs += [dataclasses.replace(r, round=3) for r in rounds if r.round == 1]
+    cell = next(
+        c
+        for c in report.cells(figures, 100)
+        if (c.scenario.key, c.deployment.way) == ("users_1", "shared")
+    )
+    assert cell.round_ratios == (0.95, 1.9, 0.95)
+    assert cell.ratio == 0.95
+    figures.verifier_runs += [
+        dataclasses.replace(r, round=2, rps=r.rps / 2 if r.app == "without" else r.rps)
+        for r in figures.verifier_runs
+    ] + [dataclasses.replace(r, round=3) for r in figures.verifier_runs]
+    assert report.verifier_cost(figures) == pytest.approx(0.04)
 
 
 def test_report_plots_are_written(tmp_path: Path) -> None:
