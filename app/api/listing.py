@@ -231,8 +231,8 @@ class ListStatements:
         gives one row, with NULL record columns.
 
         The statements select plain columns, so they run on the session's connection (its
-        transaction, its tenant context): the ORM's execute layer would add nothing to
-        their rows but a few percent of a list request's CPU.
+        transaction, its tenant context): the ORM's execute layer would add only its own
+        calls to every list request.
         """
         connection = session.connection()
         rows = connection.execute(self.page(shape), values).all()
