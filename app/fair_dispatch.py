@@ -117,10 +117,11 @@ class FairQueue(Generic[Item]):
             self._publish(key)
 
     def held(self) -> bool:
-        """Whether a request waits on the node's share although a thread is free: another
-        worker's request may free it without this worker hearing of it. (A request held by
-        this worker's share is let go when one of this worker's requests ends.)"""
-        return self._node_holds and bool(self._queues) and self._busy < self.threads
+        """Whether the last ``take`` left a request to the node's share although a thread was
+        free: another worker's request may free it without this worker hearing of it. (A
+        request held by this worker's share is let go when one of this worker's requests
+        ends.) The worker takes until ``take`` gives None, so that is the state now."""
+        return self._node_holds
 
     def take(self) -> tuple[Hashable, Item] | None:
         """The request a free thread runs next, or None (no free thread, or none may run)."""

@@ -17,7 +17,8 @@ from marshmallow import Schema
 
 from app.api.body import json_object, page_response, query_args
 from app.api.cursor import Cursor
-from app.api.listing import ListShape, ListStatements
+from app.api.list_shapes import ListShape
+from app.api.listing import ListStatements
 from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
 from app.idempotency import acknowledge

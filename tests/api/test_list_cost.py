@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from app.api.listing import COUNT_CAP, SEARCH_SCAN, STRETCH
+from app.api.list_shapes import COUNT_CAP, SEARCH_SCAN, STRETCH
 from app.schemas.common import MAX_OFFSET
 from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant, create_tenant

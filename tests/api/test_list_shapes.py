@@ -12,7 +12,8 @@ from collections import Counter
 
 from flask import Flask
 
-from app.api.listing import ListShape, ListStatements
+from app.api.list_shapes import ListShape
+from app.api.listing import ListStatements
 from app.api.users import USERS
 from app.tenancy import Tenancy
 from app.tenancy.control.provisioning import ProvisionedTenant

@@ -8,7 +8,8 @@ import itertools
 
 import pytest
 
-from app.api.listing import Keyset, ListShape, ListStatements
+from app.api.list_shapes import Keyset, ListShape
+from app.api.listing import ListStatements
 from app.api.products import PRODUCTS
 from app.api.resource import Resource
 from app.api.users import USERS

@@ -37,17 +37,28 @@ RUN = 7.0
 BOUND = 1.5  # a quiet request never waits longer (without fair share: >= TRICKLE)
 
 
+def _served(
+    app_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    prefix: str,
+    env: dict[str, str],
+    workers: int,
+) -> Iterator[tuple[Service, list[SeededTenant]]]:
+    """Two seeded tenants and a gunicorn of ``workers`` x ``THREADS`` with ``env``."""
+    folder = tmp_path_factory.mktemp(prefix)
+    tenants = seed(app_env, folder / "tenants.json", count=2, prefix=prefix, users_per_tenant=1)
+    process, service = start_service(env, folder / "gunicorn.log", workers=workers, threads=THREADS)
+    yield service, tenants
+    stop_service(process)
+
+
 @pytest.fixture(scope="module")
 def one_worker(
     app_env: dict[str, str], migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Service, list[SeededTenant]]]:
-    folder = tmp_path_factory.mktemp("fair")
-    tenants = seed(app_env, folder / "tenants.json", count=2, prefix="fair", users_per_tenant=1)
     # The product's default share (half the threads), not the suite's "no cap".
     env = {key: value for key, value in app_env.items() if not key.startswith("APP_TENANT_")}
-    process, service = start_service(env, folder / "gunicorn.log", workers=1, threads=THREADS)
-    yield service, tenants
-    stop_service(process)
+    yield from _served(app_env, tmp_path_factory, "fair", env, workers=1)
 
 
 def _trickled_post(
@@ -124,12 +135,8 @@ def two_workers(
     app_env: dict[str, str], migrated: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Service, list[SeededTenant]]]:
     """2 x 4, each tenant allowed every thread of a worker but one request on the node."""
-    folder = tmp_path_factory.mktemp("fair-node")
-    tenants = seed(app_env, folder / "tenants.json", count=2, prefix="node", users_per_tenant=1)
     env = {**app_env, "APP_TENANT_THREAD_SHARE": str(THREADS), "APP_TENANT_NODE_SHARE": "1"}
-    process, service = start_service(env, folder / "gunicorn.log", workers=2, threads=THREADS)
-    yield service, tenants
-    stop_service(process)
+    yield from _served(app_env, tmp_path_factory, "node", env, workers=2)
 
 
 def _long_then_short(service: Service, noisy: SeededTenant) -> tuple[float, list[str]]:

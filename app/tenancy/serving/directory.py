@@ -81,10 +81,10 @@ class TenantDirectory:
 
     While ``listening()`` says the worker's change-event listener is connected, an answer
     is trusted ``LISTENING_FACTOR`` times as long: every change reaches it as an event
-    then, and the TTL is only for changes made without one (SQL by hand). Re-reading a
-    thousand tenants' records every minute in each worker cost over a tenth of the
-    throughput of a 1000-tenant Zipf load (paired runs; docs/operations.md). Once the
-    listener is down, ``ttl`` bounds staleness again, for every answer already cached.
+    then, and the TTL is only for changes made without one (SQL by hand); re-reading every
+    tenant's record once a TTL was a control-plane query per tenant and worker each minute.
+    Once the listener is down, ``ttl`` bounds staleness again, for every answer already
+    cached.
 
     No lost invalidation: a load records the tenant's generation when it starts and caches
     its result only if no ``invalidate`` (or ``clear``) ran meanwhile.
