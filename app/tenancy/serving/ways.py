@@ -89,13 +89,20 @@ class ServingWays:
             return self._hot
 
     def _roll_locked(self, now: float) -> None:
+        # A roll a whole window late: no request came for a window, so the closing one's
+        # counts stopped partway and cannot say that a hot tenant cooled down. A hot
+        # tenant among them stays hot: when the load comes back it is served on its own
+        # (still warm) engine at once, not shared for a window.
+        paused = now >= self._window_ends + self._window
         busiest = heapq.nlargest(
             self.dedicated_slots,
             self._counts.items(),
             key=lambda item: (item[1], item[0] in self._hot),
         )
         self._hot = frozenset(
-            tenant_id for tenant_id, count in busiest if count >= self._min_requests
+            tenant_id
+            for tenant_id, count in busiest
+            if count >= self._min_requests or (paused and tenant_id in self._hot)
         )
         self._counts = {}
         self._window_ends = now + self._window

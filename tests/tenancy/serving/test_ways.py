@@ -81,6 +81,22 @@ def test_ways_mix_cools_down_a_tenant_that_stops() -> None:
     assert ways.hot() == frozenset()
 
 
+def test_ways_mix_keeps_a_hot_tenant_hot_across_a_pause_in_the_load() -> None:
+    """A pause cuts the last window short: its few requests do not cool the tenant down."""
+    clock = FakeClock()
+    ways = _ways(clock)
+    _requests(ways, A, 5)
+    clock.advance(1.0)
+    assert ways.dedicated(A)  # rolls: A is hot; then the load stops
+    _requests(ways, B, 1)
+    clock.advance(7.0)
+    assert ways.dedicated(A)  # rolls a whole window late: A stays hot
+    assert not ways.dedicated(B)  # a pause makes nobody hot
+    clock.advance(1.0)
+    assert not ways.dedicated(A)  # rolls on time: A's 1 request was a trickle
+    assert ways.hot() == frozenset()
+
+
 def test_ways_mix_counts_are_emptied_every_window() -> None:
     """Memory is bounded by the tenants of one window, whatever has been seen before."""
     clock = FakeClock()
