@@ -101,7 +101,11 @@ class ListStatements:
         return ListPage(rows, min(total, COUNT_CAP), total > COUNT_CAP)
 
     def page(self, shape: ListShape) -> sa.Select[Any]:
-        """The statement of one page of rows, each carrying the list's total (see ``read``)."""
+        """The statement of one page of rows, each carrying the list's total (see ``read``).
+
+        Its first columns are the output columns, in their order: the page is serialised
+        by position (``schemas.common.row_dumper``).
+        """
         statement = self._pages.get(shape)
         if statement is None:
             statement = self._build_page(shape)

@@ -23,7 +23,7 @@ from app.errors import NotFound
 from app.hooks import require_tenant, tenant_session
 from app.idempotency import acknowledge
 from app.models.scoped import TenantScoped
-from app.schemas.common import ListQuerySchema, PageSchema, dumper
+from app.schemas.common import ListQuerySchema, PageSchema, dumper, row_dumper
 
 __all__ = ["ListShape", "ListStatements", "Resource", "make_blueprint"]
 
@@ -71,6 +71,7 @@ class _ResourceViews:
         self._model = resource.model
         self._table = sa.inspect(resource.model).local_table
         self._dump = dumper(resource.output)
+        self._dump_row = row_dumper(resource.output)  # a page's rows lead with the output
         # Reads and creates return plain rows of the output's columns: no ORM object to build.
         self._output_columns = [self._table.c[name] for name in resource.output.dump_fields]
         self._statements = ListStatements(self._table, self._output_columns)
@@ -92,7 +93,7 @@ class _ResourceViews:
         elif shape.windowed and capped:  # the next stretch of rows to examine
             after = session.execute(self._statements.window_end(shape), values).one_or_none()
         response = page_response(
-            [self._dump(row) for row in rows],
+            [self._dump_row(row) for row in rows],
             page=page,
             page_size=size,
             total=total,

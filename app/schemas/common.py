@@ -216,6 +216,14 @@ def _converter(field: fields.Field[Any]) -> Callable[[Any], Any] | None:
     return None
 
 
+def _plan(schema: Schema) -> list[tuple[str, str, Callable[[Any], Any] | None, fields.Field[Any]]]:
+    """Per dump field, in order: its key, its attribute, its plain converter, the field."""
+    return [
+        (field.data_key or name, field.attribute or name, _converter(field), field)
+        for name, field in schema.dump_fields.items()
+    ]
+
+
 def dumper(schema: Schema) -> Dumper:
     """A function giving ``schema.dump(obj)`` for one row or record, without its overhead.
 
@@ -224,10 +232,7 @@ def dumper(schema: Schema) -> Dumper:
     string, say) still go through marshmallow's own ``serialize``; tests check that both
     give the same output.
     """
-    plan: list[tuple[str, str, Callable[[Any], Any] | None, fields.Field[Any]]] = [
-        (field.data_key or name, field.attribute or name, _converter(field), field)
-        for name, field in schema.dump_fields.items()
-    ]
+    plan = _plan(schema)
 
     def dump(obj: Any) -> dict[str, Any]:
         out = {}
@@ -236,6 +241,27 @@ def dumper(schema: Schema) -> Dumper:
                 out[key] = field.serialize(attribute, obj)
             else:
                 out[key] = convert(getattr(obj, attribute))
+        return out
+
+    return dump
+
+
+def row_dumper(schema: Schema) -> Dumper:
+    """:func:`dumper` for result rows whose leading columns are the schema's dump fields, in
+    their order (a list page's rows, ``app/api/listing.py``).
+
+    It takes each value by its position: a SQLAlchemy row looks a name up on every access,
+    which made half of a page's serialisation time.
+    """
+    plan = _plan(schema)
+
+    def dump(row: Any) -> dict[str, Any]:
+        out = {}
+        for (key, attribute, convert, field), value in zip(plan, row):
+            if convert is None:
+                out[key] = field.serialize(attribute, row)
+            else:
+                out[key] = convert(value)
         return out
 
     return dump

@@ -106,6 +106,17 @@ def test_shape_space_is_finite_and_holds_every_request(resource: Resource) -> No
         assert ListShape.of(resource, params) in space
 
 
+@pytest.mark.parametrize("resource", [USERS, PRODUCTS], ids=lambda r: r.name)
+def test_every_page_statement_leads_with_the_output_columns_in_order(resource: Resource) -> None:
+    """Pages are serialised by position (``row_dumper``): every shape's first columns are
+    the output's fields, in the output's order."""
+    statements = _statements(resource)
+    fields = list(resource.output.dump_fields)
+    for shape in ListShape.space(resource):
+        columns = [column.name for column in statements.page(shape).selected_columns]
+        assert columns[: len(fields)] == fields, shape
+
+
 def test_statement_cache_is_bounded_by_the_space() -> None:
     statements = _statements()
     space = list(ListShape.space(USERS))
