@@ -257,7 +257,8 @@ def row_dumper(schema: Schema) -> Dumper:
 
     def dump(row: Any) -> dict[str, Any]:
         out = {}
-        for (key, attribute, convert, field), value in zip(plan, row):
+        # The row's further columns (the list's total) are not the output's.
+        for (key, attribute, convert, field), value in zip(plan, row, strict=False):
             if convert is None:
                 out[key] = field.serialize(attribute, row)
             else:

@@ -46,7 +46,8 @@ DONE = {
     "database": "one round trip per GET; the tenant context travels in the same message",
     "authentication": "tenant records cached per worker (`APP_TENANT_CACHE_TTL`): a warm "
     "request hashes its key and queries nothing",
-    "serialisation": "responses and log lines through orjson",
+    "serialisation": "responses and log lines through orjson; a page's rows dumped by "
+    "position, each field's conversion resolved once",
     "logging": "gunicorn's own access atoms no longer built; JSON via orjson",
     "query parsing": "loaded query strings cached per worker (bounded)",
 }

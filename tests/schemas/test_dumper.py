@@ -79,4 +79,5 @@ def test_row_dumper_takes_values_by_position_as_dumper_takes_them_by_name() -> N
         row = connection.execute(sa.select(*selected, sa.literal(7).label("_total"))).one()
     dumped = row_dumper(ProductSchema())(row)
     assert dumped == dumper(ProductSchema())(row)
-    assert dumped["price"] == "1.50" and dumped["description"] is None
+    assert dumped["price"] == "1.50"
+    assert dumped["description"] is None
