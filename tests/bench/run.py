@@ -41,6 +41,8 @@ from tests.support import REPO_ROOT
 DOCS = REPO_ROOT / "docs"
 WORK = REPO_ROOT / "var" / "bench"
 FIGURES_FILE = WORK / "figures.json"
+UNWRITTEN_FIGURES_FILE = WORK / "figures-unwritten.json"
+"""Where a ``--no-write`` run saves its figures: those behind docs/ stay in FIGURES_FILE."""
 LIST_PATH = "/v1/users?page=1&page_size=20"
 SCENARIOS = (
     Scenario("users_1", "GET /v1/users, 1 tenant", "GET", LIST_PATH, 1, "uniform"),
@@ -522,7 +524,8 @@ def _parser() -> argparse.ArgumentParser:
         "--render",
         type=Path,
         metavar="FIGURES",
-        help=f"measure nothing: write docs/ from a saved run (each run saves {FIGURES_FILE})",
+        help=f"measure nothing: write docs/ from a saved run (each run saves {FIGURES_FILE}; "
+        f"a --no-write run {UNWRITTEN_FIGURES_FILE.name} beside it)",
     )
     return parser
 
@@ -594,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     figures.machine["load average"] = (
         f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (1 minute)"
     )
-    report.save(figures, FIGURES_FILE)
-    say(f"saved the figures to {FIGURES_FILE}")
+    saved = UNWRITTEN_FIGURES_FILE if args.no_write else FIGURES_FILE
+    report.save(figures, saved)
+    say(f"saved the figures to {saved}")
     _write(figures, args.no_write)
     return 0
 
