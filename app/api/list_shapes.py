@@ -111,24 +111,13 @@ class ListShape:
     @classmethod
     def space(cls, resource: Listable) -> Iterator[ListShape]:
         """Every shape a request to ``resource`` can have: a finite set."""
-        searchable = resource.query.SEARCHABLE
-        searches = [
-            combination
-            for size in range(len(searchable) + 1)
-            for combination in itertools.combinations(searchable, size)
-        ]
-        filter_sets = [
-            combination
-            for size in range(len(resource.filters) + 1)
-            for combination in itertools.combinations(resource.filters, size)
-        ]
         for sort, descending, searched, after, before, filters, keyset in itertools.product(
             resource.query.SORTABLE,
             (False, True),
-            searches,
+            _subsets(resource.query.SEARCHABLE),
             (False, True),
             (False, True),
-            filter_sets,
+            _subsets(resource.filters),
             Keyset,
         ):
             yield cls(sort, descending, searched, after, before, filters, keyset)
@@ -161,3 +150,12 @@ class ListShape:
             if cursor.value is not None:
                 values["after_value"] = cursor.value
         return values
+
+
+def _subsets(names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every subset of ``names``, each in their order, the empty one first."""
+    return [
+        combination
+        for size in range(len(names) + 1)
+        for combination in itertools.combinations(names, size)
+    ]

@@ -250,8 +250,8 @@ def row_dumper(schema: Schema) -> Dumper:
     """:func:`dumper` for result rows whose leading columns are the schema's dump fields, in
     their order (a list page's rows, ``app/api/listing.py``).
 
-    It takes each value by its position: a SQLAlchemy row looks a name up on every access,
-    which made half of a page's serialisation time.
+    It takes each value by its position: a SQLAlchemy row looks a name up on every access
+    by name.
     """
     plan = _plan(schema)
 

@@ -14,10 +14,7 @@ PUBLIC. Views over them
 use ``security_invoker``; no materialized view holds their rows. References between them
 pair ``tenant_id`` (``reference_checks``).
 
-Roles: no tenant role (``t_`` + 32 hex) is superuser, BYPASSRLS or CREATEROLE, owns
-anything, or belongs to a role other than ``tenant_base``, to which each must belong;
-``tenant_base`` has none of those attributes or memberships, nor access to ``tenants`` or
-``tenant_placements``.
+Roles: the tenant roles and ``tenant_base`` (``role_checks``).
 SECURITY DEFINER functions pin ``search_path`` and are not executable by PUBLIC.
 
 User-scoped tables (end users' own rows): ``user_checks``. The shared way's gateway, key
@@ -42,6 +39,7 @@ from app.tenancy.control.ddl import (
     VERIFIER,
 )
 from app.tenancy.control.reference_checks import reference_problems
+from app.tenancy.control.role_checks import role_problems
 from app.tenancy.control.user_checks import user_scope_problems
 
 _USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"
@@ -77,9 +75,8 @@ def check_isolation(connection: sa.Connection, *, control_plane: bool = True) ->
     user_scoped, user_problems = user_scope_problems(connection, [table.oid for table in tables])
     problems += user_problems
     problems += _view_problems(connection, [table.oid for table in tables])
-    problems += _base_role_problems(connection)
-    roles, role_problems = _tenant_role_problems(connection)
-    problems += role_problems
+    roles, found = role_problems(connection)
+    problems += found
     problems += _definer_problems(connection)
     problems += context_problems(connection)
     return CheckResult(problems, len(tables), roles, user_scoped)
@@ -290,93 +287,6 @@ def _secret_problems(connection: sa.Connection) -> list[str]:
                 "control plane only"
             )
     return found
-
-
-def _base_role_problems(connection: sa.Connection) -> list[str]:
-    row = connection.execute(
-        sa.text(
-            """
-            SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole,
-                   ARRAY(SELECT g.rolname FROM pg_auth_members m
-                         JOIN pg_roles g ON g.oid = m.roleid
-                         WHERE m.member = r.oid ORDER BY 1) AS groups,
-                   ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE',
-                                                    'TRUNCATE']) AS p
-                         WHERE to_regclass('tenants') IS NOT NULL
-                           AND has_table_privilege(r.oid, 'tenants', p)) AS on_tenants,
-                   ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE',
-                                                    'TRUNCATE']) AS p
-                         WHERE to_regclass('tenant_placements') IS NOT NULL
-                           AND has_table_privilege(r.oid, 'tenant_placements', p))
-                     AS on_placements
-            FROM pg_roles r WHERE r.rolname = :base
-            """
-        ),
-        {"base": TENANT_BASE_ROLE},
-    ).one_or_none()
-    if row is None:
-        return [f"role {TENANT_BASE_ROLE}: does not exist (run the migrations)"]
-    found = [
-        attribute
-        for attribute, present in (
-            ("SUPERUSER", row.rolsuper),
-            ("BYPASSRLS", row.rolbypassrls),
-            ("CREATEROLE", row.rolcreaterole),
-        )
-        if present
-    ]
-    if row.groups:
-        found.append(f"member of {', '.join(row.groups)}")
-    if row.on_tenants:
-        found.append(f"has {', '.join(row.on_tenants)} on tenants")
-    if row.on_placements:
-        found.append(f"has {', '.join(row.on_placements)} on tenant_placements")
-    return [f"role {TENANT_BASE_ROLE}: {problem}" for problem in found]
-
-
-def _tenant_role_problems(connection: sa.Connection) -> tuple[int, list[str]]:
-    """(number of tenant roles, findings); set-based, for clusters with many tenants."""
-    total = connection.scalar(
-        sa.text("SELECT count(*) FROM pg_roles WHERE rolname ~ :pattern"),
-        {"pattern": TENANT_ROLE_PATTERN},
-    )
-    rows = connection.execute(
-        sa.text(
-            """
-            SELECT * FROM (
-                SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole,
-                       EXISTS (SELECT FROM pg_shdepend d
-                               WHERE d.refclassid = 'pg_authid'::regclass
-                                 AND d.refobjid = r.oid AND d.deptype = 'o') AS owns,
-                       EXISTS (SELECT FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-                               WHERE m.member = r.oid AND g.rolname = :base) AS in_base,
-                       ARRAY(SELECT g.rolname FROM pg_auth_members m
-                             JOIN pg_roles g ON g.oid = m.roleid
-                             WHERE m.member = r.oid AND g.rolname <> :base
-                             ORDER BY 1) AS others
-                FROM pg_roles r WHERE r.rolname ~ :pattern
-            ) AS roles
-            WHERE rolsuper OR rolbypassrls OR rolcreaterole OR owns OR NOT in_base
-               OR cardinality(others) > 0
-            ORDER BY rolname
-            """
-        ),
-        {"pattern": TENANT_ROLE_PATTERN, "base": TENANT_BASE_ROLE},
-    ).all()
-    found = []
-    for row in rows:
-        for attribute, present in (
-            ("is SUPERUSER", row.rolsuper),
-            ("has BYPASSRLS", row.rolbypassrls),
-            ("has CREATEROLE", row.rolcreaterole),
-            ("owns objects", row.owns),
-            (f"is not a member of {TENANT_BASE_ROLE}", not row.in_base),
-        ):
-            if present:
-                found.append(f"tenant role {row.rolname}: {attribute}")
-        if row.others:
-            found.append(f"tenant role {row.rolname}: is a member of {', '.join(row.others)}")
-    return total or 0, found
 
 
 def _definer_problems(connection: sa.Connection) -> list[str]:
