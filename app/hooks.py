@@ -14,6 +14,7 @@ import uuid
 from flask import Blueprint, Flask, Response, current_app, g, request
 
 from app import idempotency
+from app.headers import header_values
 from app.tenancy import Tenancy, attach, tenancy_of
 from app.tenancy.errors import AuthenticationFailed, ReadOnlyToken
 from app.tenancy.serving.consistency import HEADER as CONSISTENCY_TOKEN
@@ -56,7 +57,7 @@ def _bind_tenant() -> None:
     tenancy.start_background()
     tenant_id, context = _authenticate(tenancy)
     # Before anything is held: a malformed token is the client's 400.
-    token = parse_token(request.headers.getlist(CONSISTENCY_TOKEN))
+    token = parse_token(header_values(CONSISTENCY_TOKEN))
     g.tenant_id = tenant_id
     # Before a connection is taken: a request waiting for its tenant's share holds none.
     tenancy.fair_share.enter(tenant_id)
@@ -112,8 +113,8 @@ def _authenticate(tenancy: Tenancy) -> tuple[uuid.UUID, TenantContext | None]:
     """
     client = client_address()
     tenancy.auth_throttle.check(client)
-    authorization = request.headers.getlist("Authorization")
-    claimed = request.headers.getlist("X-Tenant-ID")
+    authorization = header_values("Authorization")
+    claimed = header_values("X-Tenant-ID")
     token = _bearer_jwt(authorization) if tenancy.tokens is not None else None
     try:
         if token is None:

@@ -30,6 +30,7 @@ from flask import Response, current_app, request
 from sqlalchemy import event, orm
 
 from app.errors import ApiError, BadRequest
+from app.headers import header_values
 from app.models.idempotency import MAX_KEY_LENGTH
 from app.tenancy.serving import idempotency as keys
 from app.tenancy.serving.session import TenantSession
@@ -74,7 +75,7 @@ def begin(session: orm.Session, ttl: dt.timedelta) -> Response | None:
     """
     if request.method not in KEYED_METHODS:
         return None
-    values = request.headers.getlist(HEADER)
+    values = header_values(HEADER)
     if not values:
         return None
     key = _parse(values)

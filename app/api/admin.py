@@ -27,6 +27,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import metrics
 from app.api.body import json_object, page_response, query_args
 from app.errors import Forbidden, Unauthorized, ValidationFailed
+from app.headers import header_values
 from app.hooks import client_address
 from app.schemas.stats import TenantStatsSchema
 from app.schemas.tenants import (
@@ -113,7 +114,7 @@ def _authorize() -> None:
     # Failed tokens spend the same per-client allowance as failed tenant keys (429 past it).
     throttle = tenancy_of(current_app).auth_throttle
     throttle.check(client_address())
-    if not guard.allows_token(request.headers.getlist("Authorization")):
+    if not guard.allows_token(header_values("Authorization")):
         throttle.failed(client_address())
         raise Unauthorized("missing or invalid admin token")
 
