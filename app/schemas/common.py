@@ -208,12 +208,16 @@ def _converter(field: fields.Field[Any]) -> Callable[[Any], Any] | None:
     """A plain function doing what ``field`` does to a database value; None if unsure."""
     if type(field) is fields.UUID:
         return _as_str
-    if type(field) is fields.DateTime and field.format in (None, "iso"):
+    if _is_iso_datetime(field):
         return _as_iso
     # The database already returns these as str, bool and int.
     if type(field) in (fields.String, fields.Boolean, fields.Integer):
         return _as_is
     return None
+
+
+def _is_iso_datetime(field: fields.Field[Any]) -> bool:
+    return type(field) is fields.DateTime and field.format in (None, "iso")
 
 
 def _plan(schema: Schema) -> list[tuple[str, str, Callable[[Any], Any] | None, fields.Field[Any]]]:
@@ -247,22 +251,34 @@ def dumper(schema: Schema) -> Dumper:
 
 
 def row_dumper(schema: Schema) -> Dumper:
-    """:func:`dumper` for result rows whose leading columns are the schema's dump fields, in
-    their order (a list page's rows, ``app/api/listing.py``).
+    """:func:`dumper` for a list page's rows, whose leading columns are the schema's dump
+    fields in their order (``app/api/listing.py``), on their way to ``jsonify``.
 
-    It takes each value by its position: a SQLAlchemy row looks a name up on every access
-    by name.
+    It takes each value by its position (a SQLAlchemy row looks a name up on every access by
+    name) and leaves UUIDs and ISO datetimes as they are: the JSON provider (orjson,
+    ``app/json_provider.py``) writes them as ``str()`` and ``isoformat()`` would, in C. A
+    page of users is then one ``dict(zip(...))`` per row, not eight calls to Python. Tests check
+    that both dumps encode to the same JSON.
     """
     plan = _plan(schema)
+    keys = [key for key, *_ in plan]
+    # What orjson would not write as marshmallow does (a Decimal as a string, say).
+    serialized = [
+        (key, attribute, field)
+        for key, attribute, convert, field in plan
+        if convert is not _as_is and not _native_json(field)
+    ]
 
     def dump(row: Any) -> dict[str, Any]:
-        out = {}
-        # The row's further columns (the list's total) are not the output's.
-        for (key, attribute, convert, field), value in zip(plan, row, strict=False):
-            if convert is None:
-                out[key] = field.serialize(attribute, row)
-            else:
-                out[key] = convert(value)
+        # zip stops at the keys: the row's further columns (the list's total) are not output.
+        out = dict(zip(keys, row, strict=False))
+        for key, attribute, field in serialized:
+            out[key] = field.serialize(attribute, row)
         return out
 
     return dump
+
+
+def _native_json(field: fields.Field[Any]) -> bool:
+    """orjson writes this field's database value as marshmallow would dump it."""
+    return type(field) is fields.UUID or _is_iso_datetime(field)

@@ -47,7 +47,7 @@ DONE = {
     "authentication": "tenant records cached per worker (`APP_TENANT_CACHE_TTL`): a warm "
     "request hashes its key and queries nothing",
     "serialisation": "responses and log lines through orjson; a page's rows dumped by "
-    "position, each field's conversion resolved once",
+    "position, their UUIDs and datetimes left to orjson",
     "logging": "gunicorn's own access atoms no longer built; JSON via orjson",
     "query parsing": "loaded query strings cached per worker (bounded)",
 }

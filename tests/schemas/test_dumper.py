@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 from marshmallow import Schema, fields
 
+from app.json_provider import OrjsonProvider
 from app.models import User
 from app.models.product import Product
 from app.schemas.common import dumper, row_dumper
@@ -62,28 +65,42 @@ def test_dumper_falls_back_to_marshmallow_for_other_fields() -> None:
     assert dumper(Odd())(Row()) == Odd().dump(Row()) == {"when": "2024", "amount": 2.0, "name": "x"}
 
 
-def test_row_dumper_takes_values_by_position_as_dumper_takes_them_by_name(
-    settings: Settings,
+@pytest.mark.parametrize("model", [User, Product])
+@pytest.mark.parametrize("time_zone", ["UTC", "Asia/Kolkata"])
+@pytest.mark.parametrize("when", [NOW, NOW.replace(microsecond=0)])
+def test_row_dumper_writes_the_json_that_marshmallow_dump_writes(
+    settings: Settings, model: Any, time_zone: str, when: dt.datetime
 ) -> None:
-    """A page's rows lead with the output's columns, then carry more (the list's total)."""
-    engine = sa.create_engine(settings.database_url)
-    columns = {
-        "id": sa.literal(str(uuid.uuid4())).label("id"),
-        "name": sa.literal("Widget").label("name"),
-        "description": sa.null().label("description"),
-        "price": sa.literal(decimal.Decimal("1.5"), sa.Numeric(12, 2)).label("price"),
-        "stock": sa.literal(3).label("stock"),
-        "created_at": sa.literal(NOW, sa.DateTime(timezone=True)).label("created_at"),
-        "updated_at": sa.literal(NOW, sa.DateTime(timezone=True)).label("updated_at"),
+    """A page's rows, as PostgreSQL returns them (UUIDs, timestamps in the session's zone, a
+    Decimal, a NULL), lead with the output's columns, then carry more (the list's total)."""
+    schema = {User: UserSchema, Product: ProductSchema}[model]()
+    values = {
+        "id": uuid.uuid4(),
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "email": None,
+        "confirmed": True,
+        "name": "Widget",
+        "description": None,
+        "price": decimal.Decimal("1.5"),
+        "stock": 3,
+        "created_at": when,
+        "updated_at": when + dt.timedelta(seconds=1),
     }
-    selected = [columns[name] for name in ProductSchema().dump_fields]
+    table = model.__table__
+    selected = [
+        sa.literal(values[name], table.c[name].type).label(name) for name in schema.dump_fields
+    ]
+    engine = sa.create_engine(settings.database_url)
     try:
         with engine.connect() as connection:
+            zone = sa.text("SELECT set_config('TimeZone', :zone, false)")
+            connection.execute(zone, {"zone": time_zone})
             row = connection.execute(sa.select(*selected, sa.literal(7).label("_total"))).one()
     finally:
         engine.dispose()
-    dumped = row_dumper(ProductSchema())(row)
-    assert dumped == dumper(ProductSchema())(row)
-    assert dumped["price"] == "1.50"
-    assert dumped["description"] is None
-    assert dumped["created_at"] == NOW.isoformat()
+    json = OrjsonProvider(Flask(__name__))
+    written = json.dumps(row_dumper(schema)(row))
+    assert written == json.dumps(schema.dump(row)) == json.dumps(dumper(schema)(row))
+    assert ('"price":"1.50"' in written) is (model is Product)
+    assert f'"created_at":"{row.created_at.isoformat()}"' in written
