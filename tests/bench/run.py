@@ -505,7 +505,7 @@ def _parser() -> argparse.ArgumentParser:
         "sized on any other",
     )
     parser.add_argument(
-        "--verifier-rounds", type=int, default=5, help="with/without pairs (0: none)"
+        "--verifier-rounds", type=int, default=9, help="with/without pairs (0: none)"
     )
     parser.add_argument(
         "--tracing-rounds", type=int, default=3, help="tracing on/off pairs (0: none)"
