@@ -50,6 +50,8 @@ DONE = {
     "position, their UUIDs and datetimes left to orjson",
     "logging": "gunicorn's own access atoms no longer built; JSON via orjson",
     "query parsing": "loaded query strings cached per worker (bounded)",
+    "framework (Flask, Werkzeug)": "request headers read with one environ lookup each, not "
+    "`getlist`, which walks the whole environ",
 }
 """What was done about each area of the profile; an area not named here: nothing yet."""
 
