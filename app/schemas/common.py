@@ -205,19 +205,18 @@ def _as_is(value: Any) -> Any:
 
 
 def _converter(field: fields.Field[Any]) -> Callable[[Any], Any] | None:
-    """A plain function doing what ``field`` does to a database value; None if unsure."""
+    """A plain function doing what ``field`` does to a database value; None if unsure.
+
+    Each of them is also what orjson does to the value by itself (``row_dumper`` relies on it).
+    """
     if type(field) is fields.UUID:
         return _as_str
-    if _is_iso_datetime(field):
+    if type(field) is fields.DateTime and field.format in (None, "iso"):
         return _as_iso
     # The database already returns these as str, bool and int.
     if type(field) in (fields.String, fields.Boolean, fields.Integer):
         return _as_is
     return None
-
-
-def _is_iso_datetime(field: fields.Field[Any]) -> bool:
-    return type(field) is fields.DateTime and field.format in (None, "iso")
 
 
 def _plan(schema: Schema) -> list[tuple[str, str, Callable[[Any], Any] | None, fields.Field[Any]]]:
@@ -262,11 +261,9 @@ def row_dumper(schema: Schema) -> Dumper:
     """
     plan = _plan(schema)
     keys = [key for key, *_ in plan]
-    # What orjson would not write as marshmallow does (a Decimal as a string, say).
+    # The fields with no plain converter (a Decimal as a string, say): orjson does the rest.
     serialized = [
-        (key, attribute, field)
-        for key, attribute, convert, field in plan
-        if convert is not _as_is and not _native_json(field)
+        (key, attribute, field) for key, attribute, convert, field in plan if convert is None
     ]
 
     def dump(row: Any) -> dict[str, Any]:
@@ -277,8 +274,3 @@ def row_dumper(schema: Schema) -> Dumper:
         return out
 
     return dump
-
-
-def _native_json(field: fields.Field[Any]) -> bool:
-    """orjson writes this field's database value as marshmallow would dump it."""
-    return type(field) is fields.UUID or _is_iso_datetime(field)
